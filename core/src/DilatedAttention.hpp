@@ -1,0 +1,13 @@
+// DilatedAttention: LongNet dilated attention on Kokkos. Include this one header.
+#ifndef DILATED_ATTENTION_HPP
+#define DILATED_ATTENTION_HPP
+
+#include <Dilated_Config.hpp>
+#include <Dilated_Compat.hpp>
+#include <Dilated_Semantics.hpp>
+#include <Dilated_Geometry.hpp>
+#include <Dilated_SegmentView.hpp>
+#include <Dilated_Reference.hpp>
+#include <Dilated_Npy.hpp>
+
+#endif  // DILATED_ATTENTION_HPP

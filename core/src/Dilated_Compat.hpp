@@ -1,0 +1,73 @@
+// Every difference between the Kokkos versions we build against lives here: the fresh-machine
+// path uses Kokkos 3.4.01 (Debian's trilinos 13.2 sources), the CUDA build Kokkos >= 4.6.
+#ifndef DILATED_COMPAT_HPP
+#define DILATED_COMPAT_HPP
+
+#include <Kokkos_Core.hpp>
+
+#include <string>
+#include <type_traits>
+
+#if KOKKOS_VERSION >= 40000
+#include <Kokkos_Profiling_ScopedRegion.hpp>
+#endif
+
+#if !defined(KOKKOS_VERSION) || KOKKOS_VERSION < 30400
+#error "DilatedAttention needs Kokkos 3.4 or newer"
+#endif
+
+namespace dilated::Impl {
+
+// Kokkos::Profiling::ScopedRegion arrived in Kokkos 4.0; older versions only have the
+// push/pop calls it wraps.
+#if KOKKOS_VERSION >= 40000
+using ScopedRegion = Kokkos::Profiling::ScopedRegion;
+#else
+class [[nodiscard]] ScopedRegion {
+ public:
+  explicit ScopedRegion(const std::string& name) { Kokkos::Profiling::pushRegion(name); }
+  ~ScopedRegion() { Kokkos::Profiling::popRegion(); }
+  ScopedRegion(const ScopedRegion&) = delete;
+  ScopedRegion& operator=(const ScopedRegion&) = delete;
+};
+#endif
+
+// Kokkos::is_view_v and Kokkos::is_execution_space_v are 4.x spellings.
+template <class T>
+inline constexpr bool is_view_v = Kokkos::is_view<T>::value;
+template <class T>
+inline constexpr bool is_execution_space_v = Kokkos::is_execution_space<T>::value;
+
+// The rank of a View type as a plain int (View::rank changed from an enum-like constant to an
+// integral_constant object in 4.x; both convert).
+template <class ViewType>
+inline constexpr int view_rank_v = static_cast<int>(ViewType::rank);
+
+// True when code running in ExecSpace may dereference memory of ViewType.
+template <class ExecSpace, class ViewType>
+inline constexpr bool is_accessible_from_v =
+    Kokkos::SpaceAccessibility<ExecSpace, typename ViewType::memory_space>::accessible;
+
+}  // namespace dilated::Impl
+
+// Half precision storage. On a host-only Kokkos (any version) Kokkos::Experimental::half_t is
+// an alias of float; it is a real 16-bit type only where a device backend (CUDA) defines one.
+// bf16 (Kokkos::Experimental::bhalf_t) exists from Kokkos 3.7 on, again float on host-only.
+#if defined(KOKKOS_HALF_T_IS_FLOAT) && KOKKOS_HALF_T_IS_FLOAT
+#define DILATED_HALF_IS_FLOAT 1
+#else
+#define DILATED_HALF_IS_FLOAT 0
+#endif
+#if KOKKOS_VERSION >= 30700
+#define DILATED_HAVE_BHALF 1
+#if defined(KOKKOS_BHALF_T_IS_FLOAT) && KOKKOS_BHALF_T_IS_FLOAT
+#define DILATED_BHALF_IS_FLOAT 1
+#else
+#define DILATED_BHALF_IS_FLOAT 0
+#endif
+#else
+#define DILATED_HAVE_BHALF 0
+#define DILATED_BHALF_IS_FLOAT 1
+#endif
+
+#endif  // DILATED_COMPAT_HPP

@@ -1,0 +1,102 @@
+// .npy I/O: round trips, the formats NumPy writes (versions 1-3, float16/32/64, 0-d and 1-d
+// shapes), and clear errors for files that are not what they claim.
+#include <Dilated_Npy.hpp>
+
+#include <catch2/catch_test_macros.hpp>
+#include <catch2/matchers/catch_matchers_string.hpp>
+
+#include <cmath>
+#include <cstdint>
+#include <fstream>
+#include <string>
+#include <vector>
+
+using Catch::Matchers::ContainsSubstring;
+namespace npy = dilated::npy;
+
+namespace {
+
+std::string tmp(const std::string& name) {
+  return std::string(DILATED_TEST_TMPDIR) + "/" + name;
+}
+
+// Writes a file by hand: magic, version, header length, header, data.
+void write_raw(const std::string& path, int major, const std::string& dict,
+               const std::vector<unsigned char>& data) {
+  std::ofstream out(path, std::ios::binary);
+  out.write("\x93NUMPY", 6);
+  out.put(static_cast<char>(major));
+  out.put(0);
+  const std::uint32_t len = dict.size();
+  for (int i = 0; i < (major == 1 ? 2 : 4); ++i)
+    out.put(static_cast<char>((len >> (8 * i)) & 0xff));
+  out.write(dict.data(), dict.size());
+  out.write(reinterpret_cast<const char*>(data.data()), data.size());
+}
+
+}  // namespace
+
+TEST_CASE("npy: double and float round trips are exact", "[npy]") {
+  const std::vector<double> values = {1.5, -2.25, 3e-300, 1e300, 0.0, -0.0, 7, 8, 9, 10, 11, 12};
+  npy::write(tmp("d.npy"), {2, 3, 2}, values.data());
+  const auto a = npy::read(tmp("d.npy"));
+  REQUIRE(a.dtype == "<f8");
+  REQUIRE(a.shape == std::vector<std::size_t>{2, 3, 2});
+  REQUIRE(a.to_double() == values);
+
+  const std::vector<float> f = {0.1f, -1e-30f, 3.5f};
+  npy::write(tmp("f.npy"), {3}, f.data());
+  const auto b = npy::read(tmp("f.npy"));
+  REQUIRE(b.dtype == "<f4");
+  REQUIRE(b.shape == std::vector<std::size_t>{3});
+  const auto bd = b.to_double();
+  for (int i = 0; i < 3; ++i)
+    REQUIRE(bd[i] == static_cast<double>(f[i]));
+
+  // The header is padded so the data starts on a 64-byte boundary, as NumPy does.
+  std::ifstream in(tmp("f.npy"), std::ios::binary | std::ios::ate);
+  REQUIRE((static_cast<std::size_t>(in.tellg()) - 3 * sizeof(float)) % 64 == 0);
+}
+
+TEST_CASE("npy: reads float16, versions 2 and 3, and 0-d arrays", "[npy]") {
+  // float16 bits: 1.0 = 0x3c00, -2.0 = 0xc000, 65504 = 0x7bff, smallest subnormal 0x0001.
+  write_raw(tmp("h.npy"), 2, "{'descr': '<f2', 'fortran_order': False, 'shape': (4,), }\n",
+            {0x00, 0x3c, 0x00, 0xc0, 0xff, 0x7b, 0x01, 0x00});
+  const auto h = npy::read(tmp("h.npy")).to_double();
+  REQUIRE(h == std::vector<double>{1.0, -2.0, 65504.0, std::ldexp(1.0, -24)});
+  write_raw(tmp("s.npy"), 3, "{'descr': '<f8', 'fortran_order': False, 'shape': (), }\n",
+            {0, 0, 0, 0, 0, 0, 0xf0, 0x3f});
+  const auto s = npy::read(tmp("s.npy"));
+  REQUIRE(s.shape.empty());
+  REQUIRE(s.to_double() == std::vector<double>{1.0});
+}
+
+TEST_CASE("npy: malformed files throw FormatError saying what is wrong", "[npy][errors]") {
+  REQUIRE_THROWS_WITH(npy::read(tmp("missing.npy")), ContainsSubstring("cannot open"));
+  { std::ofstream(tmp("text.npy")) << "hello, not numpy"; }
+  REQUIRE_THROWS_WITH(npy::read(tmp("text.npy")), ContainsSubstring("bad magic"));
+  write_raw(tmp("int.npy"), 1, "{'descr': '<i8', 'fortran_order': False, 'shape': (1,), }\n",
+            {1, 0, 0, 0, 0, 0, 0, 0});
+  REQUIRE_THROWS_WITH(npy::read(tmp("int.npy")), ContainsSubstring("dtype '<i8' is not supported"));
+  write_raw(tmp("big.npy"), 1, "{'descr': '>f8', 'fortran_order': False, 'shape': (1,), }\n",
+            {0, 0, 0, 0, 0, 0, 0xf0, 0x3f});
+  REQUIRE_THROWS_WITH(npy::read(tmp("big.npy")), ContainsSubstring("dtype '>f8'"));
+  write_raw(tmp("fortran.npy"), 1, "{'descr': '<f8', 'fortran_order': True, 'shape': (1,), }\n",
+            {0, 0, 0, 0, 0, 0, 0xf0, 0x3f});
+  REQUIRE_THROWS_WITH(npy::read(tmp("fortran.npy")), ContainsSubstring("Fortran-ordered"));
+  write_raw(tmp("short.npy"), 1, "{'descr': '<f8', 'fortran_order': False, 'shape': (2, 3), }\n",
+            {0, 0, 0, 0, 0, 0, 0xf0, 0x3f});
+  REQUIRE_THROWS_WITH(npy::read(tmp("short.npy")),
+                      ContainsSubstring("truncated data: expected 48 bytes, found 8"));
+  write_raw(tmp("huge.npy"), 1,
+            "{'descr': '<f8', 'fortran_order': False, 'shape': (4294967296, 4294967296), }\n", {});
+  REQUIRE_THROWS_WITH(npy::read(tmp("huge.npy")), ContainsSubstring("too large"));
+  write_raw(tmp("badshape.npy"), 1, "{'descr': '<f8', 'fortran_order': False, 'shape': (2, x), }\n",
+            {});
+  REQUIRE_THROWS_WITH(npy::read(tmp("badshape.npy")), ContainsSubstring("'x' is not a length"));
+  {
+    std::ofstream out(tmp("cut.npy"), std::ios::binary);
+    out.write("\x93NUMPY\x01\x00\x40", 9);
+  }
+  REQUIRE_THROWS_WITH(npy::read(tmp("cut.npy")), ContainsSubstring("truncated .npy header"));
+}
