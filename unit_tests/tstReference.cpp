@@ -1,9 +1,10 @@
-// The exact reference: tiny cases whose values are worked out by hand in the comments, and a
-// second, segment-by-segment formulation (attention per branch, then the log-sum-exp merge of
-// the spec) that must agree with the full-length masked reference everywhere, including
-// partial segments, causal masks and r > h.
+// The exact reference: tiny cases whose values are worked out by hand in the comments, and the
+// second, segment-by-segment formulation (Dilated_BranchwiseReference.hpp: attention per branch,
+// then the log-sum-exp merge of the spec) that must agree with the full-length masked reference
+// everywhere, including partial segments, causal masks and r > h.
 #include <DilatedAttention.hpp>
 #include <Dilated_Allclose.hpp>
+#include <Dilated_BranchwiseReference.hpp>
 #include <Dilated_TestData.hpp>
 
 #include <catch2/catch_test_macros.hpp>
@@ -144,82 +145,6 @@ TEST_CASE("reference: partial segments take only the positions that exist", "[re
   require_column(whole.out, 0, {3, 3, 3, 3, 3});
 }
 
-namespace {
-
-// The spec's second description: attention inside each kept segment of each branch, then
-// grouped: divide by G; longnet: weights softmax_i(lse_i) over the branches that kept the
-// (position, head). Built from Geometry::kept, segment by segment, as kernels tile the work.
-Result segmentwise(const Geometry& g, const HostView4& q, const HostView4& k, const HostView4& v,
-                   bool causal) {
-  const int B = q.extent(0), n = q.extent(1), H = q.extent(2), d = q.extent(3);
-  const double scale = 1.0 / std::sqrt(static_cast<double>(d));
-  const int G = g.num_branches();
-  // Per branch: o_i and lse_i (-inf where the branch did not keep the position).
-  std::vector<HostView4> o(G);
-  std::vector<HostView3> l(G);
-  for (int i = 0; i < G; ++i) {
-    o[i] = HostView4("o", B, n, H, d);
-    l[i] = HostView3("l", B, n, H);
-    Kokkos::deep_copy(l[i], -inf);
-  }
-  for (const auto& block : g.head_blocks()) {
-    const int i = block.branch;
-    for (int j = 0; j < g.num_segments(i, n); ++j) {
-      const auto kept = g.kept(i, j, block.offset, n);
-      for (int b = 0; b < B; ++b)
-        for (int h = block.head_begin; h < block.head_end; ++h)
-          for (int t = 0; t < kept.count; ++t) {
-            const int p = kept.position(t);
-            const int last = causal ? t : kept.count - 1;
-            std::vector<double> s(last + 1);
-            double m = -inf, z = 0;
-            for (int u = 0; u <= last; ++u) {
-              double dot = 0;
-              for (int c = 0; c < d; ++c)
-                dot += q(b, p, h, c) * k(b, kept.position(u), h, c);
-              s[u] = scale * dot;
-              m = std::max(m, s[u]);
-            }
-            for (int u = 0; u <= last; ++u)
-              z += std::exp(s[u] - m);
-            for (int c = 0; c < d; ++c) {
-              double acc = 0;
-              for (int u = 0; u <= last; ++u)
-                acc += std::exp(s[u] - m) * v(b, kept.position(u), h, c);
-              o[i](b, p, h, c) = acc / z;
-            }
-            l[i](b, p, h) = m + std::log(z);
-          }
-    }
-  }
-  Result r{HostView4("out", B, n, H, d), HostView3("lse", B, n, H)};
-  for (int b = 0; b < B; ++b)
-    for (int p = 0; p < n; ++p)
-      for (int h = 0; h < H; ++h) {
-        double m = -inf;
-        for (int i = 0; i < G; ++i)
-          m = std::max(m, l[i](b, p, h));
-        if (m == -inf) {
-          r.lse(b, p, h) = -inf;
-          continue;
-        }
-        double z = 0;
-        for (int i = 0; i < G; ++i)
-          z += std::exp(l[i](b, p, h) - m);
-        r.lse(b, p, h) = m + std::log(z);
-        for (int i = 0; i < G; ++i) {
-          if (l[i](b, p, h) == -inf) continue;
-          const double w =
-              g.semantics() == Semantics::grouped ? 1.0 / G : std::exp(l[i](b, p, h) - m) / z;
-          for (int c = 0; c < d; ++c)
-            r.out(b, p, h, c) += w * o[i](b, p, h, c);
-        }
-      }
-  return r;
-}
-
-}  // namespace
-
 TEST_CASE("reference equals the segment-by-segment log-sum-exp merge", "[reference]") {
   struct Case {
     std::vector<int> segs, dils;
@@ -243,10 +168,11 @@ TEST_CASE("reference equals the segment-by-segment log-sum-exp merge", "[referen
       const auto q = dilated::testing::random_bnhd<double>("q", 2, c.n, c.h, c.d, seed++);
       const auto k = dilated::testing::random_bnhd<double>("k", 2, c.n, c.h, c.d, seed++);
       const auto v = dilated::testing::random_bnhd<double>("v", 2, c.n, c.h, c.d, seed++);
-      const auto expected = segmentwise(g, q, k, v, causal);
+      auto expected = dilated::testing::branchwise(g, q, k, v, causal, 1.0 / std::sqrt(c.d));
+      dilated::testing::merge(g, expected);
       const auto actual = run_reference(g, q, k, v, {causal, std::nullopt});
       DILATED_CHECK_ALLCLOSE(actual.out, expected.out, 1e-12, 1e-12);
-      DILATED_CHECK_ALLCLOSE(actual.lse, expected.lse, 1e-12, 1e-12);
+      DILATED_CHECK_ALLCLOSE(actual.lse, expected.merged_lse, 1e-12, 1e-12);
     }
   }
 }

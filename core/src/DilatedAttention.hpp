@@ -5,9 +5,12 @@
 #include <Dilated_Config.hpp>
 #include <Dilated_Compat.hpp>
 #include <Dilated_Semantics.hpp>
+#include <Dilated_AlgorithmPolicies.hpp>
+#include <Dilated_Options.hpp>
 #include <Dilated_Geometry.hpp>
 #include <Dilated_SegmentView.hpp>
 #include <Dilated_Reference.hpp>
 #include <Dilated_Npy.hpp>
+#include <Dilated_DilatedAttention.hpp>
 
 #endif  // DILATED_ATTENTION_HPP

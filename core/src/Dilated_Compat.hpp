@@ -32,6 +32,17 @@ class [[nodiscard]] ScopedRegion {
 };
 #endif
 
+// ExecSpace::fence(name) is 4.x; 3.4's fence() takes no name.
+template <class ExecSpace>
+void fence(const ExecSpace& space, const std::string& name) {
+#if KOKKOS_VERSION >= 30600
+  space.fence(name);
+#else
+  (void)name;
+  space.fence();
+#endif
+}
+
 // Kokkos::is_view_v and Kokkos::is_execution_space_v are 4.x spellings.
 template <class T>
 inline constexpr bool is_view_v = Kokkos::is_view<T>::value;
@@ -47,6 +58,25 @@ inline constexpr int view_rank_v = static_cast<int>(ViewType::rank);
 template <class ExecSpace, class ViewType>
 inline constexpr bool is_accessible_from_v =
     Kokkos::SpaceAccessibility<ExecSpace, typename ViewType::memory_space>::accessible;
+
+// Device-callable math: Kokkos::exp & co. are 3.7+ spellings; 3.4 has them in Experimental.
+namespace math {
+#if KOKKOS_VERSION >= 30700
+using Kokkos::exp;
+using Kokkos::log;
+using Kokkos::sqrt;
+#else
+using Kokkos::Experimental::exp;
+using Kokkos::Experimental::log;
+using Kokkos::Experimental::sqrt;
+#endif
+
+// +inf of a floating type, usable in kernels (Kokkos::Experimental::infinity in 3.4 and 4.x).
+template <class T>
+KOKKOS_INLINE_FUNCTION constexpr T infinity() {
+  return Kokkos::Experimental::infinity<T>::value;
+}
+}  // namespace math
 
 }  // namespace dilated::Impl
 

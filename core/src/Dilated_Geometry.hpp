@@ -12,6 +12,8 @@
 #include <Dilated_Semantics.hpp>
 #include <impl/Dilated_Error.hpp>
 
+#include <Kokkos_Macros.hpp>
+
 #include <algorithm>
 #include <cstddef>
 #include <string>
@@ -37,8 +39,17 @@ struct KeptPositions {
   int count;
   int stride;
 
-  int position(int t) const { return first + t * stride; }
+  KOKKOS_INLINE_FUNCTION int position(int t) const { return first + t * stride; }
 };
+
+// The kept positions of segment `segment` at `offset`, for segments of `window` positions and
+// dilation `rate` on n tokens. Callable in kernels; Geometry::kept is the host entry point.
+KOKKOS_INLINE_FUNCTION KeptPositions kept_positions(int window, int rate, int segment, int offset,
+                                                    int n) {
+  const int begin = segment * window, end = begin + window < n ? begin + window : n;
+  const int first = begin + offset;
+  return {first, first < end ? (end - first + rate - 1) / rate : 0, rate};
+}
 
 class Geometry {
  public:
@@ -52,15 +63,7 @@ class Geometry {
         num_heads_(num_heads),
         semantics_(semantics) {
     constexpr const char* fn = "dilated::Geometry";
-    Impl::require(!segments_.empty(), fn, "segment_lengths must not be empty");
-    Impl::require(segments_.size() == dilations_.size(), fn, "segment_lengths has ",
-                  segments_.size(), " entries but dilation_rates has ", dilations_.size());
-    for (std::size_t i = 0; i < segments_.size(); ++i) {
-      Impl::require(segments_[i] >= 1, fn, "segment_lengths[", i, "] = ", segments_[i],
-                    " must be >= 1");
-      Impl::require(dilations_[i] >= 1, fn, "dilation_rates[", i, "] = ", dilations_[i],
-                    " must be >= 1");
-    }
+    validate_branches(fn, segments_, dilations_);
     Impl::require(num_heads_ >= 1, fn, "num_heads = ", num_heads_, " must be >= 1");
     if (semantics_ == Semantics::grouped) {
       Impl::require(num_heads_ >= num_branches(), fn, "num_heads = ", num_heads_,
@@ -68,6 +71,22 @@ class Geometry {
                     "; grouped semantics needs at least one head per group");
     }
     build_blocks();
+  }
+
+  // The checks of the (segment_lengths, dilation_rates) lists alone, for callers that know
+  // the lists before the number of heads: non-empty, equally long, every entry >= 1.
+  static void validate_branches(const char* fn, const std::vector<int>& segment_lengths,
+                                const std::vector<int>& dilation_rates) {
+    Impl::require(!segment_lengths.empty(), fn, "segment_lengths must not be empty");
+    Impl::require(segment_lengths.size() == dilation_rates.size(), fn, "segment_lengths has ",
+                  segment_lengths.size(), " entries but dilation_rates has ",
+                  dilation_rates.size());
+    for (std::size_t i = 0; i < segment_lengths.size(); ++i) {
+      Impl::require(segment_lengths[i] >= 1, fn, "segment_lengths[", i, "] = ", segment_lengths[i],
+                    " must be >= 1");
+      Impl::require(dilation_rates[i] >= 1, fn, "dilation_rates[", i, "] = ", dilation_rates[i],
+                    " must be >= 1");
+    }
   }
 
   int num_branches() const { return static_cast<int>(segments_.size()); }
@@ -122,11 +141,7 @@ class Geometry {
 
   // The positions kept in segment `segment` of `branch` at `offset` on n tokens.
   KeptPositions kept(int branch, int segment, int offset, int n) const {
-    const int w = window(branch, n), r = dilation_rate(branch);
-    const int begin = segment * w, end = std::min(begin + w, n);
-    const int first = begin + offset;
-    const int count = first < end ? (end - first + r - 1) / r : 0;
-    return {first, count, r};
+    return kept_positions(window(branch, n), dilation_rate(branch), segment, offset, n);
   }
 
   // The spec's predicate, straight from the definition: does `head` keep `position` in

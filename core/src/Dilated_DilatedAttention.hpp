@@ -1,0 +1,251 @@
+// dilated::DilatedAttention<Algorithm>: dilated attention over (batch, seq, heads, head_dim)
+// views, forward and backward, under an algorithm policy (Original). Both semantics, causal
+// masking, softmax scale, attention dropout, float / double / half / bf16 storage with float
+// (or double) accumulation, any sequence length.
+#ifndef DILATED_DILATED_ATTENTION_HPP
+#define DILATED_DILATED_ATTENTION_HPP
+
+#include <Dilated_AlgorithmPolicies.hpp>
+#include <Dilated_Compat.hpp>
+#include <Dilated_Geometry.hpp>
+#include <Dilated_Options.hpp>
+#include <impl/Dilated_Error.hpp>
+#include <impl/Dilated_OriginalDriver.hpp>
+#include <impl/Dilated_ShapeChecks.hpp>
+
+#include <cmath>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+namespace dilated {
+
+namespace Impl {
+
+template <class T>
+inline constexpr bool is_storage_type_v = std::is_same_v<T, float> || std::is_same_v<T, double> ||
+                                          std::is_same_v<T, Kokkos::Experimental::half_t>
+#if DILATED_HAVE_BHALF
+                                          || std::is_same_v<T, Kokkos::Experimental::bhalf_t>
+#endif
+    ;
+
+// Compile-time checks shared by forward and backward: Views of rank `rank`, reachable from
+// ExecSpace, of the same storage type T.
+template <class ExecSpace, class T, int rank, class... Views>
+constexpr void check_views() {
+  static_assert(is_execution_space_v<ExecSpace>,
+                "dilated::DilatedAttention: the first argument must be a Kokkos execution space");
+  static_assert((is_view_v<Views> && ...),
+                "dilated::DilatedAttention: q, k, v, out and the gradients must be Kokkos::Views");
+  static_assert(((view_rank_v<Views> == rank) && ...),
+                "dilated::DilatedAttention: q, k, v, out and the gradients must have rank 4 "
+                "(batch, seq, heads, head_dim)");
+  static_assert((is_accessible_from_v<ExecSpace, Views> && ...),
+                "dilated::DilatedAttention: every View must be accessible from the execution "
+                "space");
+  static_assert((std::is_same_v<typename Views::non_const_value_type, T> && ...),
+                "dilated::DilatedAttention: q, k, v, out and the gradients must share one "
+                "storage type");
+  static_assert(is_storage_type_v<T>,
+                "dilated::DilatedAttention: storage must be float, double, "
+                "Kokkos::Experimental::half_t or bhalf_t");
+}
+
+template <class ExecSpace, class View>
+constexpr void check_output() {
+  static_assert(!std::is_const_v<typename View::value_type>,
+                "dilated::DilatedAttention: outputs (out, lse, dq, dk, dv) must not be const");
+}
+
+}  // namespace Impl
+
+template <class Algorithm = Original>
+class DilatedAttention {
+  static_assert(is_algorithm_policy_v<Algorithm>,
+                "dilated::DilatedAttention<Algorithm>: Algorithm must be an algorithm policy "
+                "(dilated::Original)");
+
+ public:
+  // Throws std::invalid_argument naming the argument for empty or mismatched lists, entries
+  // < 1, a dropout outside [0, 1), a non-finite softmax scale or a zero workspace.
+  DilatedAttention(std::vector<int> segment_lengths, std::vector<int> dilation_rates,
+                   AttentionOptions options = {})
+      : segments_(std::move(segment_lengths)),
+        dilations_(std::move(dilation_rates)),
+        options_(options) {
+    constexpr const char* fn = "dilated::DilatedAttention";
+    Geometry::validate_branches(fn, segments_, dilations_);
+    const double p = options_.attention_dropout();
+    Impl::require(p >= 0 && p < 1, fn, "attention_dropout = ", p, " must be in [0, 1)");
+    if (options_.softmax_scale()) {
+      Impl::require(std::isfinite(*options_.softmax_scale()), fn,
+                    "softmax_scale = ", *options_.softmax_scale(), " must be finite");
+    }
+    Impl::require(options_.workspace_bytes() > 0, fn, "workspace_bytes must be > 0");
+  }
+
+  const AttentionOptions& options() const { return options_; }
+  const std::vector<int>& segment_lengths() const { return segments_; }
+  const std::vector<int>& dilation_rates() const { return dilations_; }
+
+  // The geometry for `num_heads` heads (throws for grouped when num_heads < the branches).
+  Geometry geometry(int num_heads) const {
+    return Geometry(segments_, dilations_, num_heads, options_.semantics());
+  }
+
+  // out = dilated attention of q, k, v; lse (b, n, h) receives the merged log-sum-exp
+  // (-inf where no branch keeps the position), which backward can reuse.
+  template <class ExecSpace, class Q, class K, class V, class O, class L,
+            std::enable_if_t<Impl::is_execution_space_v<ExecSpace> && Impl::is_view_v<L>, int> = 0>
+  void forward(const ExecSpace& space, const Q& q, const K& k, const V& v, const O& out,
+               const L& lse, const ForwardOptions& call = {}) const {
+    static_assert(Impl::view_rank_v<L> == 3,
+                  "dilated::DilatedAttention::forward: lse must have rank 3 (batch, seq, heads)");
+    static_assert(Impl::is_accessible_from_v<ExecSpace, L>,
+                  "dilated::DilatedAttention::forward: lse must be accessible from the space");
+    Impl::check_output<ExecSpace, L>();
+    forward_impl(space, q, k, v, out, &lse, call);
+  }
+
+  template <class ExecSpace, class Q, class K, class V, class O,
+            std::enable_if_t<Impl::is_execution_space_v<ExecSpace>, int> = 0>
+  void forward(const ExecSpace& space, const Q& q, const K& k, const V& v, const O& out,
+               const ForwardOptions& call = {}) const {
+    forward_impl(space, q, k, v, out, static_cast<const NoLse<ExecSpace>*>(nullptr), call);
+  }
+
+  // The same on the views' default execution space.
+  template <class Q, class K, class V, class O, class... Rest,
+            std::enable_if_t<Impl::is_view_v<Q>, int> = 0>
+  void forward(const Q& q, const K& k, const V& v, const O& out, const Rest&... rest) const {
+    forward(typename Q::execution_space{}, q, k, v, out, rest...);
+  }
+
+  // dq, dk, dv = gradients of <out, dout> with respect to q, k, v, for the forward that produced
+  // `out` with the same options (same seed: same dropout mask). With `lse` from that forward
+  // the longnet branch weights are not recomputed.
+  template <class ExecSpace, class Q, class K, class V, class O, class L, class G, class DQ,
+            class DK, class DV,
+            std::enable_if_t<Impl::is_execution_space_v<ExecSpace> && Impl::is_view_v<DV>, int> = 0>
+  void backward(const ExecSpace& space, const Q& q, const K& k, const V& v, const O& out,
+                const L& lse, const G& dout, const DQ& dq, const DK& dk, const DV& dv,
+                const ForwardOptions& call = {}) const {
+    static_assert(Impl::view_rank_v<L> == 3,
+                  "dilated::DilatedAttention::backward: lse must have rank 3 (batch, seq, heads)");
+    backward_impl(space, q, k, v, out, &lse, dout, dq, dk, dv, call);
+  }
+
+  template <class ExecSpace, class Q, class K, class V, class O, class G, class DQ, class DK,
+            class DV, std::enable_if_t<Impl::is_execution_space_v<ExecSpace>, int> = 0>
+  void backward(const ExecSpace& space, const Q& q, const K& k, const V& v, const O& out,
+                const G& dout, const DQ& dq, const DK& dk, const DV& dv,
+                const ForwardOptions& call = {}) const {
+    backward_impl(space, q, k, v, out, static_cast<const NoLse<ExecSpace>*>(nullptr), dout, dq, dk,
+                  dv, call);
+  }
+
+  template <class Q, class K, class V, class O, class... Rest,
+            std::enable_if_t<Impl::is_view_v<Q>, int> = 0>
+  void backward(const Q& q, const K& k, const V& v, const O& out, const Rest&... rest) const {
+    backward(typename Q::execution_space{}, q, k, v, out, rest...);
+  }
+
+ private:
+  template <class ExecSpace>
+  using NoLse = Kokkos::View<float***, typename ExecSpace::memory_space>;
+
+  template <class ExecSpace, class Q, class K, class V, class O, class L>
+  void forward_impl(const ExecSpace& space, const Q& q, const K& k, const V& v, const O& out,
+                    const L* lse, const ForwardOptions& call) const {
+    using T = typename Q::non_const_value_type;
+    using Acc = Impl::accumulation_t<T>;
+    Impl::check_views<ExecSpace, T, 4, Q, K, V, O>();
+    Impl::check_output<ExecSpace, O>();
+    Impl::ScopedRegion region("dilated::DilatedAttention::forward");
+    constexpr const char* fn = "dilated::DilatedAttention::forward";
+    const Geometry g = geometry_for(fn, q);
+    Impl::check_attention_shapes(fn, g, q, k, v, out);
+    if (lse) Impl::check_per_token(fn, "lse", *lse, q);
+
+    Impl::Accumulator4<ExecSpace, Acc> out_acc("dilated::original::out_accumulator", q.extent(0),
+                                               q.extent(1), q.extent(2), q.extent(3));
+    Impl::Accumulator3<ExecSpace, Acc> lse_acc("dilated::original::lse_accumulator", q.extent(0),
+                                               q.extent(1), q.extent(2));
+    Impl::original_forward_branches(space, g, options_, call, q, k, v, out_acc, lse_acc, true);
+    Impl::convert_rows(space, "dilated::original::store_out", out_acc, out);
+    if (lse) Impl::convert_rows(space, "dilated::original::store_lse", lse_acc, *lse);
+    Impl::fence(space, "dilated::DilatedAttention::forward: temporaries go out of scope");
+  }
+
+  template <class ExecSpace, class Q, class K, class V, class O, class L, class G, class DQ,
+            class DK, class DV>
+  void backward_impl(const ExecSpace& space, const Q& q, const K& k, const V& v, const O& out,
+                     const L* lse, const G& dout, const DQ& dq, const DK& dk, const DV& dv,
+                     const ForwardOptions& call) const {
+    using T = typename Q::non_const_value_type;
+    using Acc = Impl::accumulation_t<T>;
+    Impl::check_views<ExecSpace, T, 4, Q, K, V, O, G, DQ, DK, DV>();
+    Impl::check_output<ExecSpace, DQ>();
+    Impl::check_output<ExecSpace, DK>();
+    Impl::check_output<ExecSpace, DV>();
+    Impl::ScopedRegion region("dilated::DilatedAttention::backward");
+    constexpr const char* fn = "dilated::DilatedAttention::backward";
+    const Geometry g = geometry_for(fn, q);
+    Impl::check_attention_shapes(fn, g, q, k, v, out);
+    Impl::check_same_shape(fn, "dout", dout, q);
+    Impl::check_same_shape(fn, "dq", dq, q);
+    Impl::check_same_shape(fn, "dk", dk, q);
+    Impl::check_same_shape(fn, "dv", dv, q);
+    if (lse) Impl::check_per_token(fn, "lse", *lse, q);
+    const int batch = q.extent(0), n = q.extent(1), heads = q.extent(2), d = q.extent(3);
+    const bool longnet = g.semantics() == Semantics::longnet;
+
+    // The merged log-sum-exp L of the forward (longnet branch weights exp(lse_i - L)).
+    Impl::Accumulator3<ExecSpace, Acc> lse_acc("dilated::original::lse_accumulator",
+                                               longnet ? batch : 0, n, heads);
+    if (longnet && lse) {
+      Impl::convert_rows(space, "dilated::original::load_lse", *lse, lse_acc);
+    } else if (longnet) {
+      Impl::original_forward_branches(space, g, options_, call, q, k, v,
+                                      Impl::Accumulator4<ExecSpace, Acc>(), lse_acc, false);
+    }
+    Impl::Accumulator4<ExecSpace, Acc> dq_acc("dilated::original::dq", batch, n, heads, d),
+        dk_acc("dilated::original::dk", batch, n, heads, d),
+        dv_acc("dilated::original::dv", batch, n, heads, d);
+    const Impl::LaunchSchedule<ExecSpace> schedule(g, batch, n, 2, sizeof(Acc),
+                                                   options_.workspace_bytes());
+    using Kernel =
+        Impl::OriginalBackwardKernel<ExecSpace, Q, K, V, O, G, Impl::Accumulator3<ExecSpace, Acc>,
+                                     Impl::Accumulator4<ExecSpace, Acc>>;
+    const bool through_weights = longnet && !options_.detach_branch_weights();
+    Impl::launch_branches(space, "dilated::original::backward", schedule,
+                          Impl::make_launch<ExecSpace, Acc>(g, options_, call, n, d),
+                          [&](const auto& launch, const auto& work) {
+                            return Kernel{launch,  q,      k,      v,      out,  dout,
+                                          lse_acc, dq_acc, dk_acc, dv_acc, work, through_weights};
+                          });
+    Impl::convert_rows(space, "dilated::original::store_dq", dq_acc, dq);
+    Impl::convert_rows(space, "dilated::original::store_dk", dk_acc, dk);
+    Impl::convert_rows(space, "dilated::original::store_dv", dv_acc, dv);
+    Impl::fence(space, "dilated::DilatedAttention::backward: temporaries go out of scope");
+  }
+
+  template <class Q>
+  Geometry geometry_for(const char* fn, const Q& q) const {
+    Impl::require(q.extent(2) >= 1, fn, "q.extent(2) (heads) = ", q.extent(2), " must be >= 1");
+    try {
+      return geometry(static_cast<int>(q.extent(2)));
+    } catch (const std::invalid_argument& e) {
+      Impl::throw_invalid_argument(fn, e.what());
+    }
+  }
+
+  std::vector<int> segments_;
+  std::vector<int> dilations_;
+  AttentionOptions options_;
+};
+
+}  // namespace dilated
+
+#endif  // DILATED_DILATED_ATTENTION_HPP

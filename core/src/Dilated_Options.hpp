@@ -1,0 +1,65 @@
+// The options of DilatedAttention: what is fixed at construction (AttentionOptions, a value type
+// with chainable setters) and what changes per call (ForwardOptions).
+#ifndef DILATED_OPTIONS_HPP
+#define DILATED_OPTIONS_HPP
+
+#include <Dilated_Semantics.hpp>
+
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+
+namespace dilated {
+
+class AttentionOptions {
+ public:
+  AttentionOptions& set_semantics(Semantics s) {
+    semantics_ = s;
+    return *this;
+  }
+  // Multiplies q.k; unset means 1/sqrt(head_dim).
+  AttentionOptions& set_softmax_scale(double scale) {
+    softmax_scale_ = scale;
+    return *this;
+  }
+  // Probability of dropping an attention probability while training, in [0, 1).
+  AttentionOptions& set_attention_dropout(double p) {
+    dropout_ = p;
+    return *this;
+  }
+  // longnet only: stop gradients through the branch weights softmax_i(lse_i), as torchscale
+  // does (its lse comes out of the flash kernel detached). Default: gradients flow.
+  AttentionOptions& set_detach_branch_weights(bool detach) {
+    detach_ = detach;
+    return *this;
+  }
+  // Upper bound on the score-matrix workspace of one launch of the Original algorithm; work
+  // beyond it is processed in chunks. At least one segment's matrix is always allocated.
+  AttentionOptions& set_workspace_bytes(std::size_t bytes) {
+    workspace_bytes_ = bytes;
+    return *this;
+  }
+
+  Semantics semantics() const { return semantics_; }
+  std::optional<double> softmax_scale() const { return softmax_scale_; }
+  double attention_dropout() const { return dropout_; }
+  bool detach_branch_weights() const { return detach_; }
+  std::size_t workspace_bytes() const { return workspace_bytes_; }
+
+ private:
+  Semantics semantics_ = Semantics::grouped;  // the seed's peers: a drop-in default
+  std::optional<double> softmax_scale_;
+  double dropout_ = 0.0;
+  bool detach_ = false;
+  std::size_t workspace_bytes_ = std::size_t{512} << 20;
+};
+
+struct ForwardOptions {
+  bool is_causal = false;
+  bool training = false;   // dropout is applied only when training
+  std::uint64_t seed = 0;  // dropout seed: same seed, same mask, on every backend
+};
+
+}  // namespace dilated
+
+#endif  // DILATED_OPTIONS_HPP

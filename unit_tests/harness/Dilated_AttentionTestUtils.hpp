@@ -1,0 +1,63 @@
+// Moving test data between the host double oracle and a backend's storage type.
+#ifndef DILATED_ATTENTION_TEST_UTILS_HPP
+#define DILATED_ATTENTION_TEST_UTILS_HPP
+
+#include <Dilated_Compat.hpp>
+#include <impl/Dilated_Numeric.hpp>
+
+#include <Kokkos_Core.hpp>
+
+#include <string>
+#include <tuple>
+
+namespace dilated::testing {
+
+// The storage types a backend's tests run over: double and float everywhere, and half / bf16
+// where they are real 16-bit types (the CUDA build; on the host Kokkos makes them float).
+using StorageTypes = std::tuple<double, float
+#if !DILATED_HALF_IS_FLOAT
+                                ,
+                                Kokkos::Experimental::half_t
+#endif
+#if DILATED_HAVE_BHALF && !DILATED_BHALF_IS_FLOAT
+                                ,
+                                Kokkos::Experimental::bhalf_t
+#endif
+                                >;
+
+template <class T, class MemSpace>
+using Device4 = Kokkos::View<T****, Kokkos::LayoutRight, MemSpace>;
+
+// `host` (double) stored as T in MemSpace.
+template <class T, class MemSpace, class HostView>
+Device4<T, MemSpace> to_storage(const HostView& host, const std::string& label) {
+  Kokkos::View<T****, Kokkos::LayoutRight, Kokkos::HostSpace> staged(
+      label, host.extent(0), host.extent(1), host.extent(2), host.extent(3));
+  for (std::size_t i = 0; i < host.extent(0); ++i)
+    for (std::size_t j = 0; j < host.extent(1); ++j)
+      for (std::size_t k = 0; k < host.extent(2); ++k)
+        for (std::size_t l = 0; l < host.extent(3); ++l)
+          staged(i, j, k, l) = static_cast<T>(host(i, j, k, l));
+  Device4<T, MemSpace> device(label, host.extent(0), host.extent(1), host.extent(2),
+                              host.extent(3));
+  Kokkos::deep_copy(device, staged);
+  return device;
+}
+
+// A (b, n, h, d) View of any storage type, anywhere, as a host View of double.
+template <class View>
+Kokkos::View<double****, Kokkos::HostSpace> to_host_double(const View& view) {
+  const auto host = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), view);
+  Kokkos::View<double****, Kokkos::HostSpace> out("dilated::test::as_double", view.extent(0),
+                                                  view.extent(1), view.extent(2), view.extent(3));
+  for (std::size_t i = 0; i < view.extent(0); ++i)
+    for (std::size_t j = 0; j < view.extent(1); ++j)
+      for (std::size_t k = 0; k < view.extent(2); ++k)
+        for (std::size_t l = 0; l < view.extent(3); ++l)
+          out(i, j, k, l) = dilated::Impl::to_double(host(i, j, k, l));
+  return out;
+}
+
+}  // namespace dilated::testing
+
+#endif  // DILATED_ATTENTION_TEST_UTILS_HPP

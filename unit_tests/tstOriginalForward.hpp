@@ -1,0 +1,157 @@
+// DilatedAttention<Original>::forward on every backend and storage type, against the exact
+// double reference (on the same rounded inputs) and the golden peer outputs.
+#include <DilatedAttention.hpp>
+#include <Dilated_Allclose.hpp>
+#include <Dilated_AttentionTestUtils.hpp>
+#include <Dilated_TestData.hpp>
+#include <Dilated_Tolerances.hpp>
+
+#include <catch2/catch_template_test_macros.hpp>
+#include <catch2/catch_test_macros.hpp>
+#include <catch2/matchers/catch_matchers_string.hpp>
+#include <nlohmann/json.hpp>
+
+#include <fstream>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace {
+
+using ExecSpace = TEST_EXECSPACE;
+using MemSpace = TEST_MEMSPACE;
+using dilated::Semantics;
+
+struct ForwardCase {
+  Semantics semantics;
+  std::vector<int> segs, dils;
+  int b, n, h, d;
+};
+
+// Each runs causal and not: every semantics; n not divisible by the segments; h not divisible
+// by the branch count; r > h; b > 1; d in {8, 24, 64, 128}; n = 1; a longer sequence.
+const std::vector<ForwardCase> forward_cases = {
+    {Semantics::grouped, {16, 32}, {1, 2}, 2, 64, 4, 8},
+    {Semantics::grouped, {16, 32, 64}, {1, 2, 4}, 1, 100, 5, 24},
+    {Semantics::longnet, {16, 64}, {1, 4}, 2, 77, 3, 64},
+    {Semantics::longnet, {32, 64, 128}, {1, 2, 4}, 1, 130, 6, 128},
+    {Semantics::grouped, {4, 8}, {1, 2}, 1, 1, 2, 8},
+    {Semantics::longnet, {128, 256}, {1, 2}, 1, 600, 2, 8},
+};
+
+// Runs forward for T and compares out and lse with the double reference of the T-rounded
+// inputs, to the tolerance of T.
+template <class T>
+void check_forward(const ForwardCase& c, bool causal, std::uint64_t seed,
+                   dilated::AttentionOptions options = {}) {
+  CAPTURE(dilated::to_string(c.semantics), c.b, c.n, c.h, c.d, causal);
+  options.set_semantics(c.semantics);
+  const dilated::DilatedAttention<dilated::Original> attention(c.segs, c.dils, options);
+  const auto q = dilated::testing::to_storage<T, MemSpace>(
+      dilated::testing::random_bnhd<double>("q", c.b, c.n, c.h, c.d, seed), "q");
+  const auto k = dilated::testing::to_storage<T, MemSpace>(
+      dilated::testing::random_bnhd<double>("k", c.b, c.n, c.h, c.d, seed + 1), "k");
+  const auto v = dilated::testing::to_storage<T, MemSpace>(
+      dilated::testing::random_bnhd<double>("v", c.b, c.n, c.h, c.d, seed + 2), "v");
+  dilated::testing::Device4<T, MemSpace> out("out", c.b, c.n, c.h, c.d);
+  Kokkos::View<float***, MemSpace> lse("lse", c.b, c.n, c.h);
+  attention.forward(ExecSpace(), q, k, v, out, lse, {causal, false, 0});
+
+  const auto qh = dilated::testing::to_host_double(q), kh = dilated::testing::to_host_double(k),
+             vh = dilated::testing::to_host_double(v);
+  Kokkos::View<double****, Kokkos::HostSpace> expected("expected", c.b, c.n, c.h, c.d);
+  Kokkos::View<double***, Kokkos::HostSpace> expected_lse("expected_lse", c.b, c.n, c.h);
+  dilated::reference(attention.geometry(c.h), qh, kh, vh, expected, expected_lse,
+                     {causal, options.softmax_scale()});
+  using Tol = dilated::testing::Tolerance<T>;
+  DILATED_CHECK_ALLCLOSE(out, expected, Tol::rtol, Tol::atol);
+  // lse is stored as float: its own rounding (u = 6e-8 relative) adds to T's.
+  DILATED_CHECK_ALLCLOSE(lse, expected_lse, std::max(Tol::rtol, 1e-6), Tol::atol);
+}
+
+}  // namespace
+
+TEMPLATE_LIST_TEST_CASE("Original forward equals the exact reference",
+                        "[original][forward]" TEST_CATEGORY, dilated::testing::StorageTypes) {
+  std::uint64_t seed = 1000;
+  for (const auto& c : forward_cases) {
+    for (bool causal : {false, true})
+      check_forward<TestType>(c, causal, seed += 10);
+  }
+}
+
+TEMPLATE_LIST_TEST_CASE("Original forward: softmax scale and a small workspace",
+                        "[original][forward]" TEST_CATEGORY, dilated::testing::StorageTypes) {
+  // A workspace of one score matrix forces one team per launch: chunking must not change
+  // anything.
+  const ForwardCase c{Semantics::longnet, {32, 64, 128}, {1, 2, 4}, 2, 130, 6, 24};
+  check_forward<TestType>(
+      c, true, 77, dilated::AttentionOptions().set_softmax_scale(0.3).set_workspace_bytes(1));
+}
+
+TEMPLATE_TEST_CASE("Original forward reproduces the golden peer outputs",
+                   "[original][forward][golden]" TEST_CATEGORY, double, float) {
+  const std::string dir = dilated::testing::golden_dir();
+  std::ifstream manifest_file(dir + "/manifest.json");
+  if (!manifest_file.good()) SKIP("no golden files at '" << dir << "'");
+  const auto manifest = nlohmann::json::parse(manifest_file);
+  int cases = 0;
+  for (const auto& c : manifest) {
+    const std::string name = c.at("name");
+    CAPTURE(name);
+    const auto load = [&](const char* file) {
+      return dilated::testing::load_bnhd(dir + "/" + name + "/" + file);
+    };
+    const auto q = dilated::testing::to_storage<TestType, MemSpace>(load("q.npy"), "q");
+    const auto k = dilated::testing::to_storage<TestType, MemSpace>(load("k.npy"), "k");
+    const auto v = dilated::testing::to_storage<TestType, MemSpace>(load("v.npy"), "v");
+    const auto expected = load("out.npy");
+    const dilated::DilatedAttention<dilated::Original> attention(
+        c.at("segs").get<std::vector<int>>(), c.at("dils").get<std::vector<int>>(),
+        dilated::AttentionOptions().set_semantics(
+            dilated::semantics_from_string(c.at("semantics").get<std::string>())));
+    dilated::testing::Device4<TestType, MemSpace> out("out", q.extent(0), q.extent(1), q.extent(2),
+                                                      q.extent(3));
+    attention.forward(ExecSpace(), q, k, v, out, {c.at("causal").get<bool>(), false, 0});
+    // double: the golden README's 1e-10. float: the inputs are rounded to float too, so the
+    // error is the input rounding (u = 6e-8 times |q||k| ~ 10 for these d) plus accumulation.
+    if constexpr (std::is_same_v<TestType, double>) {
+      DILATED_CHECK_ALLCLOSE(out, expected, 0.0, 1e-10);
+    } else {
+      DILATED_CHECK_ALLCLOSE(out, expected, 2e-5, 2e-5);
+    }
+    ++cases;
+  }
+  REQUIRE(cases >= 9);
+}
+
+TEST_CASE("Original rejects bad arguments, naming them", "[original][errors]" TEST_CATEGORY) {
+  using Catch::Matchers::ContainsSubstring;
+  using dilated::AttentionOptions;
+  using Attention = dilated::DilatedAttention<dilated::Original>;
+  REQUIRE_THROWS_WITH(Attention({16, 32}, {1}),
+                      ContainsSubstring("segment_lengths has 2 entries but dilation_rates has 1"));
+  REQUIRE_THROWS_WITH(Attention({16, 32}, {1, 0}), ContainsSubstring("dilation_rates[1] = 0"));
+  REQUIRE_THROWS_WITH(Attention({16}, {1}, AttentionOptions().set_attention_dropout(1.0)),
+                      ContainsSubstring("attention_dropout = 1 must be in [0, 1)"));
+  REQUIRE_THROWS_WITH(Attention({16}, {1}, AttentionOptions().set_attention_dropout(-0.1)),
+                      ContainsSubstring("attention_dropout = -0.1"));
+  REQUIRE_THROWS_WITH(Attention({16}, {1}, AttentionOptions().set_softmax_scale(INFINITY)),
+                      ContainsSubstring("softmax_scale = inf must be finite"));
+
+  const Attention grouped({8, 16, 32}, {1, 2, 4});
+  dilated::testing::Device4<float, MemSpace> q("q", 1, 32, 2, 8), out("out", 1, 32, 2, 8);
+  REQUIRE_THROWS_WITH(grouped.forward(ExecSpace(), q, q, q, out),
+                      ContainsSubstring("num_heads = 2 is less than the number of groups"));
+  const Attention attention({8}, {1});
+  dilated::testing::Device4<float, MemSpace> k_short("k", 1, 31, 2, 8), v_wide("v", 1, 32, 2, 16);
+  REQUIRE_THROWS_WITH(attention.forward(ExecSpace(), q, k_short, q, out),
+                      ContainsSubstring("k.extent(1) (sequence length) = 31 does not match"));
+  REQUIRE_THROWS_WITH(attention.forward(ExecSpace(), q, q, v_wide, out),
+                      ContainsSubstring("v.extent(3) (head_dim) = 16 does not match"));
+  Kokkos::View<float***, MemSpace> lse("lse", 1, 32, 3);
+  REQUIRE_THROWS_WITH(attention.forward(ExecSpace(), q, q, q, out, lse),
+                      ContainsSubstring("lse.extent(2) (heads) = 3"));
+  REQUIRE_THROWS_WITH(attention.backward(ExecSpace(), q, q, q, out, out, q, q, v_wide),
+                      ContainsSubstring("dv.extent(3) (head_dim) = 16 does not match"));
+}
