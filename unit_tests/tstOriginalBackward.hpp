@@ -1,0 +1,243 @@
+// DilatedAttention<Original>::backward on every backend: double gradients against central
+// finite differences of the double oracles (through the longnet branch weights, detached, and
+// with dropout), float gradients against double ones, and the dropout contract.
+#include <DilatedAttention.hpp>
+#include <Dilated_Allclose.hpp>
+#include <Dilated_AttentionTestUtils.hpp>
+#include <Dilated_BranchwiseReference.hpp>
+#include <Dilated_TestData.hpp>
+
+#include <catch2/catch_test_macros.hpp>
+
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+namespace {
+
+using ExecSpace = TEST_EXECSPACE;
+using MemSpace = TEST_MEMSPACE;
+using dilated::Semantics;
+using dilated::testing::HostView4;
+
+struct GradCase {
+  Semantics semantics;
+  std::vector<int> segs, dils;
+  int b, n, h, d;
+  bool causal;
+  bool detach;
+  double dropout;
+};
+
+// sum(out * r) for the forward the case describes, in double on the host. Without dropout and
+// with gradients through the weights this is the exact reference; otherwise the branchwise
+// oracle with the library's dropout mask, and for detached weights the branch weights of
+// the unperturbed inputs (`base`).
+double loss(const GradCase& c, const dilated::Geometry& g, const HostView4& q, const HostView4& k,
+            const HostView4& v, const HostView4& r, const dilated::testing::Branchwise* base,
+            std::uint64_t seed) {
+  HostView4 out("out", q.extent(0), q.extent(1), q.extent(2), q.extent(3));
+  const double scale = 1.0 / std::sqrt(static_cast<double>(c.d));
+  if (c.dropout == 0 && !c.detach) {
+    dilated::reference(g, q, k, v, out, {c.causal, std::nullopt});
+  } else {
+    auto bw = dilated::testing::branchwise(
+        g, q, k, v, c.causal, scale,
+        c.dropout > 0 ? dilated::Impl::Dropout(c.dropout, seed) : dilated::Impl::Dropout());
+    dilated::testing::merge(g, bw, c.detach ? *base : bw);
+    out = bw.out;
+  }
+  double sum = 0;
+  for (std::size_t i = 0; i < out.size(); ++i)
+    sum += out.data()[i] * r.data()[i];
+  return sum;
+}
+
+// Central differences of `loss` with respect to every element of `x` (one of q, k, v).
+HostView4 finite_difference(const GradCase& c, const dilated::Geometry& g, HostView4 q, HostView4 k,
+                            HostView4 v, const HostView4& r, HostView4 x,
+                            const dilated::testing::Branchwise* base, std::uint64_t seed) {
+  const double eps = 1e-6;
+  HostView4 grad("fd", x.extent(0), x.extent(1), x.extent(2), x.extent(3));
+  for (std::size_t i = 0; i < x.size(); ++i) {
+    const double x0 = x.data()[i];
+    x.data()[i] = x0 + eps;
+    const double up = loss(c, g, q, k, v, r, base, seed);
+    x.data()[i] = x0 - eps;
+    const double down = loss(c, g, q, k, v, r, base, seed);
+    x.data()[i] = x0;
+    grad.data()[i] = (up - down) / (2 * eps);
+  }
+  return grad;
+}
+
+HostView4 copy(const HostView4& x) {
+  HostView4 y("copy", x.extent(0), x.extent(1), x.extent(2), x.extent(3));
+  Kokkos::deep_copy(y, x);
+  return y;
+}
+
+struct Gradients {
+  dilated::testing::Device4<double, MemSpace> dq, dk, dv, out;
+};
+
+template <class T>
+Gradients run_backward(const GradCase& c, const HostView4& qh, const HostView4& kh,
+                       const HostView4& vh, const HostView4& rh, std::uint64_t seed,
+                       bool pass_lse) {
+  auto options = dilated::AttentionOptions()
+                     .set_semantics(c.semantics)
+                     .set_detach_branch_weights(c.detach)
+                     .set_attention_dropout(c.dropout);
+  const dilated::DilatedAttention<dilated::Original> attention(c.segs, c.dils, options);
+  const auto q = dilated::testing::to_storage<T, MemSpace>(qh, "q");
+  const auto k = dilated::testing::to_storage<T, MemSpace>(kh, "k");
+  const auto v = dilated::testing::to_storage<T, MemSpace>(vh, "v");
+  const auto dout = dilated::testing::to_storage<T, MemSpace>(rh, "dout");
+  dilated::testing::Device4<T, MemSpace> out("out", c.b, c.n, c.h, c.d),
+      dq("dq", c.b, c.n, c.h, c.d), dk("dk", c.b, c.n, c.h, c.d), dv("dv", c.b, c.n, c.h, c.d);
+  Kokkos::View<T***, MemSpace> lse("lse", c.b, c.n, c.h);
+  const dilated::ForwardOptions call{c.causal, true, seed};
+  attention.forward(ExecSpace(), q, k, v, out, lse, call);
+  if (pass_lse) {
+    attention.backward(ExecSpace(), q, k, v, out, lse, dout, dq, dk, dv, call);
+  } else {
+    attention.backward(ExecSpace(), q, k, v, out, dout, dq, dk, dv, call);
+  }
+  const auto as_double = [](const auto& x) {
+    return dilated::testing::to_storage<double, MemSpace>(dilated::testing::to_host_double(x), "g");
+  };
+  return {as_double(dq), as_double(dk), as_double(dv), as_double(out)};
+}
+
+const std::vector<GradCase> grad_cases = {
+    // semantics, segs, dils, b, n, h, d, causal, detach, dropout
+    {Semantics::grouped, {4, 8}, {1, 2}, 1, 12, 2, 3, false, false, 0.0},
+    {Semantics::grouped, {4, 8}, {1, 2}, 2, 10, 3, 2, true, false, 0.0},
+    {Semantics::longnet, {4, 8}, {1, 2}, 1, 10, 3, 3, false, false, 0.0},
+    {Semantics::longnet, {4, 8}, {1, 2}, 1, 11, 2, 3, true, false, 0.0},
+    {Semantics::longnet, {4, 8}, {1, 2}, 1, 10, 3, 3, false, true, 0.0},
+    {Semantics::longnet, {4, 8}, {1, 2}, 1, 10, 3, 3, true, true, 0.0},
+    {Semantics::longnet, {4, 8}, {1, 4}, 1, 9, 2, 2, false, false, 0.3},  // r > h, dropout
+    {Semantics::longnet, {4, 8}, {1, 2}, 1, 10, 3, 3, true, true, 0.3},
+    {Semantics::grouped, {4, 8}, {1, 2}, 1, 12, 2, 3, false, false, 0.3},
+};
+
+}  // namespace
+
+TEST_CASE("Original backward equals finite differences (double)",
+          "[original][backward]" TEST_CATEGORY) {
+  std::uint64_t seed = 500;
+  for (const auto& c : grad_cases) {
+    CAPTURE(dilated::to_string(c.semantics), c.n, c.h, c.d, c.causal, c.detach, c.dropout);
+    seed += 10;
+    const dilated::Geometry g(c.segs, c.dils, c.h, c.semantics);
+    auto q = dilated::testing::random_bnhd<double>("q", c.b, c.n, c.h, c.d, seed);
+    auto k = dilated::testing::random_bnhd<double>("k", c.b, c.n, c.h, c.d, seed + 1);
+    auto v = dilated::testing::random_bnhd<double>("v", c.b, c.n, c.h, c.d, seed + 2);
+    const auto r = dilated::testing::random_bnhd<double>("r", c.b, c.n, c.h, c.d, seed + 3);
+    const auto base = dilated::testing::branchwise(
+        g, q, k, v, c.causal, 1.0 / std::sqrt(double(c.d)),
+        c.dropout > 0 ? dilated::Impl::Dropout(c.dropout, seed) : dilated::Impl::Dropout());
+    for (bool pass_lse : {true, false}) {
+      CAPTURE(pass_lse);
+      const auto grads = run_backward<double>(c, q, k, v, r, seed, pass_lse);
+      // Central differences with eps = 1e-6: truncation ~eps^2, rounding ~1e-16/eps = 1e-10.
+      const double rtol = 1e-6, atol = 1e-7;
+      DILATED_CHECK_ALLCLOSE(grads.dq, finite_difference(c, g, q, k, v, r, q, &base, seed), rtol,
+                             atol);
+      DILATED_CHECK_ALLCLOSE(grads.dk, finite_difference(c, g, q, k, v, r, k, &base, seed), rtol,
+                             atol);
+      DILATED_CHECK_ALLCLOSE(grads.dv, finite_difference(c, g, q, k, v, r, v, &base, seed), rtol,
+                             atol);
+    }
+  }
+}
+
+TEST_CASE("Original backward in float agrees with double", "[original][backward]" TEST_CATEGORY) {
+  const GradCase cases[] = {
+      {Semantics::longnet, {32, 64, 128}, {1, 2, 4}, 1, 150, 6, 32, true, false, 0.0},
+      {Semantics::grouped, {32, 64, 128}, {1, 2, 4}, 2, 128, 4, 16, false, false, 0.1},
+  };
+  std::uint64_t seed = 900;
+  for (const auto& c : cases) {
+    CAPTURE(dilated::to_string(c.semantics));
+    // Inputs representable in float, so both runs see the same numbers.
+    const auto round = [](const HostView4& x) {
+      HostView4 y = copy(x);
+      for (std::size_t i = 0; i < y.size(); ++i)
+        y.data()[i] = static_cast<float>(y.data()[i]);
+      return y;
+    };
+    seed += 10;
+    const auto q = round(dilated::testing::random_bnhd<double>("q", c.b, c.n, c.h, c.d, seed));
+    const auto k = round(dilated::testing::random_bnhd<double>("k", c.b, c.n, c.h, c.d, seed + 1));
+    const auto v = round(dilated::testing::random_bnhd<double>("v", c.b, c.n, c.h, c.d, seed + 2));
+    const auto r = round(dilated::testing::random_bnhd<double>("r", c.b, c.n, c.h, c.d, seed + 3));
+    const auto exact = run_backward<double>(c, q, k, v, r, seed, true);
+    const auto single = run_backward<float>(c, q, k, v, r, seed, true);
+    // float accumulation over <= 128 keys of O(1) terms, twice (P, then dS): ~1e-5 relative
+    // per gradient entry; 1e-4 leaves a margin without hiding an O(1) error.
+    DILATED_CHECK_ALLCLOSE(single.dq, exact.dq, 1e-4, 1e-4);
+    DILATED_CHECK_ALLCLOSE(single.dk, exact.dk, 1e-4, 1e-4);
+    DILATED_CHECK_ALLCLOSE(single.dv, exact.dv, 1e-4, 1e-4);
+  }
+}
+
+TEST_CASE("Original dropout: the documented mask, p = 0 is the identity, seeds reproduce",
+          "[original][dropout]" TEST_CATEGORY) {
+  const GradCase c{Semantics::longnet, {16, 32, 64}, {1, 2, 4}, 2, 64, 4, 8, false, false, 0.25};
+  const dilated::Geometry g(c.segs, c.dils, c.h, c.semantics);
+  const auto qh = dilated::testing::random_bnhd<double>("q", c.b, c.n, c.h, c.d, 1);
+  const auto kh = dilated::testing::random_bnhd<double>("k", c.b, c.n, c.h, c.d, 2);
+  const auto vh = dilated::testing::random_bnhd<double>("v", c.b, c.n, c.h, c.d, 3);
+  const auto q = dilated::testing::to_storage<double, MemSpace>(qh, "q");
+  const auto k = dilated::testing::to_storage<double, MemSpace>(kh, "k");
+  const auto v = dilated::testing::to_storage<double, MemSpace>(vh, "v");
+  const auto run = [&](double p, bool training, std::uint64_t seed) {
+    const dilated::DilatedAttention<dilated::Original> attention(
+        c.segs, c.dils,
+        dilated::AttentionOptions().set_semantics(c.semantics).set_attention_dropout(p));
+    dilated::testing::Device4<double, MemSpace> out("out", c.b, c.n, c.h, c.d);
+    attention.forward(ExecSpace(), q, k, v, out, {false, training, seed});
+    return dilated::testing::to_host_double(out);
+  };
+  const auto bitwise_equal = [](const HostView4& x, const HostView4& y) {
+    return std::memcmp(x.data(), y.data(), x.size() * sizeof(double)) == 0;
+  };
+  const auto plain = run(0.0, false, 0);
+  SECTION("p = 0, or not training, is the identity, bit for bit") {
+    REQUIRE(bitwise_equal(run(0.0, true, 42), plain));
+    REQUIRE(bitwise_equal(run(0.25, false, 42), plain));
+  }
+  SECTION("the same seed reproduces bit for bit; another seed differs") {
+    const auto a = run(0.25, true, 42);
+    REQUIRE(bitwise_equal(run(0.25, true, 42), a));
+    REQUIRE_FALSE(bitwise_equal(run(0.25, true, 43), a));
+    REQUIRE_FALSE(bitwise_equal(a, plain));
+  }
+  SECTION("the kernel applies exactly the generator's mask") {
+    auto expected = dilated::testing::branchwise(g, qh, kh, vh, false, 1.0 / std::sqrt(8.0),
+                                                 dilated::Impl::Dropout(0.25, 42));
+    dilated::testing::merge(g, expected);
+    DILATED_CHECK_ALLCLOSE(run(0.25, true, 42), expected.out, 1e-12, 1e-12);
+  }
+  SECTION("the kept fraction is within 3 sigma of 1 - p") {
+    // Every (branch, batch, head, query, key) pair the forward weighs.
+    const dilated::Impl::Dropout dropout(0.25, 42);
+    long kept = 0, total = 0;
+    for (const auto& block : g.head_blocks())
+      for (int j = 0; j < g.num_segments(block.branch, c.n); ++j) {
+        const auto pos = g.kept(block.branch, j, block.offset, c.n);
+        for (int b = 0; b < c.b; ++b)
+          for (int h = block.head_begin; h < block.head_end; ++h)
+            for (int t = 0; t < pos.count; ++t)
+              for (int u = 0; u < pos.count; ++u, ++total)
+                kept += dropout.factor(block.branch, b, h, pos.position(t), pos.position(u)) != 0;
+      }
+    const double fraction = double(kept) / total, sigma = std::sqrt(0.25 * 0.75 / total);
+    CAPTURE(kept, total, fraction);
+    REQUIRE(total > 10000);
+    REQUIRE(std::abs(fraction - 0.75) < 3 * sigma);
+  }
+}
