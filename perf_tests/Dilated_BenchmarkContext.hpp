@@ -1,0 +1,28 @@
+// What every benchmark JSON records besides the timings: the Kokkos configuration, the
+// execution space and the commit.
+#ifndef DILATED_BENCHMARK_CONTEXT_HPP
+#define DILATED_BENCHMARK_CONTEXT_HPP
+
+#include <Dilated_Config.hpp>
+
+#include <Kokkos_Core.hpp>
+#include <benchmark/benchmark.h>
+
+#include <sstream>
+#include <string>
+
+namespace dilated::bench {
+
+inline void add_context() {
+  std::ostringstream config;
+  Kokkos::print_configuration(config, false);
+  benchmark::AddCustomContext("kokkos_configuration", config.str());
+  benchmark::AddCustomContext("kokkos_version", std::to_string(KOKKOS_VERSION));
+  benchmark::AddCustomContext("execution_space", Kokkos::DefaultExecutionSpace::name());
+  benchmark::AddCustomContext("dilated_version", DILATED_VERSION_STRING);
+  benchmark::AddCustomContext("git_hash", DILATED_GIT_HASH);
+}
+
+}  // namespace dilated::bench
+
+#endif  // DILATED_BENCHMARK_CONTEXT_HPP
