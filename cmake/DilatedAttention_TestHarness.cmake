@@ -13,9 +13,7 @@ function(_dilated_add_test_executable target)
                                                ${CMAKE_CURRENT_SOURCE_DIR})
   target_link_libraries(${target} PRIVATE DilatedAttention::dilated_attention Catch2::Catch2
                                           nlohmann_json::nlohmann_json)
-  target_compile_definitions(${target} PRIVATE
-    DILATED_GOLDEN_DIR="${DilatedAttention_GOLDEN_DIR}"
-    DILATED_TEST_TMPDIR="${CMAKE_CURRENT_BINARY_DIR}")
+  target_compile_definitions(${target} PRIVATE DILATED_GOLDEN_DIR="${DilatedAttention_GOLDEN_DIR}")
   dilated_kokkos_sources(${target})
   # Two OpenMP threads: this is what CI's 2-core machine has, and it exercises the threading.
   add_test(NAME ${target} COMMAND ${target})

@@ -7,6 +7,8 @@
 
 #include <cmath>
 #include <cstdint>
+#include <filesystem>
+#include <random>
 #include <fstream>
 #include <string>
 #include <vector>
@@ -16,8 +18,16 @@ namespace npy = dilated::npy;
 
 namespace {
 
+// A scratch file in this run's own temporary folder (the build folder may not exist where
+// the binary runs).
 std::string tmp(const std::string& name) {
-  return std::string(DILATED_TEST_TMPDIR) + "/" + name;
+  static const std::filesystem::path dir = [] {
+    auto d = std::filesystem::temp_directory_path() /
+             ("dilated_npy_test_" + std::to_string(std::random_device{}()));
+    std::filesystem::create_directories(d);
+    return d;
+  }();
+  return (dir / name).string();
 }
 
 // Writes a file by hand: magic, version, header length, header, data.

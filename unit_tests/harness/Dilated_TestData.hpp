@@ -7,6 +7,7 @@
 #include <Kokkos_Core.hpp>
 
 #include <cstdint>
+#include <cstdlib>
 #include <random>
 #include <string>
 
@@ -45,8 +46,10 @@ inline Kokkos::View<double****, Kokkos::LayoutRight, Kokkos::HostSpace> load_bnh
   return view;
 }
 
-// Where ../shared/golden lives; set by CMake (DilatedAttention_GOLDEN_DIR).
+// Where ../shared/golden lives: the DILATED_GOLDEN_DIR environment variable (for binaries run
+// on another machine), else what CMake was given (DilatedAttention_GOLDEN_DIR).
 inline std::string golden_dir() {
+  if (const char* env = std::getenv("DILATED_GOLDEN_DIR"); env && *env) return env;
 #ifdef DILATED_GOLDEN_DIR
   return DILATED_GOLDEN_DIR;
 #else

@@ -36,7 +36,7 @@ struct Dropout {
         threshold(static_cast<std::uint32_t>(probability * 16777216.0)),
         seed(seed_) {}
 
-  bool active() const { return threshold > 0; }
+  KOKKOS_INLINE_FUNCTION bool active() const { return threshold > 0; }
 
   // 0 (dropped) or 1 / (1 - p) (kept) for the probability of query p attending to key q.
   KOKKOS_INLINE_FUNCTION double factor(int branch, int batch, int head, int query, int key) const {

@@ -112,23 +112,30 @@ void original_forward_branches(const ExecSpace& space, const Geometry& g,
                   });
 }
 
-// dst(b, p, h, c) = src(b, p, h, c) in dst's storage type.
+// dst(b, p, h[, c]) = src(b, p, h[, c]) in dst's storage type. (A functor, not a lambda:
+// nvcc's extended lambdas cannot first-capture inside `if constexpr`.)
+template <class Src, class Dst>
+struct ConvertRows {
+  Src src;
+  Dst dst;
+  KOKKOS_FUNCTION void operator()(long b, long p, long h) const {
+    using T = typename Dst::value_type;
+    if constexpr (view_rank_v<Dst> == 4) {
+      for (std::size_t c = 0; c < dst.extent(3); ++c)
+        dst(b, p, h, c) = static_cast<T>(src(b, p, h, c));
+    } else {
+      dst(b, p, h) = static_cast<T>(src(b, p, h));
+    }
+  }
+};
+
 template <class ExecSpace, class Src, class Dst>
 void convert_rows(const ExecSpace& space, const char* label, const Src& src, const Dst& dst) {
-  using T = typename Dst::value_type;
   Kokkos::parallel_for(
       label,
       Kokkos::MDRangePolicy<ExecSpace, Kokkos::Rank<3>>(
           space, {0, 0, 0}, {long(dst.extent(0)), long(dst.extent(1)), long(dst.extent(2))}),
-      KOKKOS_LAMBDA(long b, long p, long h) {
-        if constexpr (view_rank_v<Dst> == 4) {
-          for (std::size_t c = 0; c < dst.extent(3); ++c) {
-            dst(b, p, h, c) = static_cast<T>(src(b, p, h, c));
-          }
-        } else {
-          dst(b, p, h) = static_cast<T>(src(b, p, h));
-        }
-      });
+      ConvertRows<Src, Dst>{src, dst});
 }
 
 }  // namespace dilated::Impl

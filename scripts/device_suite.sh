@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Runs a CUDA build's test executables, the device-vs-host checks and the benchmarks from a
+# folder of prebuilt binaries, on a machine with a GPU and no build tools. Logs and the
+# benchmark JSON go to OUT_DIR; the last lines printed are a summary.
+#
+# Usage: scripts/device_suite.sh BIN_DIR OUT_DIR [GOLDEN_DIR] [BENCH_LENGTHS]
+# Environment: ONLY=<regex> runs only matching test executables; SKIP_CHECKS=1, SKIP_BENCH=1.
+set -u
+bin=$1
+out=$2
+export DILATED_GOLDEN_DIR=${3:-}
+lengths=${4:-16384,65536}
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-8} OMP_PROC_BIND=false
+# Shared libraries the device machine lacks (Debian's libbenchmark) travel in BIN_DIR/lib.
+export LD_LIBRARY_PATH="$bin/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+mkdir -p "$out"
+nvidia-smi >"$out/nvidia-smi.txt" 2>&1 || true
+summary=()
+failed=0
+
+only=${ONLY:-}  # a regular expression: run only the matching executables
+for exe in "$bin"/dilated_*; do
+  [ -z "$only" ] || [[ "$(basename "$exe")" =~ $only ]] || continue
+  name=$(basename "$exe")
+  case "$name" in dilated_check | dilated_bench_* | dilated_pattern) continue ;; esac
+  start=$(date +%s%N)
+  if "$exe" >"$out/$name.log" 2>&1; then status=passed; else status=FAILED; failed=1; fi
+  ms=$((($(date +%s%N) - start) / 1000000))
+  summary+=("$(printf '%-36s %-7s %7d ms  %s' "$name" "$status" "$ms" "$(grep -E '^(All tests passed|test cases:)' "$out/$name.log" | tail -1)")")
+done
+
+# The device against the host: forward vs the exact reference, backward vs the host in double.
+checks=(
+  "--semantics grouped --dtype float --length 4096 --heads 12 --dim 64 --segments 512,1024,2048 --dilations 1,2,4"
+  "--semantics longnet --dtype float --length 3000 --heads 8 --dim 64 --segments 512,1024,2048 --dilations 1,2,4 --causal"
+  "--semantics longnet --dtype half --length 4096 --heads 8 --dim 64 --segments 512,1024,2048 --dilations 1,2,4"
+  "--semantics grouped --dtype bf16 --length 4096 --heads 6 --dim 128 --segments 512,1024,2048 --dilations 1,2,4 --causal"
+  "--semantics longnet --dtype double --length 2500 --heads 4 --dim 32 --segments 256,512 --dilations 1,2 --dropout 0.1"
+)
+[ -z "${SKIP_CHECKS:-}" ] || checks=()
+for i in "${!checks[@]}"; do
+  if "$bin/dilated_check" ${checks[$i]} >"$out/check_$i.log" 2>&1; then status=passed; else status=FAILED; failed=1; fi
+  summary+=("$(printf 'check %d %-7s %s' "$i" "$status" "$(head -1 "$out/check_$i.log")")")
+done
+
+if [ -x "$bin/dilated_bench_attention" ] && [ -z "${SKIP_BENCH:-}" ]; then
+  "$bin/dilated_bench_attention" --lengths="$lengths" --semantics=grouped \
+    --benchmark_out="$out/bench_original_grouped.json" --benchmark_out_format=json \
+    --benchmark_min_time=0.2 >"$out/bench_original_grouped.log" 2>&1 || failed=1
+  summary+=("$(grep -E '^Original' "$out/bench_original_grouped.log")")
+fi
+
+cat "$out"/check_*.log
+printf '%s\n' "${summary[@]}" | tee "$out/summary.txt"
+# Few files come back from a device run: bundle the logs.
+tar czf "$out/logs.tar.gz" -C "$out" --exclude logs.tar.gz . 2>/dev/null
+exit $failed

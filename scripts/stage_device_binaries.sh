@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Packs a CUDA build's executables (stripped), the shared libraries a bare GPU machine lacks,
+# and the golden files into gpu-carry/ (git-ignored), for the device tool to carry:
+#   run: tar xJf gpu-carry/bin.tar.xz -C /tmp && scripts/device_suite.sh /tmp/bin $OUT $PWD/gpu-carry/golden
+# Usage: scripts/stage_device_binaries.sh [BUILD_DIR (default build/cuda)]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+build=${1:-build/cuda}
+rm -rf gpu-carry && mkdir -p gpu-carry/bin/lib
+cp "$build"/unit_tests/dilated_* "$build"/examples/dilated_check \
+   "$build"/perf_tests/dilated_bench_* gpu-carry/bin/
+strip gpu-carry/bin/dilated_*
+cp /usr/lib/x86_64-linux-gnu/libbenchmark.so.1debian gpu-carry/bin/lib/
+tar cJf gpu-carry/bin.tar.xz -C gpu-carry bin && rm -rf gpu-carry/bin
+cp -r ../shared/golden gpu-carry/golden
+du -sh gpu-carry
