@@ -2,7 +2,7 @@
 // forward+backward, causal and not, over sequence lengths. Manual time between fences;
 // counters: tokens/s, TFLOP/s (useful attention FLOPs), GB/s of the q/k/v/out traffic.
 //
-//   dilated_bench_attention --lengths=16384,65536 --semantics=grouped
+//   dilated_bench_attention --lengths=16384,65536 --semantics=grouped [--vendor_gemm=0]
 //       --benchmark_out=original.json --benchmark_out_format=json
 // Storage is half on CUDA (fp16, as the PyTorch peers are measured) and float on the host.
 #include <DilatedAttention.hpp>
@@ -35,6 +35,7 @@ struct Settings {
   std::vector<int> segments = {2048, 4096, 8192}, dilations = {1, 2, 4};
   int batch = 1, heads = 12, dim = 64;
   std::string semantics = "grouped";
+  bool vendor_gemm = true;  // Original on CUDA: cuBLAS products (1) or the team kernel (0)
 };
 
 std::vector<int> parse_list(const char* text) {
@@ -77,7 +78,8 @@ Settings parse(int& argc, char* argv[]) {
 
 // Deterministic inputs in [-1, 1), generated on the device.
 View4 random_input(const char* label, const Settings& s, int n, std::uint64_t seed) {
-  View4 x(Kokkos::view_alloc(Kokkos::WithoutInitializing, std::string(label)), s.batch, n, s.heads, s.dim);
+  View4 x(Kokkos::view_alloc(Kokkos::WithoutInitializing, std::string(label)), s.batch, n, s.heads,
+          s.dim);
   Storage* data = x.data();
   Kokkos::parallel_for(
       "dilated::bench::fill", Kokkos::RangePolicy<Device>(0, x.size()), KOKKOS_LAMBDA(long i) {
@@ -104,7 +106,9 @@ double forward_flops(const dilated::Geometry& g, int batch, int n, int d, bool c
 void run(benchmark::State& state, const Settings& s, int n, bool causal, bool with_backward) {
   const dilated::DilatedAttention<dilated::Original> attention(
       s.segments, s.dilations,
-      dilated::AttentionOptions().set_semantics(dilated::semantics_from_string(s.semantics)));
+      dilated::AttentionOptions()
+          .set_semantics(dilated::semantics_from_string(s.semantics))
+          .set_vendor_gemm(s.vendor_gemm));
   const auto q = random_input("dilated::bench::q", s, n, 1);
   const auto k = random_input("dilated::bench::k", s, n, 2);
   const auto v = random_input("dilated::bench::v", s, n, 3);
@@ -153,7 +157,8 @@ int main(int argc, char* argv[]) {
   for (bool with_backward : {false, true})
     for (bool causal : {false, true})
       for (int n : s.lengths) {
-        const std::string name = std::string("Original/") + s.semantics + "/" + storage_name +
+        const std::string name = std::string(s.vendor_gemm ? "Original/" : "Original-team/") +
+                                 s.semantics + "/" + storage_name +
                                  (with_backward ? "/fwd_bwd" : "/fwd") +
                                  (causal ? "/causal" : "/full") + "/n:" + std::to_string(n);
         benchmark::RegisterBenchmark(

@@ -83,12 +83,13 @@ struct Gradients {
 
 template <class T>
 Gradients run_backward(const GradCase& c, const HostView4& qh, const HostView4& kh,
-                       const HostView4& vh, const HostView4& rh, std::uint64_t seed,
-                       bool pass_lse) {
+                       const HostView4& vh, const HostView4& rh, std::uint64_t seed, bool pass_lse,
+                       bool vendor_gemm) {
   auto options = dilated::AttentionOptions()
                      .set_semantics(c.semantics)
                      .set_detach_branch_weights(c.detach)
-                     .set_attention_dropout(c.dropout);
+                     .set_attention_dropout(c.dropout)
+                     .set_vendor_gemm(vendor_gemm);
   const dilated::DilatedAttention<dilated::Original> attention(c.segs, c.dils, options);
   const auto q = dilated::testing::to_storage<T, MemSpace>(qh, "q");
   const auto k = dilated::testing::to_storage<T, MemSpace>(kh, "k");
@@ -139,18 +140,19 @@ TEST_CASE("Original backward equals finite differences (double)",
     const auto base = dilated::testing::branchwise(
         g, q, k, v, c.causal, 1.0 / std::sqrt(double(c.d)),
         c.dropout > 0 ? dilated::Impl::Dropout(c.dropout, seed) : dilated::Impl::Dropout());
-    for (bool pass_lse : {true, false}) {
-      CAPTURE(pass_lse);
-      const auto grads = run_backward<double>(c, q, k, v, r, seed, pass_lse);
-      // Central differences with eps = 1e-6: truncation ~eps^2, rounding ~1e-16/eps = 1e-10.
-      const double rtol = 1e-6, atol = 1e-7;
-      DILATED_CHECK_ALLCLOSE(grads.dq, finite_difference(c, g, q, k, v, r, q, &base, seed), rtol,
-                             atol);
-      DILATED_CHECK_ALLCLOSE(grads.dk, finite_difference(c, g, q, k, v, r, k, &base, seed), rtol,
-                             atol);
-      DILATED_CHECK_ALLCLOSE(grads.dv, finite_difference(c, g, q, k, v, r, v, &base, seed), rtol,
-                             atol);
-    }
+    for (bool gemm : dilated::testing::vendor_gemm_variants<ExecSpace>())
+      for (bool pass_lse : {true, false}) {
+        CAPTURE(pass_lse, gemm);
+        const auto grads = run_backward<double>(c, q, k, v, r, seed, pass_lse, gemm);
+        // Central differences with eps = 1e-6: truncation ~eps^2, rounding ~1e-16/eps = 1e-10.
+        const double rtol = 1e-6, atol = 1e-7;
+        DILATED_CHECK_ALLCLOSE(grads.dq, finite_difference(c, g, q, k, v, r, q, &base, seed), rtol,
+                               atol);
+        DILATED_CHECK_ALLCLOSE(grads.dk, finite_difference(c, g, q, k, v, r, k, &base, seed), rtol,
+                               atol);
+        DILATED_CHECK_ALLCLOSE(grads.dv, finite_difference(c, g, q, k, v, r, v, &base, seed), rtol,
+                               atol);
+      }
   }
 }
 
@@ -174,13 +176,16 @@ TEST_CASE("Original backward in float agrees with double", "[original][backward]
     const auto k = round(dilated::testing::random_bnhd<double>("k", c.b, c.n, c.h, c.d, seed + 1));
     const auto v = round(dilated::testing::random_bnhd<double>("v", c.b, c.n, c.h, c.d, seed + 2));
     const auto r = round(dilated::testing::random_bnhd<double>("r", c.b, c.n, c.h, c.d, seed + 3));
-    const auto exact = run_backward<double>(c, q, k, v, r, seed, true);
-    const auto single = run_backward<float>(c, q, k, v, r, seed, true);
-    // float accumulation over <= 128 keys of O(1) terms, twice (P, then dS): ~1e-5 relative
-    // per gradient entry; 1e-4 leaves a margin without hiding an O(1) error.
-    DILATED_CHECK_ALLCLOSE(single.dq, exact.dq, 1e-4, 1e-4);
-    DILATED_CHECK_ALLCLOSE(single.dk, exact.dk, 1e-4, 1e-4);
-    DILATED_CHECK_ALLCLOSE(single.dv, exact.dv, 1e-4, 1e-4);
+    for (bool gemm : dilated::testing::vendor_gemm_variants<ExecSpace>()) {
+      CAPTURE(gemm);
+      const auto exact = run_backward<double>(c, q, k, v, r, seed, true, gemm);
+      const auto single = run_backward<float>(c, q, k, v, r, seed, true, gemm);
+      // float accumulation over <= 128 keys of O(1) terms, twice (P, then dS): ~1e-5 relative
+      // per gradient entry; 1e-4 leaves a margin without hiding an O(1) error.
+      DILATED_CHECK_ALLCLOSE(single.dq, exact.dq, 1e-4, 1e-4);
+      DILATED_CHECK_ALLCLOSE(single.dk, exact.dk, 1e-4, 1e-4);
+      DILATED_CHECK_ALLCLOSE(single.dv, exact.dv, 1e-4, 1e-4);
+    }
   }
 }
 

@@ -74,9 +74,14 @@ void check_forward(const ForwardCase& c, bool causal, std::uint64_t seed,
 TEMPLATE_LIST_TEST_CASE("Original forward equals the exact reference",
                         "[original][forward]" TEST_CATEGORY, dilated::testing::StorageTypes) {
   std::uint64_t seed = 1000;
-  for (const auto& c : forward_cases) {
-    for (bool causal : {false, true})
-      check_forward<TestType>(c, causal, seed += 10);
+  for (bool gemm : dilated::testing::vendor_gemm_variants<ExecSpace>()) {
+    CAPTURE(gemm);
+    for (const auto& c : forward_cases) {
+      for (bool causal : {false, true}) {
+        check_forward<TestType>(c, causal, seed += 10,
+                                dilated::AttentionOptions().set_vendor_gemm(gemm));
+      }
+    }
   }
 }
 
@@ -85,8 +90,12 @@ TEMPLATE_LIST_TEST_CASE("Original forward: softmax scale and a small workspace",
   // A workspace of one score matrix forces one team per launch: chunking must not change
   // anything.
   const ForwardCase c{Semantics::longnet, {32, 64, 128}, {1, 2, 4}, 2, 130, 6, 24};
-  check_forward<TestType>(
-      c, true, 77, dilated::AttentionOptions().set_softmax_scale(0.3).set_workspace_bytes(1));
+  for (bool gemm : dilated::testing::vendor_gemm_variants<ExecSpace>()) {
+    check_forward<TestType>(
+        c, true, 77,
+        dilated::AttentionOptions().set_softmax_scale(0.3).set_workspace_bytes(1).set_vendor_gemm(
+            gemm));
+  }
 }
 
 TEMPLATE_TEST_CASE("Original forward reproduces the golden peer outputs",

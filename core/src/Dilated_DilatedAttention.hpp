@@ -11,6 +11,7 @@
 #include <Dilated_Options.hpp>
 #include <impl/Dilated_Error.hpp>
 #include <impl/Dilated_OriginalDriver.hpp>
+#include <impl/Dilated_OriginalGemmPath.hpp>
 #include <impl/Dilated_ShapeChecks.hpp>
 
 #include <cmath>
@@ -172,7 +173,18 @@ class DilatedAttention {
                                                q.extent(1), q.extent(2), q.extent(3));
     Impl::Accumulator3<ExecSpace, Acc> lse_acc("dilated::original::lse_accumulator", q.extent(0),
                                                q.extent(1), q.extent(2));
-    Impl::original_forward_branches(space, g, options_, call, q, k, v, out_acc, lse_acc, true);
+    if (use_gemm_path(space, q, k, v, out)) {
+#if defined(KOKKOS_ENABLE_CUDA)
+      if constexpr (std::is_same_v<ExecSpace, Kokkos::Cuda>) {
+        Impl::gemm_forward_branches<T, Acc>(
+            space, g,
+            Impl::make_launch<ExecSpace, Acc>(g, options_, call, q.extent(1), q.extent(3)), q, k, v,
+            out_acc, lse_acc, options_.workspace_bytes());
+      }
+#endif
+    } else {
+      Impl::original_forward_branches(space, g, options_, call, q, k, v, out_acc, lse_acc, true);
+    }
     Impl::convert_rows(space, "dilated::original::store_out", out_acc, out);
     if (lse) Impl::convert_rows(space, "dilated::original::store_lse", lse_acc, *lse);
     Impl::fence(space, "dilated::DilatedAttention::forward: temporaries go out of scope");
@@ -204,8 +216,19 @@ class DilatedAttention {
     // The merged log-sum-exp L of the forward (longnet branch weights exp(lse_i - L)).
     Impl::Accumulator3<ExecSpace, Acc> lse_acc("dilated::original::lse_accumulator",
                                                longnet ? batch : 0, n, heads);
+    const bool gemm = use_gemm_path(space, q, k, v, out, dout);
     if (longnet && lse) {
       Impl::convert_rows(space, "dilated::original::load_lse", *lse, lse_acc);
+    } else if (longnet && gemm) {
+#if defined(KOKKOS_ENABLE_CUDA)
+      if constexpr (std::is_same_v<ExecSpace, Kokkos::Cuda>) {
+        Impl::gemm_forward_branches<T, Acc>(
+            space, g, Impl::make_launch<ExecSpace, Acc>(g, options_, call, n, d), q, k, v,
+            Impl::Accumulator4<ExecSpace, Acc>("dilated::original::out_accumulator", batch, n,
+                                               heads, d),
+            lse_acc, options_.workspace_bytes());
+      }
+#endif
     } else if (longnet) {
       Impl::original_forward_branches(space, g, options_, call, q, k, v,
                                       Impl::Accumulator4<ExecSpace, Acc>(), lse_acc, false);
@@ -213,12 +236,26 @@ class DilatedAttention {
     Impl::Accumulator4<ExecSpace, Acc> dq_acc("dilated::original::dq", batch, n, heads, d),
         dk_acc("dilated::original::dk", batch, n, heads, d),
         dv_acc("dilated::original::dv", batch, n, heads, d);
+    const bool through_weights = longnet && !options_.detach_branch_weights();
+    if (gemm) {
+#if defined(KOKKOS_ENABLE_CUDA)
+      if constexpr (std::is_same_v<ExecSpace, Kokkos::Cuda>) {
+        Impl::gemm_backward_branches<T, Acc>(
+            space, g, Impl::make_launch<ExecSpace, Acc>(g, options_, call, n, d), q, k, v, out,
+            dout, lse_acc, dq_acc, dk_acc, dv_acc, through_weights, options_.workspace_bytes());
+      }
+#endif
+      Impl::convert_rows(space, "dilated::original::store_dq", dq_acc, dq);
+      Impl::convert_rows(space, "dilated::original::store_dk", dk_acc, dk);
+      Impl::convert_rows(space, "dilated::original::store_dv", dv_acc, dv);
+      Impl::fence(space, "dilated::DilatedAttention::backward: temporaries go out of scope");
+      return;
+    }
     const Impl::LaunchSchedule<ExecSpace> schedule(g, batch, n, 2, sizeof(Acc),
                                                    options_.workspace_bytes());
     using Kernel =
         Impl::OriginalBackwardKernel<ExecSpace, Q, K, V, O, G, Impl::Accumulator3<ExecSpace, Acc>,
                                      Impl::Accumulator4<ExecSpace, Acc>>;
-    const bool through_weights = longnet && !options_.detach_branch_weights();
     Impl::launch_branches(space, "dilated::original::backward", schedule,
                           Impl::make_launch<ExecSpace, Acc>(g, options_, call, n, d),
                           [&](const auto& launch, const auto& work) {
@@ -229,6 +266,18 @@ class DilatedAttention {
     Impl::convert_rows(space, "dilated::original::store_dk", dk_acc, dk);
     Impl::convert_rows(space, "dilated::original::store_dv", dv_acc, dv);
     Impl::fence(space, "dilated::DilatedAttention::backward: temporaries go out of scope");
+  }
+
+  // The cuBLAS path of the Original algorithm: CUDA, asked for, contiguous head_dim.
+  template <class ExecSpace, class... Views>
+  bool use_gemm_path(const ExecSpace&, const Views&... views) const {
+#if defined(KOKKOS_ENABLE_CUDA)
+    if constexpr (std::is_same_v<ExecSpace, Kokkos::Cuda>) {
+      return options_.vendor_gemm() && (Impl::rows_are_contiguous(views) && ...);
+    }
+#endif
+    ((void)views, ...);
+    return false;
   }
 
   template <class Q>

@@ -40,7 +40,16 @@ class AttentionOptions {
     return *this;
   }
 
+  // Original on CUDA: run the two matrix products of each segment through cuBLAS
+  // strided-batched GEMMs (tensor cores for half/bf16) instead of inside the team kernel.
+  // Needs views with contiguous head_dim (stride(3) == 1); otherwise the team kernel runs.
+  AttentionOptions& set_vendor_gemm(bool use) {
+    vendor_gemm_ = use;
+    return *this;
+  }
+
   Semantics semantics() const { return semantics_; }
+  bool vendor_gemm() const { return vendor_gemm_; }
   std::optional<double> softmax_scale() const { return softmax_scale_; }
   double attention_dropout() const { return dropout_; }
   bool detach_branch_weights() const { return detach_; }
@@ -52,6 +61,7 @@ class AttentionOptions {
   double dropout_ = 0.0;
   bool detach_ = false;
   std::size_t workspace_bytes_ = std::size_t{512} << 20;
+  bool vendor_gemm_ = true;
 };
 
 struct ForwardOptions {

@@ -9,6 +9,8 @@
 
 #include <string>
 #include <tuple>
+#include <type_traits>
+#include <vector>
 
 namespace dilated::testing {
 
@@ -24,6 +26,16 @@ using StorageTypes = std::tuple<double, float
                                 Kokkos::Experimental::bhalf_t
 #endif
                                 >;
+
+// The product paths of the Original algorithm a backend has: on CUDA the cuBLAS path (the
+// default) and the team kernel; elsewhere only the team kernel (the flag is ignored).
+template <class ExecSpace>
+std::vector<bool> vendor_gemm_variants() {
+#if defined(KOKKOS_ENABLE_CUDA)
+  if (std::is_same_v<ExecSpace, Kokkos::Cuda>) return {true, false};
+#endif
+  return {true};
+}
 
 template <class T, class MemSpace>
 using Device4 = Kokkos::View<T****, Kokkos::LayoutRight, MemSpace>;

@@ -1,0 +1,275 @@
+// The Original algorithm with its two matrix products per segment in vendor GEMMs (cuBLAS on
+// CUDA: tensor cores for half and bf16), as the seed's PyTorch peer does with einsum: for each
+// (branch, batch, head) the segments of one length are one strided-batched GEMM that reads q,
+// k, v in place (row stride r * stride(1), segment stride w * stride(1): the dilated segment
+// is a strided matrix, never gathered). The score matrices, the softmax and the merge are the
+// same as in the team kernel; only who multiplies changes. Used where stride(3) == 1.
+#ifndef DILATED_IMPL_ORIGINAL_GEMM_PATH_HPP
+#define DILATED_IMPL_ORIGINAL_GEMM_PATH_HPP
+
+#include <impl/Dilated_CublasGemm.hpp>
+#include <impl/Dilated_OriginalDriver.hpp>
+
+#if defined(KOKKOS_ENABLE_CUDA)
+
+#include <algorithm>
+#include <string>
+#include <vector>
+
+namespace dilated::Impl {
+
+// One strided-batched GEMM's worth of work: `count` consecutive segments from `segment` of one
+// (branch, batch, head), all with m kept positions.
+struct SegmentGroup {
+  int branch, b, head, offset, segment, count, m, window, dilation;
+  KOKKOS_INLINE_FUNCTION int position(int i, int t) const {
+    return (segment + i) * window + offset + t * dilation;
+  }
+};
+
+// The groups of every branch, with at most `max_items` segments each (workspace budget).
+inline std::vector<SegmentGroup> segment_groups(const Geometry& g, int batch, int n,
+                                                std::size_t bytes_per_m2, std::size_t budget) {
+  std::vector<SegmentGroup> groups;
+  for (int i = 0; i < g.num_branches(); ++i) {
+    const int w = g.window(i, n), r = g.dilation_rate(i), full = n / w;
+    for (int b = 0; b < batch; ++b)
+      for (int h = 0; h < g.num_heads(); ++h) {
+        const int o = g.offset(i, h);
+        if (o < 0) continue;
+        const auto add = [&](int first, int count) {
+          const int m = g.kept(i, first, o, n).count;
+          if (m == 0 || count == 0) return;
+          const long per = static_cast<long>(bytes_per_m2) * m * m;
+          const int chunk = static_cast<int>(std::max(1L, std::min<long>(count, budget / per)));
+          for (int s = first; s < first + count; s += chunk)
+            groups.push_back({i, b, h, o, s, std::min(chunk, first + count - s), m, w, r});
+        };
+        add(0, full);
+        if (full * w < n) add(full, 1);  // the partial last segment
+      }
+  }
+  return groups;
+}
+
+template <class View>
+bool rows_are_contiguous(const View& v) {
+  return v.stride(3) == 1;
+}
+
+// Pointer to row `position` of head `head` in batch `b` of a (b, n, h, d) view.
+template <class View>
+auto row_pointer(const View& v, int b, int position, int head) {
+  return v.data() + static_cast<long>(b) * v.stride(0) + static_cast<long>(position) * v.stride(1) +
+         static_cast<long>(head) * v.stride(2);
+}
+
+template <class T, class Acc, class Q, class K, class V, class Space>
+void gemm_forward_branches(const Kokkos::Cuda& space, const Geometry& g,
+                           const BranchLaunch<Space, Acc>& launch, const Q& q, const K& k,
+                           const V& v, const Accumulator4<Kokkos::Cuda, Acc>& out_acc,
+                           const Accumulator3<Kokkos::Cuda, Acc>& lse_acc, std::size_t budget) {
+  const int batch = q.extent(0), n = q.extent(1), d = q.extent(3);
+  Kokkos::deep_copy(space, lse_acc, -math::infinity<Acc>());
+  // S (Acc), P (T), O (Acc, m x d <= m x m when d <= m; sized m*d below), row lse.
+  const auto groups = segment_groups(g, batch, n, sizeof(Acc) + sizeof(T) + sizeof(Acc), budget);
+  std::size_t need = 0;
+  for (const auto& gr : groups) {
+    need = std::max(need, static_cast<std::size_t>(gr.count) * gr.m *
+                              (static_cast<std::size_t>(gr.m) * (sizeof(Acc) + sizeof(T)) +
+                               d * sizeof(Acc) + sizeof(Acc)));
+  }
+  Kokkos::View<char*, Kokkos::CudaSpace> workspace(
+      Kokkos::view_alloc(Kokkos::WithoutInitializing, std::string("dilated::original::gemm_ws")),
+      need);
+  const bool longnet = launch.longnet, causal = launch.causal;
+  const Acc output_scale = launch.output_scale;
+  const Dropout dropout = launch.dropout;
+  for (const auto& gr : groups) {
+    const long mm = static_cast<long>(gr.m) * gr.m;
+    Acc* S = reinterpret_cast<Acc*>(workspace.data());
+    Acc* O = S + gr.count * mm;
+    Acc* row_lse = O + static_cast<long>(gr.count) * gr.m * d;
+    T* P = reinterpret_cast<T*>(row_lse + static_cast<long>(gr.count) * gr.m);
+    const long row_q = static_cast<long>(gr.dilation) * q.stride(1),
+               seg_q = static_cast<long>(gr.window) * q.stride(1);
+    const long row_k = static_cast<long>(gr.dilation) * k.stride(1),
+               seg_k = static_cast<long>(gr.window) * k.stride(1);
+    const long row_v = static_cast<long>(gr.dilation) * v.stride(1),
+               seg_v = static_cast<long>(gr.window) * v.stride(1);
+    const int first = gr.segment * gr.window + gr.offset;
+    // S^T (column-major) = K Q^T, i.e. S = scale Q K^T row-major, per segment.
+    gemm_strided_batched<T, Acc>(
+        space, true, false, gr.m, gr.m, d, launch.scale, row_pointer(k, gr.b, first, gr.head),
+        row_k, seg_k, row_pointer(q, gr.b, first, gr.head), row_q, seg_q, 0, S, gr.m, mm, gr.count);
+    // Row softmax (causal mask), dropout, P in storage precision for the second product.
+    const SegmentGroup group = gr;
+    Kokkos::parallel_for(
+        "dilated::original::gemm_softmax",
+        Kokkos::TeamPolicy<Kokkos::Cuda>(space, gr.count * gr.m, Kokkos::AUTO),
+        KOKKOS_LAMBDA(const Kokkos::TeamPolicy<Kokkos::Cuda>::member_type& team) {
+          const int row = team.league_rank(), i = row / group.m, t = row % group.m;
+          const int m = group.m, last = causal ? t + 1 : m;
+          Acc* s = S + static_cast<long>(row) * m;
+          Acc mx;
+          Kokkos::parallel_reduce(
+              Kokkos::TeamThreadRange(team, last), [&](int u, Acc& x) { x = s[u] > x ? s[u] : x; },
+              Kokkos::Max<Acc>(mx));
+          Acc sum;
+          Kokkos::parallel_reduce(
+              Kokkos::TeamThreadRange(team, last),
+              [&](int u, Acc& x) { x += math::exp(s[u] - mx); }, sum);
+          const Acc lse = mx + math::log(sum);
+          const int pt = group.position(i, t);
+          T* p = P + static_cast<long>(row) * m;
+          Kokkos::parallel_for(Kokkos::TeamThreadRange(team, m), [&](int u) {
+            Acc value = 0;
+            if (u < last) {
+              value = math::exp(s[u] - lse) * Acc(dropout.factor(group.branch, group.b, group.head,
+                                                                 pt, group.position(i, u)));
+            }
+            p[u] = static_cast<T>(value);
+          });
+          Kokkos::single(Kokkos::PerTeam(team), [&]() { row_lse[row] = lse; });
+        });
+    // O^T (column-major, d x m) = V^T P^T, i.e. O = P V row-major.
+    gemm_strided_batched<T, Acc>(space, false, false, d, gr.m, gr.m, 1.0,
+                                 row_pointer(v, gr.b, first, gr.head), row_v, seg_v, P, gr.m, mm, 0,
+                                 O, d, static_cast<long>(gr.m) * d, gr.count);
+    // Merge into the output: grouped writes (each row has one branch), longnet log-sum-exp.
+    Kokkos::parallel_for(
+        "dilated::original::gemm_merge",
+        Kokkos::TeamPolicy<Kokkos::Cuda>(space, gr.count * gr.m, Kokkos::AUTO),
+        KOKKOS_LAMBDA(const Kokkos::TeamPolicy<Kokkos::Cuda>::member_type& team) {
+          const int row = team.league_rank(), i = row / group.m, t = row % group.m;
+          const int pt = group.position(i, t), b = group.b, h = group.head;
+          const Acc lse_t = row_lse[row];
+          Acc keep_old = 0, weight = output_scale, merged = lse_t;
+          if (longnet) {
+            const Acc previous = lse_acc(b, pt, h);
+            const Acc mx = previous > lse_t ? previous : lse_t;
+            merged = mx + math::log(math::exp(previous - mx) + math::exp(lse_t - mx));
+            keep_old = math::exp(previous - merged);
+            weight = math::exp(lse_t - merged);
+          }
+          team.team_barrier();  // every thread has read the old lse before it is replaced
+          const Acc* o = O + static_cast<long>(row) * d;
+          Kokkos::parallel_for(Kokkos::TeamThreadRange(team, d), [&](int c) {
+            out_acc(b, pt, h, c) = keep_old * out_acc(b, pt, h, c) + weight * o[c];
+          });
+          Kokkos::single(Kokkos::PerTeam(team), [&]() { lse_acc(b, pt, h) = merged; });
+        });
+  }
+}
+
+template <class T, class Acc, class Q, class K, class V, class O, class G, class Space>
+void gemm_backward_branches(const Kokkos::Cuda& space, const Geometry& g,
+                            const BranchLaunch<Space, Acc>& launch, const Q& q, const K& k,
+                            const V& v, const O& out, const G& dout,
+                            const Accumulator3<Kokkos::Cuda, Acc>& lse_acc,
+                            const Accumulator4<Kokkos::Cuda, Acc>& dq,
+                            const Accumulator4<Kokkos::Cuda, Acc>& dk,
+                            const Accumulator4<Kokkos::Cuda, Acc>& dv, bool through_weights,
+                            std::size_t budget) {
+  const int batch = q.extent(0), n = q.extent(1), d = q.extent(3);
+  // P (Acc), dP (Acc), P w Z (T), dS (T).
+  constexpr std::size_t per_m2 = 2 * sizeof(Acc) + 2 * sizeof(T);
+  const auto groups = segment_groups(g, batch, n, per_m2, budget);
+  std::size_t need = 0;
+  for (const auto& gr : groups) {
+    need = std::max(need, static_cast<std::size_t>(gr.count) * gr.m * gr.m * per_m2);
+  }
+  Kokkos::View<char*, Kokkos::CudaSpace> workspace(
+      Kokkos::view_alloc(Kokkos::WithoutInitializing, std::string("dilated::original::gemm_ws")),
+      need);
+  const bool longnet = launch.longnet, causal = launch.causal;
+  const Acc output_scale = launch.output_scale;
+  const Dropout dropout = launch.dropout;
+  for (const auto& gr : groups) {
+    const long mm = static_cast<long>(gr.m) * gr.m;
+    Acc* P = reinterpret_cast<Acc*>(workspace.data());
+    Acc* dP = P + gr.count * mm;
+    T* PwZ = reinterpret_cast<T*>(dP + gr.count * mm);
+    T* dS = PwZ + gr.count * mm;
+    const auto rows = [&](const auto& view) {
+      return std::make_pair(static_cast<long>(gr.dilation) * view.stride(1),
+                            static_cast<long>(gr.window) * view.stride(1));
+    };
+    const auto [row_q, seg_q] = rows(q);
+    const auto [row_k, seg_k] = rows(k);
+    const auto [row_v, seg_v] = rows(v);
+    const auto [row_g, seg_g] = rows(dout);
+    const auto [row_a, seg_a] = rows(dq);  // dq, dk, dv share one layout
+    const int first = gr.segment * gr.window + gr.offset;
+    gemm_strided_batched<T, Acc>(
+        space, true, false, gr.m, gr.m, d, launch.scale, row_pointer(k, gr.b, first, gr.head),
+        row_k, seg_k, row_pointer(q, gr.b, first, gr.head), row_q, seg_q, 0, P, gr.m, mm, gr.count);
+    // dP = dO V^T, row-major.
+    gemm_strided_batched<T, Acc>(
+        space, true, false, gr.m, gr.m, d, 1.0, row_pointer(v, gr.b, first, gr.head), row_v, seg_v,
+        row_pointer(dout, gr.b, first, gr.head), row_g, seg_g, 0, dP, gr.m, mm, gr.count);
+    const SegmentGroup group = gr;
+    Kokkos::parallel_for(
+        "dilated::original::gemm_backward_rows",
+        Kokkos::TeamPolicy<Kokkos::Cuda>(space, gr.count * gr.m, Kokkos::AUTO),
+        KOKKOS_LAMBDA(const Kokkos::TeamPolicy<Kokkos::Cuda>::member_type& team) {
+          const int row = team.league_rank(), i = row / group.m, t = row % group.m;
+          const int m = group.m, last = causal ? t + 1 : m, b = group.b, h = group.head;
+          const int pt = group.position(i, t);
+          Acc* s = P + static_cast<long>(row) * m;
+          const Acc* dp = dP + static_cast<long>(row) * m;
+          Acc mx;
+          Kokkos::parallel_reduce(
+              Kokkos::TeamThreadRange(team, last), [&](int u, Acc& x) { x = s[u] > x ? s[u] : x; },
+              Kokkos::Max<Acc>(mx));
+          Acc sum;
+          Kokkos::parallel_reduce(
+              Kokkos::TeamThreadRange(team, last),
+              [&](int u, Acc& x) { x += math::exp(s[u] - mx); }, sum);
+          const Acc lse = mx + math::log(sum);
+          const auto z = [&](int u) {
+            return Acc(dropout.factor(group.branch, b, h, pt, group.position(i, u)));
+          };
+          Acc D = 0;
+          if (through_weights) {
+            Kokkos::parallel_reduce(
+                Kokkos::TeamThreadRange(team, static_cast<int>(out.extent(3))),
+                [&](int c, Acc& x) { x += Acc(dout(b, pt, h, c)) * Acc(out(b, pt, h, c)); }, D);
+          } else {
+            Kokkos::parallel_reduce(
+                Kokkos::TeamThreadRange(team, last),
+                [&](int u, Acc& x) { x += math::exp(s[u] - lse) * z(u) * dp[u]; }, D);
+          }
+          const Acc w = longnet ? math::exp(lse - Acc(lse_acc(b, pt, h))) : output_scale;
+          T* pwz = PwZ + static_cast<long>(row) * m;
+          T* ds = dS + static_cast<long>(row) * m;
+          Kokkos::parallel_for(Kokkos::TeamThreadRange(team, m), [&](int u) {
+            Acc a = 0, e = 0;
+            if (u < last) {
+              const Acc p = w * math::exp(s[u] - lse), zu = z(u);
+              a = p * zu;
+              e = p * (zu * dp[u] - D);
+            }
+            pwz[u] = static_cast<T>(a);
+            ds[u] = static_cast<T>(e);
+          });
+        });
+    // dv rows += (P w Z)^T dO, dq rows += scale dS K, dk rows += scale dS^T Q (column-major).
+    gemm_strided_batched<T, Acc>(
+        space, false, true, d, gr.m, gr.m, 1.0, row_pointer(dout, gr.b, first, gr.head), row_g,
+        seg_g, PwZ, gr.m, mm, 1.0, row_pointer(dv, gr.b, first, gr.head), row_a, seg_a, gr.count);
+    gemm_strided_batched<T, Acc>(space, false, false, d, gr.m, gr.m, launch.scale,
+                                 row_pointer(k, gr.b, first, gr.head), row_k, seg_k, dS, gr.m, mm,
+                                 1.0, row_pointer(dq, gr.b, first, gr.head), row_a, seg_a,
+                                 gr.count);
+    gemm_strided_batched<T, Acc>(space, false, true, d, gr.m, gr.m, launch.scale,
+                                 row_pointer(q, gr.b, first, gr.head), row_q, seg_q, dS, gr.m, mm,
+                                 1.0, row_pointer(dk, gr.b, first, gr.head), row_a, seg_a,
+                                 gr.count);
+  }
+}
+
+}  // namespace dilated::Impl
+
+#endif  // KOKKOS_ENABLE_CUDA
+#endif  // DILATED_IMPL_ORIGINAL_GEMM_PATH_HPP
