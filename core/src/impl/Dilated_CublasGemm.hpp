@@ -9,6 +9,7 @@
 #if defined(KOKKOS_ENABLE_CUDA)
 #include <cublas_v2.h>
 
+#include <cfenv>
 #include <stdexcept>
 #include <string>
 #include <type_traits>
@@ -34,9 +35,24 @@ inline void cublas_check(cublasStatus_t status, const char* what) {
   }
 }
 
+// cuBLAS's host code can raise floating-point exception flags internally (seen on the H100:
+// a SIGFPE in the first half-precision call of a program that traps FE_INVALID). Run it in
+// non-stop mode and give the caller back its environment, traps and flags as they were.
+class FloatingPointShield {
+ public:
+  FloatingPointShield() { feholdexcept(&saved_); }
+  ~FloatingPointShield() { fesetenv(&saved_); }
+  FloatingPointShield(const FloatingPointShield&) = delete;
+  FloatingPointShield& operator=(const FloatingPointShield&) = delete;
+
+ private:
+  std::fenv_t saved_;
+};
+
 // One cuBLAS handle for the process, created on first use and destroyed at Kokkos::finalize.
 inline cublasHandle_t cublas_handle() {
   static cublasHandle_t handle = [] {
+    const FloatingPointShield shield;
     cublasHandle_t h;
     cublas_check(cublasCreate(&h), "cublasCreate");
     Kokkos::push_finalize_hook([h] { cublasDestroy(h); });
@@ -55,6 +71,7 @@ void gemm_strided_batched(const Kokkos::Cuda& space, bool transpose_a, bool tran
   const Compute alpha_c = static_cast<Compute>(alpha), beta_c = static_cast<Compute>(beta);
   const cublasComputeType_t compute =
       std::is_same_v<T, double> ? CUBLAS_COMPUTE_64F : CUBLAS_COMPUTE_32F;
+  const FloatingPointShield shield;
   cublasHandle_t handle = cublas_handle();
   cublas_check(cublasSetStream(handle, space.cuda_stream()), "cublasSetStream");
   cublas_check(

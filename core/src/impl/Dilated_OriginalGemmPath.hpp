@@ -52,6 +52,23 @@ inline std::vector<SegmentGroup> segment_groups(const Geometry& g, int batch, in
   return groups;
 }
 
+using RowMember = Kokkos::TeamPolicy<Kokkos::Cuda>::member_type;
+template <class Acc>
+using RowScratch =
+    Kokkos::View<Acc*, Kokkos::Cuda::scratch_memory_space, Kokkos::MemoryTraits<Kokkos::Unmanaged>>;
+
+// Rows up to 32 KiB live in shared memory (level 0), longer ones in level-1 scratch.
+KOKKOS_INLINE_FUNCTION int scratch_level(long entries) {
+  return entries * 8 <= 32768 ? 0 : 1;
+}
+
+// One team per row of `rows`, with scratch for `entries` accumulators.
+inline Kokkos::TeamPolicy<Kokkos::Cuda> row_policy(const Kokkos::Cuda& space, int rows,
+                                                   long entries) {
+  Kokkos::TeamPolicy<Kokkos::Cuda> policy(space, rows, Kokkos::AUTO);
+  return policy.set_scratch_size(scratch_level(entries), Kokkos::PerTeam(entries * 8));
+}
+
 template <class View>
 bool rows_are_contiguous(const View& v) {
   return v.stride(3) == 1;
@@ -103,34 +120,45 @@ void gemm_forward_branches(const Kokkos::Cuda& space, const Geometry& g,
         space, true, false, gr.m, gr.m, d, launch.scale, row_pointer(k, gr.b, first, gr.head),
         row_k, seg_k, row_pointer(q, gr.b, first, gr.head), row_q, seg_q, 0, S, gr.m, mm, gr.count);
     // Row softmax (causal mask), dropout, P in storage precision for the second product.
+    // The row is read from device memory once, into team scratch.
     const SegmentGroup group = gr;
     Kokkos::parallel_for(
-        "dilated::original::gemm_softmax",
-        Kokkos::TeamPolicy<Kokkos::Cuda>(space, gr.count * gr.m, Kokkos::AUTO),
-        KOKKOS_LAMBDA(const Kokkos::TeamPolicy<Kokkos::Cuda>::member_type& team) {
+        "dilated::original::gemm_softmax", row_policy(space, gr.count * gr.m, gr.m),
+        KOKKOS_LAMBDA(const RowMember& team) {
           const int row = team.league_rank(), i = row / group.m, t = row % group.m;
           const int m = group.m, last = causal ? t + 1 : m;
-          Acc* s = S + static_cast<long>(row) * m;
+          const RowScratch<Acc> e(team.team_scratch(scratch_level(m)), m);
+          const Acc* s = S + static_cast<long>(row) * m;
           Acc mx;
           Kokkos::parallel_reduce(
-              Kokkos::TeamThreadRange(team, last), [&](int u, Acc& x) { x = s[u] > x ? s[u] : x; },
+              Kokkos::TeamThreadRange(team, last),
+              [&](int u, Acc& x) {
+                e(u) = s[u];
+                x = e(u) > x ? e(u) : x;
+              },
               Kokkos::Max<Acc>(mx));
+          team.team_barrier();
           Acc sum;
           Kokkos::parallel_reduce(
               Kokkos::TeamThreadRange(team, last),
-              [&](int u, Acc& x) { x += math::exp(s[u] - mx); }, sum);
-          const Acc lse = mx + math::log(sum);
+              [&](int u, Acc& x) {
+                e(u) = math::exp(e(u) - mx);
+                x += e(u);
+              },
+              sum);
+          team.team_barrier();
           const int pt = group.position(i, t);
           T* p = P + static_cast<long>(row) * m;
           Kokkos::parallel_for(Kokkos::TeamThreadRange(team, m), [&](int u) {
             Acc value = 0;
             if (u < last) {
-              value = math::exp(s[u] - lse) * Acc(dropout.factor(group.branch, group.b, group.head,
-                                                                 pt, group.position(i, u)));
+              value =
+                  e(u) / sum *
+                  Acc(dropout.factor(group.branch, group.b, group.head, pt, group.position(i, u)));
             }
             p[u] = static_cast<T>(value);
           });
-          Kokkos::single(Kokkos::PerTeam(team), [&]() { row_lse[row] = lse; });
+          Kokkos::single(Kokkos::PerTeam(team), [&]() { row_lse[row] = mx + math::log(sum); });
         });
     // O^T (column-major, d x m) = V^T P^T, i.e. O = P V row-major.
     gemm_strided_batched<T, Acc>(space, false, false, d, gr.m, gr.m, 1.0,
@@ -208,25 +236,37 @@ void gemm_backward_branches(const Kokkos::Cuda& space, const Geometry& g,
     gemm_strided_batched<T, Acc>(
         space, true, false, gr.m, gr.m, d, 1.0, row_pointer(v, gr.b, first, gr.head), row_v, seg_v,
         row_pointer(dout, gr.b, first, gr.head), row_g, seg_g, 0, dP, gr.m, mm, gr.count);
+    // Per row: the probabilities, D, then P w Z and dS in storage precision. The score and
+    // dP rows are read from device memory once, into team scratch.
     const SegmentGroup group = gr;
     Kokkos::parallel_for(
-        "dilated::original::gemm_backward_rows",
-        Kokkos::TeamPolicy<Kokkos::Cuda>(space, gr.count * gr.m, Kokkos::AUTO),
-        KOKKOS_LAMBDA(const Kokkos::TeamPolicy<Kokkos::Cuda>::member_type& team) {
+        "dilated::original::gemm_backward_rows", row_policy(space, gr.count * gr.m, 2 * gr.m),
+        KOKKOS_LAMBDA(const RowMember& team) {
           const int row = team.league_rank(), i = row / group.m, t = row % group.m;
           const int m = group.m, last = causal ? t + 1 : m, b = group.b, h = group.head;
           const int pt = group.position(i, t);
-          Acc* s = P + static_cast<long>(row) * m;
+          const RowScratch<Acc> cache(team.team_scratch(scratch_level(2 * m)), 2 * m);
+          const Acc* s = P + static_cast<long>(row) * m;
           const Acc* dp = dP + static_cast<long>(row) * m;
           Acc mx;
           Kokkos::parallel_reduce(
-              Kokkos::TeamThreadRange(team, last), [&](int u, Acc& x) { x = s[u] > x ? s[u] : x; },
+              Kokkos::TeamThreadRange(team, last),
+              [&](int u, Acc& x) {
+                cache(u) = s[u];
+                cache(m + u) = dp[u];
+                x = cache(u) > x ? cache(u) : x;
+              },
               Kokkos::Max<Acc>(mx));
+          team.team_barrier();
           Acc sum;
           Kokkos::parallel_reduce(
               Kokkos::TeamThreadRange(team, last),
-              [&](int u, Acc& x) { x += math::exp(s[u] - mx); }, sum);
-          const Acc lse = mx + math::log(sum);
+              [&](int u, Acc& x) {
+                cache(u) = math::exp(cache(u) - mx);
+                x += cache(u);
+              },
+              sum);
+          team.team_barrier();
           const auto z = [&](int u) {
             return Acc(dropout.factor(group.branch, b, h, pt, group.position(i, u)));
           };
@@ -238,17 +278,20 @@ void gemm_backward_branches(const Kokkos::Cuda& space, const Geometry& g,
           } else {
             Kokkos::parallel_reduce(
                 Kokkos::TeamThreadRange(team, last),
-                [&](int u, Acc& x) { x += math::exp(s[u] - lse) * z(u) * dp[u]; }, D);
+                [&](int u, Acc& x) { x += cache(u) / sum * z(u) * cache(m + u); }, D);
           }
-          const Acc w = longnet ? math::exp(lse - Acc(lse_acc(b, pt, h))) : output_scale;
+          const Acc lse = mx + math::log(sum);
+          // p = w P = w e / sum, with w = exp(lse_i - L) for longnet, 1/G for grouped.
+          const Acc w_over_sum =
+              (longnet ? math::exp(lse - Acc(lse_acc(b, pt, h))) : output_scale) / sum;
           T* pwz = PwZ + static_cast<long>(row) * m;
           T* ds = dS + static_cast<long>(row) * m;
           Kokkos::parallel_for(Kokkos::TeamThreadRange(team, m), [&](int u) {
             Acc a = 0, e = 0;
             if (u < last) {
-              const Acc p = w * math::exp(s[u] - lse), zu = z(u);
+              const Acc p = w_over_sum * cache(u), zu = z(u);
               a = p * zu;
-              e = p * (zu * dp[u] - D);
+              e = p * (zu * cache(m + u) - D);
             }
             pwz[u] = static_cast<T>(a);
             ds[u] = static_cast<T>(e);
