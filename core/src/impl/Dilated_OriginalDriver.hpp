@@ -112,30 +112,32 @@ void original_forward_branches(const ExecSpace& space, const Geometry& g,
                   });
 }
 
-// dst(b, p, h[, c]) = src(b, p, h[, c]) in dst's storage type. (A functor, not a lambda:
-// nvcc's extended lambdas cannot first-capture inside `if constexpr`.)
+// dst(b, p, h[, c]) = src(b, p, h[, c]) in dst's storage type, one flat index per element
+// with the last index fastest, so neighbouring threads touch neighbouring LayoutRight memory.
+// (A functor, not a lambda: nvcc's extended lambdas cannot first-capture in `if constexpr`.)
 template <class Src, class Dst>
 struct ConvertRows {
   Src src;
   Dst dst;
-  KOKKOS_FUNCTION void operator()(long b, long p, long h) const {
+  KOKKOS_FUNCTION void operator()(long i) const {
     using T = typename Dst::value_type;
     if constexpr (view_rank_v<Dst> == 4) {
-      for (std::size_t c = 0; c < dst.extent(3); ++c)
-        dst(b, p, h, c) = static_cast<T>(src(b, p, h, c));
+      const long d = dst.extent(3), h = dst.extent(2), n = dst.extent(1);
+      const long c = i % d, rest = i / d;
+      const long hh = rest % h, rest2 = rest / h;
+      dst(rest2 / n, rest2 % n, hh, c) = static_cast<T>(src(rest2 / n, rest2 % n, hh, c));
     } else {
-      dst(b, p, h) = static_cast<T>(src(b, p, h));
+      const long h = dst.extent(2), n = dst.extent(1);
+      const long hh = i % h, rest = i / h;
+      dst(rest / n, rest % n, hh) = static_cast<T>(src(rest / n, rest % n, hh));
     }
   }
 };
 
 template <class ExecSpace, class Src, class Dst>
 void convert_rows(const ExecSpace& space, const char* label, const Src& src, const Dst& dst) {
-  Kokkos::parallel_for(
-      label,
-      Kokkos::MDRangePolicy<ExecSpace, Kokkos::Rank<3>>(
-          space, {0, 0, 0}, {long(dst.extent(0)), long(dst.extent(1)), long(dst.extent(2))}),
-      ConvertRows<Src, Dst>{src, dst});
+  Kokkos::parallel_for(label, Kokkos::RangePolicy<ExecSpace>(space, 0, dst.size()),
+                       ConvertRows<Src, Dst>{src, dst});
 }
 
 }  // namespace dilated::Impl
