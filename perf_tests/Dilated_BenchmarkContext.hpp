@@ -4,6 +4,7 @@
 #define DILATED_BENCHMARK_CONTEXT_HPP
 
 #include <Dilated_Config.hpp>
+#include <Dilated_GitHash.hpp>
 
 #include <Kokkos_Core.hpp>
 #include <benchmark/benchmark.h>
