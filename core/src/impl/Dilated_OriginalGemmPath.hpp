@@ -77,6 +77,18 @@ inline Kokkos::TeamPolicy<Kokkos::Cuda> row_policy(const Kokkos::Cuda& space, in
   return policy.set_scratch_size(0, Kokkos::PerTeam(launch.scratch_bytes));
 }
 
+// Device scratch for the largest group, `bytes(group)` each; reused group after group.
+template <class Bytes>
+Kokkos::View<char*, Kokkos::CudaSpace> group_workspace(const std::vector<SegmentGroup>& groups,
+                                                       Bytes&& bytes) {
+  std::size_t need = 0;
+  for (const auto& gr : groups)
+    need = std::max(need, bytes(gr));
+  return Kokkos::View<char*, Kokkos::CudaSpace>(
+      Kokkos::view_alloc(Kokkos::WithoutInitializing, std::string("dilated::original::gemm_ws")),
+      need);
+}
+
 template <class View>
 bool rows_are_contiguous(const View& v) {
   return v.stride(3) == 1;
@@ -97,16 +109,11 @@ void gemm_forward_branches(const Kokkos::Cuda& space, const Geometry& g,
   const int batch = q.extent(0), n = q.extent(1), d = q.extent(3);
   Kokkos::deep_copy(space, lse_acc, -math::infinity<Acc>());
   // S (Acc), P (T), O (Acc, m x d <= m x m when d <= m; sized m*d below), row lse.
-  const auto groups = segment_groups(g, batch, n, sizeof(Acc) + sizeof(T) + sizeof(Acc), budget);
-  std::size_t need = 0;
-  for (const auto& gr : groups) {
-    need = std::max(need, static_cast<std::size_t>(gr.count) * gr.m *
-                              (static_cast<std::size_t>(gr.m) * (sizeof(Acc) + sizeof(T)) +
-                               d * sizeof(Acc) + sizeof(Acc)));
-  }
-  Kokkos::View<char*, Kokkos::CudaSpace> workspace(
-      Kokkos::view_alloc(Kokkos::WithoutInitializing, std::string("dilated::original::gemm_ws")),
-      need);
+  const auto groups = segment_groups(g, batch, n, 2 * sizeof(Acc) + sizeof(T), budget);
+  const auto workspace = group_workspace(groups, [&](const SegmentGroup& gr) {
+    return static_cast<std::size_t>(gr.count) * gr.m *
+           (static_cast<std::size_t>(gr.m) * (sizeof(Acc) + sizeof(T)) + (d + 1) * sizeof(Acc));
+  });
   const bool longnet = launch.longnet, causal = launch.causal;
   const Acc output_scale = launch.output_scale;
   const Dropout dropout = launch.dropout;
@@ -193,10 +200,10 @@ void gemm_forward_branches(const Kokkos::Cuda& space, const Geometry& g,
               Acc previous;
               Kokkos::single(
                   Kokkos::PerThread(team), [&](Acc& x) { x = lse_acc(b, pt, h); }, previous);
-              const Acc mx = previous > lse_t ? previous : lse_t;
-              merged = mx + math::log(math::exp(previous - mx) + math::exp(lse_t - mx));
-              keep_old = math::exp(previous - merged);
-              weight = math::exp(lse_t - merged);
+              const auto mw = merge_lse(previous, lse_t);
+              merged = mw.merged;
+              keep_old = mw.keep_old;
+              weight = mw.weight;
             }
             const Acc* o = O + static_cast<long>(row) * d;
             Kokkos::parallel_for(Kokkos::ThreadVectorRange(team, d), [&](int c) {
@@ -221,13 +228,9 @@ void gemm_backward_branches(const Kokkos::Cuda& space, const Geometry& g,
   // P (Acc), dP (Acc), P w Z (T), dS (T).
   constexpr std::size_t per_m2 = 2 * sizeof(Acc) + 2 * sizeof(T);
   const auto groups = segment_groups(g, batch, n, per_m2, budget);
-  std::size_t need = 0;
-  for (const auto& gr : groups) {
-    need = std::max(need, static_cast<std::size_t>(gr.count) * gr.m * gr.m * per_m2);
-  }
-  Kokkos::View<char*, Kokkos::CudaSpace> workspace(
-      Kokkos::view_alloc(Kokkos::WithoutInitializing, std::string("dilated::original::gemm_ws")),
-      need);
+  const auto workspace = group_workspace(groups, [&](const SegmentGroup& gr) {
+    return static_cast<std::size_t>(gr.count) * gr.m * gr.m * per_m2;
+  });
   const bool longnet = launch.longnet, causal = launch.causal;
   const Acc output_scale = launch.output_scale;
   const Dropout dropout = launch.dropout;

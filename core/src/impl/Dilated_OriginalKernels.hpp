@@ -84,6 +84,20 @@ KOKKOS_INLINE_FUNCTION void segment_probabilities(const Member& team,
   team.team_barrier();
 }
 
+// The longnet merge of a branch's row (log-sum-exp lse_i) into what earlier branches left
+// (previous, -inf for none): merged = logaddexp(previous, lse_i), and the weights of the old
+// output and of the branch's output.
+template <class Acc>
+struct LseMerge {
+  Acc merged, keep_old, weight;
+};
+template <class Acc>
+KOKKOS_INLINE_FUNCTION LseMerge<Acc> merge_lse(Acc previous, Acc lse_i) {
+  const Acc mx = previous > lse_i ? previous : lse_i;
+  const Acc merged = mx + math::log(math::exp(previous - mx) + math::exp(lse_i - mx));
+  return {merged, math::exp(previous - merged), math::exp(lse_i - merged)};
+}
+
 // Forward of one branch: out_acc and lse_acc are (b, n, h[, d]) accumulators. grouped writes
 // its rows (each row belongs to one branch); longnet merges them into what earlier branches
 // left: L' = logaddexp(L, lse_i), out' = out e^(L - L') + o_i e^(lse_i - L'). With
@@ -127,10 +141,10 @@ struct OriginalForwardKernel {
         Acc previous;
         Kokkos::single(
             Kokkos::PerThread(team), [&](Acc& x) { x = lse(b, pt, h); }, previous);
-        const Acc mx = previous > lse_t ? previous : lse_t;
-        merged = mx + math::log(math::exp(previous - mx) + math::exp(lse_t - mx));
-        keep_old = math::exp(previous - merged);
-        weight = math::exp(lse_t - merged);
+        const auto m = merge_lse(previous, lse_t);
+        merged = m.merged;
+        keep_old = m.keep_old;
+        weight = m.weight;
       }
       if (with_output) {
         Kokkos::parallel_for(Kokkos::ThreadVectorRange(team, launch.d), [&](int c) {
