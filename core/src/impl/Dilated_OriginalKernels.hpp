@@ -213,11 +213,14 @@ struct OriginalBackwardKernel {
             Kokkos::ThreadVectorRange(team, d),
             [&](int c, Acc& acc) { acc += Acc(dout(b, pt, h, c)) * Acc(out(b, pt, h, c)); }, D);
       } else {
+        // dP goes to W for the loop below (same lane, same u), so it is computed once.
         Kokkos::parallel_reduce(
             Kokkos::ThreadVectorRange(team, m),
             [&](int u, Acc& acc) {
               const Acc p = S[t * m + u];
-              if (p != Acc(0)) acc += p * z(u) * grad_dot_v(u);
+              const Acc dp = p != Acc(0) ? grad_dot_v(u) : Acc(0);
+              W[t * m + u] = dp;
+              acc += p * z(u) * dp;
             },
             D);
       }
@@ -229,9 +232,9 @@ struct OriginalBackwardKernel {
           W[t * m + u] = 0;
           return;
         }
-        const Acc zu = z(u);
+        const Acc zu = z(u), dp = through_weights ? grad_dot_v(u) : W[t * m + u];
         W[t * m + u] = w * p * zu;
-        S[t * m + u] = w * p * (zu * grad_dot_v(u) - D);
+        S[t * m + u] = w * p * (zu * dp - D);
       });
     });
     team.team_barrier();
