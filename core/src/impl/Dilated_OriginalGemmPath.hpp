@@ -89,6 +89,24 @@ Kokkos::View<char*, Kokkos::CudaSpace> group_workspace(const std::vector<Segment
       need);
 }
 
+// The first pass over a row comes from device memory: each lane keeps kLoadsInFlight loads in
+// flight (warp-coalesced, 32 entries apart) instead of one, or the pass is latency-bound
+// (measured: the softmax ran at ~1.2 TB/s with one load per iteration). Vector iteration q
+// (lane q % 32) covers entries (q / 32) * 32 * kLoadsInFlight + q % 32 + 32 k.
+constexpr int kLoadsInFlight = 4;
+// Vector iterations that cover `count` entries: whole warps, each covering 32 * kLoadsInFlight.
+KOKKOS_INLINE_FUNCTION int load_iterations(int count) {
+  return 32 * ((count + 32 * kLoadsInFlight - 1) / (32 * kLoadsInFlight));
+}
+template <class F>
+KOKKOS_FORCEINLINE_FUNCTION void for_each_load(int q, int count, const F& f) {
+  const int base = (q / 32) * 32 * kLoadsInFlight + q % 32;
+#pragma unroll
+  for (int k = 0; k < kLoadsInFlight; ++k) {
+    if (base + 32 * k < count) f(k, base + 32 * k);
+  }
+}
+
 template <class View>
 bool rows_are_contiguous(const View& v) {
   return v.stride(3) == 1;
@@ -151,11 +169,14 @@ void gemm_forward_branches(const Kokkos::Cuda& space, const Geometry& g,
             Acc* e = rl.cached ? cache + static_cast<long>(j) * m : nullptr;
             Acc mx;
             Kokkos::parallel_reduce(
-                Kokkos::ThreadVectorRange(team, last),
-                [&](int u, Acc& x) {
-                  const Acc value = s[u];
-                  if (e) e[u] = value;
-                  x = value > x ? value : x;
+                Kokkos::ThreadVectorRange(team, load_iterations(last)),
+                [&](int q, Acc& x) {
+                  Acc value[kLoadsInFlight];
+                  for_each_load(q, last, [&](int k, int u) { value[k] = s[u]; });
+                  for_each_load(q, last, [&](int k, int u) {
+                    if (e) e[u] = value[k];
+                    x = value[k] > x ? value[k] : x;
+                  });
                 },
                 Kokkos::Max<Acc>(mx));
             if (e) s = e;
@@ -276,14 +297,20 @@ void gemm_backward_branches(const Kokkos::Cuda& space, const Geometry& g,
             Acc* e = rl.cached ? cache + 2 * static_cast<long>(j) * m : nullptr;
             Acc mx;
             Kokkos::parallel_reduce(
-                Kokkos::ThreadVectorRange(team, last),
-                [&](int u, Acc& x) {
-                  const Acc value = s[u];
-                  if (e) {
-                    e[u] = value;
-                    e[m + u] = dp[u];
-                  }
-                  x = value > x ? value : x;
+                Kokkos::ThreadVectorRange(team, load_iterations(last)),
+                [&](int q, Acc& x) {
+                  Acc value[kLoadsInFlight], grad[kLoadsInFlight];
+                  for_each_load(q, last, [&](int k, int u) {
+                    value[k] = s[u];
+                    grad[k] = dp[u];
+                  });
+                  for_each_load(q, last, [&](int k, int u) {
+                    if (e) {
+                      e[u] = value[k];
+                      e[m + u] = grad[k];
+                    }
+                    x = value[k] > x ? value[k] : x;
+                  });
                 },
                 Kokkos::Max<Acc>(mx));
             if (e) {
