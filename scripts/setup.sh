@@ -44,11 +44,13 @@ have_all_pkgs() {
   done
   dpkg-query -W -f='${Version}' libcatch2-dev 2>/dev/null | grep -q '^3\.' || return 1
 }
-if [ "$do_apt" = 1 ] && ! have_all_pkgs; then
-  [ "$(id -u)" = 0 ] || die "installing Debian packages needs root (or pass --no-apt)"
-  . /etc/os-release
-  [ "${VERSION_CODENAME:-}" = bookworm ] || say "warning: written for Debian bookworm, this is ${PRETTY_NAME:-unknown}"
-  src=/etc/apt/sources.list.d/dilated-attention.sources
+# The bookworm-backports (Catch2 v3) and deb-src (trilinos sources) entries; writes them and
+# runs apt-get update when they are missing. Needs root.
+apt_sources_ready=0
+ensure_apt_sources() {
+  [ "$apt_sources_ready" = 1 ] && return 0
+  [ "$(id -u)" = 0 ] || die "adding apt sources needs root (or install the packages and pass --no-apt)"
+  local src=/etc/apt/sources.list.d/dilated-attention.sources
   if [ ! -f "$src" ]; then
     say "adding bookworm-backports and deb-src entries ($src)"
     cat >"$src" <<SRC
@@ -67,14 +69,23 @@ SRC
   fi
   say "apt-get update"
   apt-get update -q >/dev/null || die "apt-get update failed"
+  apt_sources_ready=1
+}
+
+if [ "$do_apt" = 1 ] && ! have_all_pkgs; then
+  . /etc/os-release
+  [ "${VERSION_CODENAME:-}" = bookworm ] || say "warning: written for Debian bookworm, this is ${PRETTY_NAME:-unknown}"
+  ensure_apt_sources
   say "installing: ${apt_pkgs[*]} libcatch2-dev (bookworm-backports)"
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${apt_pkgs[@]}" \
     >"$cache_root/apt.log" 2>&1 || die "apt-get install failed, see $cache_root/apt.log"
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
     -t bookworm-backports catch2 >>"$cache_root/apt.log" 2>&1 ||
     die "installing Catch2 v3 from bookworm-backports failed, see $cache_root/apt.log"
-else
+elif [ "$do_apt" = 1 ]; then
   say "Debian packages: already installed"
+else
+  say "Debian packages: skipped (--no-apt)"
 fi
 
 # ---------------------------------------------------------------- Kokkos
@@ -106,6 +117,9 @@ if [ -z "$tri_dir" ] || [ ! -f "$tri_dir/packages/kokkos-kernels/CMakeLists.txt"
   ( cd "$src_dir"
     if ! ls trilinos_13.2.0.orig.tar.gz >/dev/null 2>&1; then
       say "downloading the trilinos source package (~170 MB)"
+      if ! apt-get source --download-only trilinos=13.2.0-4 >/dev/null 2>&1; then
+        ensure_apt_sources  # a machine with the packages but without the deb-src entry
+      fi
       apt-get source --download-only trilinos=13.2.0-4 >/dev/null 2>&1 ||
         apt-get source --download-only trilinos >/dev/null 2>&1 ||
         die "apt-get source trilinos failed: is a bookworm deb-src entry configured?"
