@@ -164,3 +164,33 @@ TEST_CASE("Original rejects bad arguments, naming them", "[original][errors]" TE
   REQUIRE_THROWS_WITH(attention.backward(ExecSpace(), q, q, q, out, out, q, q, v_wide),
                       ContainsSubstring("dv.extent(3) (head_dim) = 16 does not match"));
 }
+
+TEMPLATE_TEST_CASE("Original forward reads q, k, v in place from a packed QKV buffer",
+                   "[original][forward][layout]" TEST_CATEGORY, double, float) {
+  // One (b, n, 3h, d) buffer holds q, k and v side by side along the head axis, as a fused
+  // projection writes them: the three inputs are LayoutStride subviews (row stride 3 h d).
+  const int b = 2, n = 100, h = 5, d = 16;
+  const auto packed_host = dilated::testing::random_bnhd<double>("qkv", b, n, 3 * h, d, 4242);
+  const auto packed = dilated::testing::to_storage<TestType, MemSpace>(packed_host, "qkv");
+  const auto part = [&](int i) {
+    return Kokkos::subview(packed, Kokkos::ALL, Kokkos::ALL, Kokkos::make_pair(i * h, (i + 1) * h),
+                           Kokkos::ALL);
+  };
+  const auto q = part(0), k = part(1), v = part(2);
+  for (bool gemm : dilated::testing::vendor_gemm_variants<ExecSpace>()) {
+    for (auto semantics : {Semantics::grouped, Semantics::longnet}) {
+      CAPTURE(gemm, dilated::to_string(semantics));
+      const dilated::DilatedAttention<dilated::Original> attention(
+          {16, 32, 64}, {1, 2, 4},
+          dilated::AttentionOptions().set_semantics(semantics).set_vendor_gemm(gemm));
+      dilated::testing::Device4<TestType, MemSpace> out("out", b, n, h, d);
+      attention.forward(ExecSpace(), q, k, v, out, {true, false, 0});
+      Kokkos::View<double****, Kokkos::HostSpace> expected("expected", b, n, h, d);
+      dilated::reference(attention.geometry(h), dilated::testing::to_host_double(q),
+                         dilated::testing::to_host_double(k), dilated::testing::to_host_double(v),
+                         expected, {true, std::nullopt});
+      using Tol = dilated::testing::Tolerance<TestType>;
+      DILATED_CHECK_ALLCLOSE(out, expected, Tol::rtol, Tol::atol);
+    }
+  }
+}
