@@ -220,6 +220,7 @@ class DilatedAttention {
     if (longnet && lse) {
       Impl::convert_rows(space, "dilated::original::load_lse", *lse, lse_acc);
     } else if (longnet && gemm) {
+      // No lse from the forward: recompute it (a whole forward; pass lse to avoid this).
 #if defined(KOKKOS_ENABLE_CUDA)
       if constexpr (std::is_same_v<ExecSpace, Kokkos::Cuda>) {
         Impl::gemm_forward_branches<T, Acc>(
@@ -245,23 +246,19 @@ class DilatedAttention {
             dout, lse_acc, dq_acc, dk_acc, dv_acc, through_weights, options_.workspace_bytes());
       }
 #endif
-      Impl::convert_rows(space, "dilated::original::store_dq", dq_acc, dq);
-      Impl::convert_rows(space, "dilated::original::store_dk", dk_acc, dk);
-      Impl::convert_rows(space, "dilated::original::store_dv", dv_acc, dv);
-      Impl::fence(space, "dilated::DilatedAttention::backward: temporaries go out of scope");
-      return;
+    } else {
+      const Impl::LaunchSchedule<ExecSpace> schedule(g, batch, n, 2, sizeof(Acc),
+                                                     options_.workspace_bytes());
+      using Kernel =
+          Impl::OriginalBackwardKernel<ExecSpace, Q, K, V, O, G, Impl::Accumulator3<ExecSpace, Acc>,
+                                       Impl::Accumulator4<ExecSpace, Acc>>;
+      Impl::launch_branches(space, "dilated::original::backward", schedule,
+                            Impl::make_launch<ExecSpace, Acc>(g, options_, call, n, d),
+                            [&](const auto& launch, const auto& work) {
+                              return Kernel{launch,  q,      k,      v,      out,  dout,
+                                            lse_acc, dq_acc, dk_acc, dv_acc, work, through_weights};
+                            });
     }
-    const Impl::LaunchSchedule<ExecSpace> schedule(g, batch, n, 2, sizeof(Acc),
-                                                   options_.workspace_bytes());
-    using Kernel =
-        Impl::OriginalBackwardKernel<ExecSpace, Q, K, V, O, G, Impl::Accumulator3<ExecSpace, Acc>,
-                                     Impl::Accumulator4<ExecSpace, Acc>>;
-    Impl::launch_branches(space, "dilated::original::backward", schedule,
-                          Impl::make_launch<ExecSpace, Acc>(g, options_, call, n, d),
-                          [&](const auto& launch, const auto& work) {
-                            return Kernel{launch,  q,      k,      v,      out,  dout,
-                                          lse_acc, dq_acc, dk_acc, dv_acc, work, through_weights};
-                          });
     Impl::convert_rows(space, "dilated::original::store_dq", dq_acc, dq);
     Impl::convert_rows(space, "dilated::original::store_dk", dk_acc, dk);
     Impl::convert_rows(space, "dilated::original::store_dv", dv_acc, dv);

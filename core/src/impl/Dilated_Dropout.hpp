@@ -24,15 +24,13 @@ KOKKOS_INLINE_FUNCTION std::uint64_t mix64(std::uint64_t x) {
 }
 
 struct Dropout {
-  double p = 0;             // drop probability; 0 means no dropout
-  double keep_scale = 1;    // 1 / (1 - p)
-  std::uint32_t threshold;  // drop when the 24-bit uniform draw is below it
+  double keep_scale = 1;        // 1 / (1 - p), p the drop probability
+  std::uint32_t threshold = 0;  // drop when the 24-bit uniform draw is below it; 0: never
   std::uint64_t seed = 0;
 
-  Dropout() : threshold(0) {}
+  Dropout() = default;
   Dropout(double probability, std::uint64_t seed_)
-      : p(probability),
-        keep_scale(1.0 / (1.0 - probability)),
+      : keep_scale(1.0 / (1.0 - probability)),
         threshold(static_cast<std::uint32_t>(probability * 16777216.0)),
         seed(seed_) {}
 

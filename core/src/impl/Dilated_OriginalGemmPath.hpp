@@ -91,7 +91,8 @@ Kokkos::View<char*, Kokkos::CudaSpace> group_workspace(const std::vector<Segment
 
 // The first pass over a row comes from device memory: each lane keeps kLoadsInFlight loads in
 // flight (warp-coalesced, 32 entries apart) instead of one, or the pass is latency-bound
-// (measured: the softmax ran at ~1.2 TB/s with one load per iteration). Vector iteration q
+// (ncu: the 64K forward's softmax took 6.1 ms with one load per iteration for an ideal 5.6 GB,
+// ~0.9 TB/s; 3.8 ms with four). Vector iteration q
 // (lane q % 32) covers entries (q / 32) * 32 * kLoadsInFlight + q % 32 + 32 k.
 constexpr int kLoadsInFlight = 4;
 // Vector iterations that cover `count` entries: whole warps, each covering 32 * kLoadsInFlight.
@@ -204,12 +205,13 @@ void gemm_forward_branches(const Kokkos::Cuda& space, const Geometry& g,
                                  row_pointer(v, gr.b, first, gr.head), row_v, seg_v, P, gr.m, mm, 0,
                                  O, d, static_cast<long>(gr.m) * d, gr.count);
     // Merge into the output: grouped writes (each row has one branch), longnet log-sum-exp.
+    const RowLaunch merge_rows{8, false, 0};
     Kokkos::parallel_for(
-        "dilated::original::gemm_merge", row_policy(space, gr.count * gr.m, RowLaunch{8, false, 0}),
+        "dilated::original::gemm_merge", row_policy(space, gr.count * gr.m, merge_rows),
         KOKKOS_LAMBDA(const RowMember& team) {
           const int rows = group.count * group.m;
-          Kokkos::parallel_for(Kokkos::TeamThreadRange(team, 8), [&](int j) {
-            const int row = team.league_rank() * 8 + j;
+          Kokkos::parallel_for(Kokkos::TeamThreadRange(team, merge_rows.rows_per_team), [&](int j) {
+            const int row = team.league_rank() * merge_rows.rows_per_team + j;
             if (row >= rows) return;
             const int i = row / group.m, t = row % group.m;
             const int pt = group.position(i, t), b = group.b, h = group.head;
