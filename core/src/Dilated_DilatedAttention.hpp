@@ -10,6 +10,7 @@
 #include <Dilated_Geometry.hpp>
 #include <Dilated_Options.hpp>
 #include <impl/Dilated_Error.hpp>
+#include <impl/Dilated_ImprovedDriver.hpp>
 #include <impl/Dilated_OriginalDriver.hpp>
 #include <impl/Dilated_OriginalGemmPath.hpp>
 #include <impl/Dilated_ShapeChecks.hpp>
@@ -65,7 +66,7 @@ template <class Algorithm = Original>
 class DilatedAttention {
   static_assert(is_algorithm_policy_v<Algorithm>,
                 "dilated::DilatedAttention<Algorithm>: Algorithm must be an algorithm policy "
-                "(dilated::Original)");
+                "(dilated::Original or dilated::Improved)");
 
  public:
   // Throws std::invalid_argument naming the argument for empty or mismatched lists, entries
@@ -160,7 +161,6 @@ class DilatedAttention {
   void forward_impl(const ExecSpace& space, const Q& q, const K& k, const V& v, const O& out,
                     const L* lse, const ForwardOptions& call) const {
     using T = typename Q::non_const_value_type;
-    using Acc = Impl::accumulation_t<T>;
     Impl::check_views<ExecSpace, T, 4, Q, K, V, O>();
     Impl::check_output<ExecSpace, O>();
     Impl::ScopedRegion region("dilated::DilatedAttention::forward");
@@ -168,7 +168,19 @@ class DilatedAttention {
     const Geometry g = geometry_for(fn, q);
     Impl::check_attention_shapes(fn, g, q, k, v, out);
     if (lse) Impl::check_per_token(fn, "lse", *lse, q);
+    if constexpr (std::is_same_v<Algorithm, Improved>) {
+      improved_forward(space, g, q, k, v, out, lse, call);
+    } else {
+      original_forward(space, g, q, k, v, out, lse, call);
+    }
+    Impl::fence(space, "dilated::DilatedAttention::forward: temporaries go out of scope");
+  }
 
+  template <class ExecSpace, class Q, class K, class V, class O, class L>
+  void original_forward(const ExecSpace& space, const Geometry& g, const Q& q, const K& k,
+                        const V& v, const O& out, const L* lse, const ForwardOptions& call) const {
+    using T = typename Q::non_const_value_type;
+    using Acc = Impl::accumulation_t<T>;
     Impl::Accumulator4<ExecSpace, Acc> out_acc("dilated::original::out_accumulator", q.extent(0),
                                                q.extent(1), q.extent(2), q.extent(3));
     Impl::Accumulator3<ExecSpace, Acc> lse_acc("dilated::original::lse_accumulator", q.extent(0),
@@ -187,7 +199,40 @@ class DilatedAttention {
     }
     Impl::convert_rows(space, "dilated::original::store_out", out_acc, out);
     if (lse) Impl::convert_rows(space, "dilated::original::store_lse", lse_acc, *lse);
-    Impl::fence(space, "dilated::DilatedAttention::forward: temporaries go out of scope");
+  }
+
+  // The fused forward: grouped writes the caller's views directly; longnet merges branch by
+  // branch in the caller's out when it is float/double, else in a float accumulator.
+  template <class ExecSpace, class Q, class K, class V, class O, class L>
+  void improved_forward(const ExecSpace& space, const Geometry& g, const Q& q, const K& k,
+                        const V& v, const O& out, const L* lse, const ForwardOptions& call) const {
+    using T = typename Q::non_const_value_type;
+    using Acc = Impl::accumulation_t<T>;
+    const int batch = q.extent(0), n = q.extent(1), heads = q.extent(2), d = q.extent(3);
+    const auto base = Impl::make_launch<ExecSpace, Acc>(g, options_, call, n, d);
+    if (g.semantics() == Semantics::grouped) {
+      Impl::zero_unkept_rows(space, g, lse, out);
+      if (lse) {
+        Impl::improved_forward_branches(space, g, base, q, k, v, out, *lse, true, true);
+      } else {
+        Impl::improved_forward_branches(space, g, base, q, k, v, out, NoLse<ExecSpace>(), true,
+                                        false);
+      }
+      return;
+    }
+    Impl::Accumulator3<ExecSpace, Acc> lse_acc(
+        Kokkos::view_alloc(Kokkos::WithoutInitializing, "dilated::improved::lse"), batch, n, heads);
+    Kokkos::deep_copy(space, lse_acc, -Impl::math::infinity<Acc>());
+    if constexpr (std::is_same_v<T, Acc>) {
+      Kokkos::deep_copy(space, out, T(0));
+      Impl::improved_forward_branches(space, g, base, q, k, v, out, lse_acc, true, true);
+    } else {
+      Impl::Accumulator4<ExecSpace, Acc> out_acc("dilated::improved::out_accumulator", batch, n,
+                                                 heads, d);
+      Impl::improved_forward_branches(space, g, base, q, k, v, out_acc, lse_acc, true, true);
+      Impl::convert_rows(space, "dilated::improved::store_out", out_acc, out);
+    }
+    if (lse) Impl::convert_rows(space, "dilated::improved::store_lse", lse_acc, *lse);
   }
 
   template <class ExecSpace, class Q, class K, class V, class O, class L, class G, class DQ,
@@ -196,7 +241,6 @@ class DilatedAttention {
                      const L* lse, const G& dout, const DQ& dq, const DK& dk, const DV& dv,
                      const ForwardOptions& call) const {
     using T = typename Q::non_const_value_type;
-    using Acc = Impl::accumulation_t<T>;
     Impl::check_views<ExecSpace, T, 4, Q, K, V, O, G, DQ, DK, DV>();
     Impl::check_output<ExecSpace, DQ>();
     Impl::check_output<ExecSpace, DK>();
@@ -210,6 +254,21 @@ class DilatedAttention {
     Impl::check_same_shape(fn, "dk", dk, q);
     Impl::check_same_shape(fn, "dv", dv, q);
     if (lse) Impl::check_per_token(fn, "lse", *lse, q);
+    if constexpr (std::is_same_v<Algorithm, Improved>) {
+      improved_backward(space, g, q, k, v, out, lse, dout, dq, dk, dv, call);
+    } else {
+      original_backward(space, g, q, k, v, out, lse, dout, dq, dk, dv, call);
+    }
+    Impl::fence(space, "dilated::DilatedAttention::backward: temporaries go out of scope");
+  }
+
+  template <class ExecSpace, class Q, class K, class V, class O, class L, class G, class DQ,
+            class DK, class DV>
+  void original_backward(const ExecSpace& space, const Geometry& g, const Q& q, const K& k,
+                         const V& v, const O& out, const L* lse, const G& dout, const DQ& dq,
+                         const DK& dk, const DV& dv, const ForwardOptions& call) const {
+    using T = typename Q::non_const_value_type;
+    using Acc = Impl::accumulation_t<T>;
     const int batch = q.extent(0), n = q.extent(1), heads = q.extent(2), d = q.extent(3);
     const bool longnet = g.semantics() == Semantics::longnet;
 
@@ -262,7 +321,55 @@ class DilatedAttention {
     Impl::convert_rows(space, "dilated::original::store_dq", dq_acc, dq);
     Impl::convert_rows(space, "dilated::original::store_dk", dk_acc, dk);
     Impl::convert_rows(space, "dilated::original::store_dv", dv_acc, dv);
-    Impl::fence(space, "dilated::DilatedAttention::backward: temporaries go out of scope");
+  }
+
+  // The fused backward (FlashAttention-2 style): probabilities are recomputed from the merged
+  // log-sum-exp (the forward's `lse`, or recomputed without output when none is given).
+  template <class ExecSpace, class Q, class K, class V, class O, class L, class G, class DQ,
+            class DK, class DV>
+  void improved_backward(const ExecSpace& space, const Geometry& g, const Q& q, const K& k,
+                         const V& v, const O& out, const L* lse, const G& dout, const DQ& dq,
+                         const DK& dk, const DV& dv, const ForwardOptions& call) const {
+    using T = typename Q::non_const_value_type;
+    using Acc = Impl::accumulation_t<T>;
+    const int batch = q.extent(0), n = q.extent(1), heads = q.extent(2), d = q.extent(3);
+    const bool longnet = g.semantics() == Semantics::longnet;
+    const auto base = Impl::make_launch<ExecSpace, Acc>(g, options_, call, n, d);
+    Impl::Accumulator3<ExecSpace, Acc> lse_acc(
+        Kokkos::view_alloc(Kokkos::WithoutInitializing, "dilated::improved::lse"), batch, n, heads);
+    if (lse) {
+      Impl::convert_rows(space, "dilated::improved::load_lse", *lse, lse_acc);
+    } else {
+      Kokkos::deep_copy(space, lse_acc, -Impl::math::infinity<Acc>());
+      Impl::improved_forward_branches(space, g, base, q, k, v, Impl::Accumulator4<ExecSpace, Acc>(),
+                                      lse_acc, false, true);
+    }
+    // D_t: one per row from dout . out, or per branch (detached longnet weights).
+    const bool branch_deltas = longnet && options_.detach_branch_weights();
+    Impl::Accumulator3<ExecSpace, Acc> delta(
+        Kokkos::view_alloc(Kokkos::WithoutInitializing, "dilated::improved::delta"), batch, n,
+        heads);
+    if (!branch_deltas) Impl::row_deltas(space, dout, out, delta, g.output_scale());
+    if (!longnet) {
+      Impl::zero_unkept_rows(space, g, static_cast<const NoLse<ExecSpace>*>(nullptr), dq, dk, dv);
+      Impl::improved_backward_branches(space, g, base, q, k, v, dout, lse_acc, delta, false, dq, dk,
+                                       dv, false);
+    } else if constexpr (std::is_same_v<T, Acc>) {
+      Kokkos::deep_copy(space, dq, T(0));
+      Kokkos::deep_copy(space, dk, T(0));
+      Kokkos::deep_copy(space, dv, T(0));
+      Impl::improved_backward_branches(space, g, base, q, k, v, dout, lse_acc, delta, branch_deltas,
+                                       dq, dk, dv, true);
+    } else {
+      Impl::Accumulator4<ExecSpace, Acc> dq_acc("dilated::improved::dq", batch, n, heads, d),
+          dk_acc("dilated::improved::dk", batch, n, heads, d),
+          dv_acc("dilated::improved::dv", batch, n, heads, d);
+      Impl::improved_backward_branches(space, g, base, q, k, v, dout, lse_acc, delta, branch_deltas,
+                                       dq_acc, dk_acc, dv_acc, true);
+      Impl::convert_rows(space, "dilated::improved::store_dq", dq_acc, dq);
+      Impl::convert_rows(space, "dilated::improved::store_dk", dk_acc, dk);
+      Impl::convert_rows(space, "dilated::improved::store_dv", dv_acc, dv);
+    }
   }
 
   // The cuBLAS path of the Original algorithm: CUDA, asked for, contiguous head_dim.

@@ -3,6 +3,7 @@
 #define DILATED_ATTENTION_TEST_UTILS_HPP
 
 #include <Dilated_Compat.hpp>
+#include <Dilated_DilatedAttention.hpp>
 #include <impl/Dilated_Numeric.hpp>
 
 #include <Kokkos_Core.hpp>
@@ -27,14 +28,36 @@ using StorageTypes = std::tuple<double, float
 #endif
                                 >;
 
-// The product paths of the Original algorithm a backend has: on CUDA the cuBLAS path (the
-// default) and the team kernel; elsewhere only the team kernel (the flag is ignored).
+// The ways a backend computes attention, each test runs all of them: the Improved algorithm,
+// and the Original one with each product path it has (on CUDA the cuBLAS path, the default,
+// and the team kernel; elsewhere only the team kernel: the flag is ignored).
+struct Variant {
+  bool improved;
+  bool vendor_gemm;
+  std::string name() const {
+    return improved ? "Improved" : vendor_gemm ? "Original (vendor GEMM)" : "Original";
+  }
+};
+
 template <class ExecSpace>
-std::vector<bool> vendor_gemm_variants() {
+std::vector<Variant> variants() {
 #if defined(KOKKOS_ENABLE_CUDA)
-  if (std::is_same_v<ExecSpace, Kokkos::Cuda>) return {true, false};
+  if (std::is_same_v<ExecSpace, Kokkos::Cuda>)
+    return {{false, true}, {false, false}, {true, false}};
 #endif
-  return {true};
+  return {{false, true}, {true, false}};
+}
+
+// Calls f(attention) with a DilatedAttention<Original or Improved> built from the arguments.
+template <class F>
+void with_attention(const Variant& variant, const std::vector<int>& segs,
+                    const std::vector<int>& dils, AttentionOptions options, F&& f) {
+  options.set_vendor_gemm(variant.vendor_gemm);
+  if (variant.improved) {
+    f(DilatedAttention<Improved>(segs, dils, options));
+  } else {
+    f(DilatedAttention<Original>(segs, dils, options));
+  }
 }
 
 template <class T, class MemSpace>

@@ -1,12 +1,13 @@
-// DilatedAttention<Original>::backward on every backend: double gradients against central
-// finite differences of the double oracles (through the longnet branch weights, detached, and
-// with dropout), float gradients against double ones, and the dropout contract.
+// DilatedAttention<Original | Improved>::backward on every backend: double gradients against
+// central finite differences of the double oracles (through the longnet branch weights, detached,
+// and with dropout), float gradients against double ones, and the dropout contract.
 #include <DilatedAttention.hpp>
 #include <Dilated_Allclose.hpp>
 #include <Dilated_AttentionTestUtils.hpp>
 #include <Dilated_BranchwiseReference.hpp>
 #include <Dilated_TestData.hpp>
 
+#include <catch2/catch_template_test_macros.hpp>
 #include <catch2/catch_test_macros.hpp>
 
 #include <cmath>
@@ -84,13 +85,11 @@ struct Gradients {
 template <class T>
 Gradients run_backward(const GradCase& c, const HostView4& qh, const HostView4& kh,
                        const HostView4& vh, const HostView4& rh, std::uint64_t seed, bool pass_lse,
-                       bool vendor_gemm) {
-  auto options = dilated::AttentionOptions()
-                     .set_semantics(c.semantics)
-                     .set_detach_branch_weights(c.detach)
-                     .set_attention_dropout(c.dropout)
-                     .set_vendor_gemm(vendor_gemm);
-  const dilated::DilatedAttention<dilated::Original> attention(c.segs, c.dils, options);
+                       const dilated::testing::Variant& variant) {
+  const auto options = dilated::AttentionOptions()
+                           .set_semantics(c.semantics)
+                           .set_detach_branch_weights(c.detach)
+                           .set_attention_dropout(c.dropout);
   const auto q = dilated::testing::to_storage<T, MemSpace>(qh, "q");
   const auto k = dilated::testing::to_storage<T, MemSpace>(kh, "k");
   const auto v = dilated::testing::to_storage<T, MemSpace>(vh, "v");
@@ -99,12 +98,14 @@ Gradients run_backward(const GradCase& c, const HostView4& qh, const HostView4& 
       dq("dq", c.b, c.n, c.h, c.d), dk("dk", c.b, c.n, c.h, c.d), dv("dv", c.b, c.n, c.h, c.d);
   Kokkos::View<T***, MemSpace> lse("lse", c.b, c.n, c.h);
   const dilated::ForwardOptions call{c.causal, true, seed};
-  attention.forward(ExecSpace(), q, k, v, out, lse, call);
-  if (pass_lse) {
-    attention.backward(ExecSpace(), q, k, v, out, lse, dout, dq, dk, dv, call);
-  } else {
-    attention.backward(ExecSpace(), q, k, v, out, dout, dq, dk, dv, call);
-  }
+  dilated::testing::with_attention(variant, c.segs, c.dils, options, [&](const auto& attention) {
+    attention.forward(ExecSpace(), q, k, v, out, lse, call);
+    if (pass_lse) {
+      attention.backward(ExecSpace(), q, k, v, out, lse, dout, dq, dk, dv, call);
+    } else {
+      attention.backward(ExecSpace(), q, k, v, out, dout, dq, dk, dv, call);
+    }
+  });
   const auto as_double = [](const auto& x) {
     return dilated::testing::to_storage<double, MemSpace>(dilated::testing::to_host_double(x), "g");
   };
@@ -126,8 +127,7 @@ const std::vector<GradCase> grad_cases = {
 
 }  // namespace
 
-TEST_CASE("Original backward equals finite differences (double)",
-          "[original][backward]" TEST_CATEGORY) {
+TEST_CASE("Backward equals finite differences (double)", "[backward]" TEST_CATEGORY) {
   std::uint64_t seed = 500;
   for (const auto& c : grad_cases) {
     CAPTURE(dilated::to_string(c.semantics), c.n, c.h, c.d, c.causal, c.detach, c.dropout);
@@ -140,10 +140,10 @@ TEST_CASE("Original backward equals finite differences (double)",
     const auto base = dilated::testing::branchwise(
         g, q, k, v, c.causal, 1.0 / std::sqrt(double(c.d)),
         c.dropout > 0 ? dilated::Impl::Dropout(c.dropout, seed) : dilated::Impl::Dropout());
-    for (bool gemm : dilated::testing::vendor_gemm_variants<ExecSpace>())
+    for (const auto& variant : dilated::testing::variants<ExecSpace>())
       for (bool pass_lse : {true, false}) {
-        CAPTURE(pass_lse, gemm);
-        const auto grads = run_backward<double>(c, q, k, v, r, seed, pass_lse, gemm);
+        CAPTURE(pass_lse, variant.name());
+        const auto grads = run_backward<double>(c, q, k, v, r, seed, pass_lse, variant);
         // Central differences with eps = 1e-6: truncation ~eps^2, rounding ~1e-16/eps = 1e-10.
         const double rtol = 1e-6, atol = 1e-7;
         DILATED_CHECK_ALLCLOSE(grads.dq, finite_difference(c, g, q, k, v, r, q, &base, seed), rtol,
@@ -156,7 +156,7 @@ TEST_CASE("Original backward equals finite differences (double)",
   }
 }
 
-TEST_CASE("Original backward in float agrees with double", "[original][backward]" TEST_CATEGORY) {
+TEST_CASE("Backward in float agrees with double", "[backward]" TEST_CATEGORY) {
   const GradCase cases[] = {
       {Semantics::longnet, {32, 64, 128}, {1, 2, 4}, 1, 150, 6, 32, true, false, 0.0},
       {Semantics::grouped, {32, 64, 128}, {1, 2, 4}, 2, 128, 4, 16, false, false, 0.1},
@@ -176,10 +176,10 @@ TEST_CASE("Original backward in float agrees with double", "[original][backward]
     const auto k = round(dilated::testing::random_bnhd<double>("k", c.b, c.n, c.h, c.d, seed + 1));
     const auto v = round(dilated::testing::random_bnhd<double>("v", c.b, c.n, c.h, c.d, seed + 2));
     const auto r = round(dilated::testing::random_bnhd<double>("r", c.b, c.n, c.h, c.d, seed + 3));
-    for (bool gemm : dilated::testing::vendor_gemm_variants<ExecSpace>()) {
-      CAPTURE(gemm);
-      const auto exact = run_backward<double>(c, q, k, v, r, seed, true, gemm);
-      const auto single = run_backward<float>(c, q, k, v, r, seed, true, gemm);
+    for (const auto& variant : dilated::testing::variants<ExecSpace>()) {
+      CAPTURE(variant.name());
+      const auto exact = run_backward<double>(c, q, k, v, r, seed, true, variant);
+      const auto single = run_backward<float>(c, q, k, v, r, seed, true, variant);
       // float accumulation over <= 128 keys of O(1) terms, twice (P, then dS): ~1e-5 relative
       // per gradient entry; 1e-4 leaves a margin without hiding an O(1) error.
       DILATED_CHECK_ALLCLOSE(single.dq, exact.dq, 1e-4, 1e-4);
@@ -189,8 +189,8 @@ TEST_CASE("Original backward in float agrees with double", "[original][backward]
   }
 }
 
-TEST_CASE("Original dropout: the documented mask, p = 0 is the identity, seeds reproduce",
-          "[original][dropout]" TEST_CATEGORY) {
+TEMPLATE_TEST_CASE("Dropout: the documented mask, p = 0 is the identity, seeds reproduce",
+                   "[dropout]" TEST_CATEGORY, dilated::Original, dilated::Improved) {
   const GradCase c{Semantics::longnet, {16, 32, 64}, {1, 2, 4}, 2, 64, 4, 8, false, false, 0.25};
   const dilated::Geometry g(c.segs, c.dils, c.h, c.semantics);
   const auto qh = dilated::testing::random_bnhd<double>("q", c.b, c.n, c.h, c.d, 1);
@@ -200,7 +200,7 @@ TEST_CASE("Original dropout: the documented mask, p = 0 is the identity, seeds r
   const auto k = dilated::testing::to_storage<double, MemSpace>(kh, "k");
   const auto v = dilated::testing::to_storage<double, MemSpace>(vh, "v");
   const auto run = [&](double p, bool training, std::uint64_t seed) {
-    const dilated::DilatedAttention<dilated::Original> attention(
+    const dilated::DilatedAttention<TestType> attention(
         c.segs, c.dils,
         dilated::AttentionOptions().set_semantics(c.semantics).set_attention_dropout(p));
     dilated::testing::Device4<double, MemSpace> out("out", c.b, c.n, c.h, c.d);

@@ -1,0 +1,193 @@
+// Host side of the Improved algorithm: which views the fused kernels write into, the launches
+// branch by branch, and the little row kernels around them (zeroing rows no branch keeps, the
+// D_t = g . out row products of the backward pass).
+//
+// Extra device memory (docs/algorithms.md): grouped writes the caller's out/lse (and dq, dk, dv)
+// directly, each row belonging to one branch: nothing beyond a (b, n, h) log-sum-exp in the
+// backward. longnet merges branches in place: in the caller's views when they are float/double,
+// else in a float accumulator of the output's shape, plus a float (b, n, h) log-sum-exp.
+#ifndef DILATED_IMPL_IMPROVED_DRIVER_HPP
+#define DILATED_IMPL_IMPROVED_DRIVER_HPP
+
+#include <Dilated_Geometry.hpp>
+#include <Dilated_LaunchPolicies.hpp>
+#include <Dilated_Options.hpp>
+#include <Dilated_TilePolicies.hpp>
+#include <impl/Dilated_BranchPlan.hpp>
+#include <impl/Dilated_ImprovedKernels.hpp>
+#include <impl/Dilated_ImprovedMma.hpp>
+#include <impl/Dilated_OriginalDriver.hpp>
+
+#include <Kokkos_Core.hpp>
+
+#include <algorithm>
+#include <type_traits>
+
+namespace dilated::Impl {
+
+// Launches `kernel` (its `launch` member filled in here) over every tile of every item of
+// `plan`: tiles of `tile_rows` kept positions, scratch of Kernel::scratch_entries.
+template <class ExecSpace, class Kernel>
+void launch_tiles(const ExecSpace& space, const char* label, Kernel kernel, int tile_rows) {
+  using Acc = typename Kernel::Acc;
+  using Tiles = ImprovedTiles<ExecSpace>;
+  auto& launch = kernel.launch;
+  launch.query_rows = Tiles::query_rows;
+  launch.key_rows = Tiles::key_rows;
+  launch.ld = launch.branch.d + Tiles::pad;
+  launch.tiles = (launch.branch.plan.max_kept + tile_rows - 1) / tile_rows;
+  const std::size_t bytes =
+      sizeof(Acc) * Kernel::scratch_entries(launch.query_rows, launch.key_rows, launch.ld) + 64;
+  using Policy = Kokkos::TeamPolicy<ExecSpace>;
+  launch.scratch_level = bytes <= static_cast<std::size_t>(Policy::scratch_size_max(0)) ? 0 : 1;
+  const long teams = launch.branch.plan.num_items() * launch.tiles;
+  constexpr long max_league = 1L << 30;
+  for (long begin = 0; begin < teams; begin += max_league) {
+    launch.branch.item_begin = begin;
+    const int league = static_cast<int>(std::min(max_league, teams - begin));
+    Policy policy(space, league, Tiles::team_size, LaunchPolicy<ExecSpace>::vector_length);
+    policy.set_scratch_size(launch.scratch_level, Kokkos::PerTeam(bytes));
+    Kokkos::parallel_for(label, policy, kernel);
+  }
+}
+
+// Per head in grouped semantics: the one branch's window, dilation and offset on n tokens.
+struct HeadPattern {
+  int window, dilation, offset;
+  KOKKOS_INLINE_FUNCTION bool keeps(int p) const { return (p % window) % dilation == offset; }
+};
+
+template <class MemorySpace>
+Kokkos::View<HeadPattern*, MemorySpace> grouped_head_patterns(const Geometry& g, int n) {
+  Kokkos::View<HeadPattern*, MemorySpace> patterns("dilated::improved::head_patterns",
+                                                   g.num_heads());
+  auto host = Kokkos::create_mirror_view(patterns);
+  for (int i = 0; i < g.num_branches(); ++i) {
+    const auto [begin, end] = g.group_heads(i);
+    for (int h = begin; h < end; ++h)
+      host(h) = {g.window(i, n), g.dilation_rate(i), g.offset(i, h)};
+  }
+  Kokkos::deep_copy(patterns, host);
+  return patterns;
+}
+
+// grouped: rows (b, p, h) that the head's branch does not keep get 0 in each of `views`
+// ((b, n, h, d)) and -inf in `lse` when there is one. Kept rows are left to the kernels.
+template <class ExecSpace, class L, class... Views>
+void zero_unkept_rows(const ExecSpace& space, const Geometry& g, const L* lse,
+                      const Views&... views) {
+  const auto& first = std::get<0>(std::forward_as_tuple(views...));
+  const int n = first.extent(1), heads = first.extent(2), d = first.extent(3);
+  const auto patterns = grouped_head_patterns<typename ExecSpace::memory_space>(g, n);
+  const long rows = static_cast<long>(first.extent(0)) * n * heads;
+  const bool with_lse = lse != nullptr;
+  const L lse_view = lse ? *lse : L();
+  Kokkos::parallel_for(
+      "dilated::improved::zero_unkept_rows", Kokkos::RangePolicy<ExecSpace>(space, 0, rows),
+      KOKKOS_LAMBDA(long r) {
+        const int h = static_cast<int>(r % heads), p = static_cast<int>((r / heads) % n);
+        const int b = static_cast<int>(r / (static_cast<long>(heads) * n));
+        if (patterns(h).keeps(p)) return;
+        for (int c = 0; c < d; ++c)
+          ((views(b, p, h, c) = 0), ...);
+        if (with_lse) {
+          using T = typename L::value_type;
+          lse_view(b, p, h) = static_cast<T>(-math::infinity<accumulation_t<T>>());
+        }
+      });
+}
+
+// delta(b, p, h) = (dout . out) / output_scale: D_t of every branch when gradients flow
+// through the longnet weights (output_scale 1), and G (dout . out) = dout . o_i for grouped.
+template <class ExecSpace, class G, class O, class Delta>
+void row_deltas(const ExecSpace& space, const G& dout, const O& out, const Delta& delta,
+                double output_scale) {
+  using Acc = typename Delta::value_type;
+  const int n = out.extent(1), heads = out.extent(2), d = out.extent(3);
+  const Acc inv = static_cast<Acc>(1.0 / output_scale);
+  Kokkos::parallel_for(
+      "dilated::improved::row_deltas",
+      Kokkos::RangePolicy<ExecSpace>(space, 0, static_cast<long>(out.extent(0)) * n * heads),
+      KOKKOS_LAMBDA(long r) {
+        const int h = static_cast<int>(r % heads), p = static_cast<int>((r / heads) % n);
+        const int b = static_cast<int>(r / (static_cast<long>(heads) * n));
+        Acc s = 0;
+        for (int c = 0; c < d; ++c)
+          s += Acc(dout(b, p, h, c)) * Acc(out(b, p, h, c));
+        delta(b, p, h) = s * inv;
+      });
+}
+
+template <class ExecSpace, class Acc>
+TiledLaunch<typename ExecSpace::memory_space, Acc> tiled_launch(
+    const Geometry& g, int branch, const BranchLaunch<typename ExecSpace::memory_space, Acc>& base,
+    int batch) {
+  TiledLaunch<typename ExecSpace::memory_space, Acc> launch;
+  launch.branch = base;
+  launch.branch.plan = make_branch_plan<typename ExecSpace::memory_space>(g, branch, batch, base.n);
+  return launch;
+}
+
+// Runs the fused forward of every branch into `out` / `lse` (see ImprovedForwardKernel): for
+// longnet these must hold 0 / -inf on entry; grouped writes only the rows its branches keep.
+template <class ExecSpace, class Q, class K, class V, class OutV, class LseV>
+void improved_forward_branches(const ExecSpace& space, const Geometry& g,
+                               const BranchLaunch<typename ExecSpace::memory_space,
+                                                  accumulation_t<typename Q::value_type>>& base,
+                               const Q& q, const K& k, const V& v, const OutV& out, const LseV& lse,
+                               bool with_output, bool with_lse) {
+#if defined(KOKKOS_ENABLE_CUDA)
+  // Tensor cores where the storage and layout allow (half/bf16, d = 64 or 128, aligned rows).
+  if constexpr (std::is_same_v<ExecSpace, Kokkos::Cuda> &&
+                mma::is_mma_type_v<typename Q::non_const_value_type>) {
+    const int d = q.extent(3);
+    if (with_output && mma::forward_applies(d, q, k, v)) {
+      if (d == 64) {
+        mma::forward_branches<64>(space, g, base, q, k, v, out, lse, with_lse);
+      } else {
+        mma::forward_branches<128>(space, g, base, q, k, v, out, lse, with_lse);
+      }
+      return;
+    }
+  }
+#endif
+  using Kernel = ImprovedForwardKernel<ExecSpace, Q, K, V, OutV, LseV>;
+  for (int i = 0; i < g.num_branches(); ++i) {
+    Kernel kernel{
+        tiled_launch<ExecSpace>(g, i, base, q.extent(0)), q, k, v, out, lse, with_output, with_lse};
+    launch_tiles(space, "dilated::improved::forward", kernel, ImprovedTiles<ExecSpace>::query_rows);
+  }
+}
+
+// The backward of every branch: dq (and, for detached longnet weights, first the branch's D_t)
+// then dk/dv. `lse` is the merged log-sum-exp; `delta` holds D_t unless `branch_deltas`.
+template <class ExecSpace, class Q, class K, class V, class G, class LseV, class DeltaV, class DQ,
+          class DK, class DV>
+void improved_backward_branches(const ExecSpace& space, const Geometry& g,
+                                const BranchLaunch<typename ExecSpace::memory_space,
+                                                   accumulation_t<typename Q::value_type>>& base,
+                                const Q& q, const K& k, const V& v, const G& dout, const LseV& lse,
+                                const DeltaV& delta, bool branch_deltas, const DQ& dq, const DK& dk,
+                                const DV& dv, bool accumulate) {
+  using Tiles = ImprovedTiles<ExecSpace>;
+  using DqKernel = ImprovedDqKernel<ExecSpace, Q, K, V, G, LseV, DeltaV, DQ>;
+  using DkDvKernel = ImprovedDkDvKernel<ExecSpace, Q, K, V, G, LseV, DeltaV, DK, DV>;
+  for (int i = 0; i < g.num_branches(); ++i) {
+    const auto launch = tiled_launch<ExecSpace>(g, i, base, q.extent(0));
+    if (branch_deltas) {
+      launch_tiles(space, "dilated::improved::branch_deltas",
+                   DqKernel{launch, q, k, v, dout, lse, delta, dq, accumulate, true},
+                   Tiles::query_rows);
+    }
+    launch_tiles(space, "dilated::improved::dq",
+                 DqKernel{launch, q, k, v, dout, lse, delta, dq, accumulate, false},
+                 Tiles::query_rows);
+    launch_tiles(space, "dilated::improved::dkdv",
+                 DkDvKernel{launch, q, k, v, dout, lse, delta, dk, dv, accumulate},
+                 Tiles::key_rows);
+  }
+}
+
+}  // namespace dilated::Impl
+
+#endif  // DILATED_IMPL_IMPROVED_DRIVER_HPP

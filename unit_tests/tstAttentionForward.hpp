@@ -1,0 +1,245 @@
+// DilatedAttention<Original | Improved>::forward on every backend and storage type, against the
+// exact double reference (on the same rounded inputs), the golden peer outputs, and each other.
+#include <DilatedAttention.hpp>
+#include <Dilated_Allclose.hpp>
+#include <Dilated_AttentionTestUtils.hpp>
+#include <Dilated_TestData.hpp>
+#include <Dilated_Tolerances.hpp>
+
+#include <catch2/catch_template_test_macros.hpp>
+#include <catch2/catch_test_macros.hpp>
+#include <catch2/matchers/catch_matchers_string.hpp>
+#include <nlohmann/json.hpp>
+
+#include <fstream>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace {
+
+using ExecSpace = TEST_EXECSPACE;
+using MemSpace = TEST_MEMSPACE;
+using dilated::Semantics;
+
+struct ForwardCase {
+  Semantics semantics;
+  std::vector<int> segs, dils;
+  int b, n, h, d;
+};
+
+// Each runs causal and not: every semantics; n not divisible by the segments; h not divisible
+// by the branch count; r > h; b > 1; d in {8, 24, 64, 128}; n = 1; a longer sequence.
+const std::vector<ForwardCase> forward_cases = {
+    {Semantics::grouped, {16, 32}, {1, 2}, 2, 64, 4, 8},
+    {Semantics::grouped, {16, 32, 64}, {1, 2, 4}, 1, 100, 5, 24},
+    {Semantics::longnet, {16, 64}, {1, 4}, 2, 77, 3, 64},
+    {Semantics::longnet, {32, 64, 128}, {1, 2, 4}, 1, 130, 6, 128},
+    {Semantics::grouped, {4, 8}, {1, 2}, 1, 1, 2, 8},
+    {Semantics::longnet, {128, 256}, {1, 2}, 1, 600, 2, 8},
+};
+
+// Runs forward for T and compares out and lse with the double reference of the T-rounded
+// inputs, to the tolerance of T.
+template <class T, class Attention>
+void check_forward(const Attention& attention, const ForwardCase& c, bool causal,
+                   std::uint64_t seed) {
+  CAPTURE(dilated::to_string(c.semantics), c.b, c.n, c.h, c.d, causal);
+  const auto options = attention.options();
+  const auto q = dilated::testing::to_storage<T, MemSpace>(
+      dilated::testing::random_bnhd<double>("q", c.b, c.n, c.h, c.d, seed), "q");
+  const auto k = dilated::testing::to_storage<T, MemSpace>(
+      dilated::testing::random_bnhd<double>("k", c.b, c.n, c.h, c.d, seed + 1), "k");
+  const auto v = dilated::testing::to_storage<T, MemSpace>(
+      dilated::testing::random_bnhd<double>("v", c.b, c.n, c.h, c.d, seed + 2), "v");
+  dilated::testing::Device4<T, MemSpace> out("out", c.b, c.n, c.h, c.d);
+  Kokkos::View<float***, MemSpace> lse("lse", c.b, c.n, c.h);
+  attention.forward(ExecSpace(), q, k, v, out, lse, {causal, false, 0});
+
+  const auto qh = dilated::testing::to_host_double(q), kh = dilated::testing::to_host_double(k),
+             vh = dilated::testing::to_host_double(v);
+  Kokkos::View<double****, Kokkos::HostSpace> expected("expected", c.b, c.n, c.h, c.d);
+  Kokkos::View<double***, Kokkos::HostSpace> expected_lse("expected_lse", c.b, c.n, c.h);
+  dilated::reference(attention.geometry(c.h), qh, kh, vh, expected, expected_lse,
+                     {causal, options.softmax_scale()});
+  using Tol = dilated::testing::Tolerance<T>;
+  DILATED_CHECK_ALLCLOSE(out, expected, Tol::rtol, Tol::atol);
+  // lse is stored as float: its own rounding (u = 6e-8 relative) adds to T's.
+  DILATED_CHECK_ALLCLOSE(lse, expected_lse, std::max(Tol::rtol, 1e-6), Tol::atol);
+}
+
+}  // namespace
+
+TEMPLATE_LIST_TEST_CASE("Forward equals the exact reference", "[forward]" TEST_CATEGORY,
+                        dilated::testing::StorageTypes) {
+  for (const auto& variant : dilated::testing::variants<ExecSpace>()) {
+    CAPTURE(variant.name());
+    std::uint64_t seed = 1000;
+    for (const auto& c : forward_cases) {
+      for (bool causal : {false, true}) {
+        dilated::testing::with_attention(
+            variant, c.segs, c.dils, dilated::AttentionOptions().set_semantics(c.semantics),
+            [&](const auto& attention) {
+              check_forward<TestType>(attention, c, causal, seed += 10);
+            });
+      }
+    }
+  }
+}
+
+TEMPLATE_LIST_TEST_CASE("Forward: softmax scale and a small workspace", "[forward]" TEST_CATEGORY,
+                        dilated::testing::StorageTypes) {
+  // A workspace of one score matrix forces one team per launch (Original): chunking must not
+  // change anything.
+  const ForwardCase c{Semantics::longnet, {32, 64, 128}, {1, 2, 4}, 2, 130, 6, 24};
+  for (const auto& variant : dilated::testing::variants<ExecSpace>()) {
+    CAPTURE(variant.name());
+    dilated::testing::with_attention(
+        variant, c.segs, c.dils,
+        dilated::AttentionOptions()
+            .set_semantics(c.semantics)
+            .set_softmax_scale(0.3)
+            .set_workspace_bytes(1),
+        [&](const auto& attention) { check_forward<TestType>(attention, c, true, 77); });
+  }
+}
+
+TEMPLATE_LIST_TEST_CASE("Improved equals Original within the precision's tolerance",
+                        "[forward][improved]" TEST_CATEGORY, dilated::testing::StorageTypes) {
+  // Both algorithms on identical inputs, outputs and log-sum-exp compared with each other
+  // (not only each with the reference): same function, only the order of summation differs.
+  const ForwardCase cases[] = {
+      {Semantics::grouped, {64, 128, 256}, {1, 2, 4}, 1, 700, 6, 64},
+      {Semantics::longnet, {64, 128, 256}, {1, 2, 4}, 2, 333, 4, 32},
+  };
+  for (const auto& c : cases) {
+    for (bool causal : {false, true}) {
+      CAPTURE(dilated::to_string(c.semantics), causal);
+      const auto opts = dilated::AttentionOptions().set_semantics(c.semantics);
+      const dilated::DilatedAttention<dilated::Original> original(c.segs, c.dils, opts);
+      const dilated::DilatedAttention<dilated::Improved> improved(c.segs, c.dils, opts);
+      const auto make = [&](const char* name, std::uint64_t seed) {
+        return dilated::testing::to_storage<TestType, MemSpace>(
+            dilated::testing::random_bnhd<double>(name, c.b, c.n, c.h, c.d, seed), name);
+      };
+      const auto q = make("q", 7), k = make("k", 8), v = make("v", 9);
+      dilated::testing::Device4<TestType, MemSpace> out_o("out_o", c.b, c.n, c.h, c.d),
+          out_i("out_i", c.b, c.n, c.h, c.d);
+      Kokkos::View<float***, MemSpace> lse_o("lse_o", c.b, c.n, c.h), lse_i("lse_i", c.b, c.n, c.h);
+      original.forward(ExecSpace(), q, k, v, out_o, lse_o, {causal, false, 0});
+      improved.forward(ExecSpace(), q, k, v, out_i, lse_i, {causal, false, 0});
+      using Tol = dilated::testing::Tolerance<TestType>;
+      DILATED_CHECK_ALLCLOSE(out_i, dilated::testing::to_host_double(out_o), 2 * Tol::rtol,
+                             2 * Tol::atol);
+      DILATED_CHECK_ALLCLOSE(lse_i, Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), lse_o),
+                             std::max(2 * Tol::rtol, 2e-6), 2 * Tol::atol);
+    }
+  }
+}
+
+TEMPLATE_TEST_CASE("Forward reproduces the golden peer outputs", "[forward][golden]" TEST_CATEGORY,
+                   double, float) {
+  const std::string dir = dilated::testing::golden_dir();
+  std::ifstream manifest_file(dir + "/manifest.json");
+  if (!manifest_file.good()) SKIP("no golden files at '" << dir << "'");
+  const auto manifest = nlohmann::json::parse(manifest_file);
+  int cases = 0;
+  for (const auto& variant : dilated::testing::variants<ExecSpace>())
+    for (const auto& c : manifest) {
+      const std::string name = c.at("name");
+      CAPTURE(variant.name(), name);
+      const auto load = [&](const char* file) {
+        return dilated::testing::load_bnhd(dir + "/" + name + "/" + file);
+      };
+      const auto q = dilated::testing::to_storage<TestType, MemSpace>(load("q.npy"), "q");
+      const auto k = dilated::testing::to_storage<TestType, MemSpace>(load("k.npy"), "k");
+      const auto v = dilated::testing::to_storage<TestType, MemSpace>(load("v.npy"), "v");
+      const auto expected = load("out.npy");
+      dilated::testing::Device4<TestType, MemSpace> out("out", q.extent(0), q.extent(1),
+                                                        q.extent(2), q.extent(3));
+      dilated::testing::with_attention(
+          variant, c.at("segs").get<std::vector<int>>(), c.at("dils").get<std::vector<int>>(),
+          dilated::AttentionOptions().set_semantics(
+              dilated::semantics_from_string(c.at("semantics").get<std::string>())),
+          [&](const auto& attention) {
+            attention.forward(ExecSpace(), q, k, v, out, {c.at("causal").get<bool>(), false, 0});
+          });
+      // double: the golden README's 1e-10. float: the inputs are rounded to float too, so the
+      // error is the input rounding (u = 6e-8 times |q||k| ~ 10 for these d) plus accumulation.
+      if constexpr (std::is_same_v<TestType, double>) {
+        DILATED_CHECK_ALLCLOSE(out, expected, 0.0, 1e-10);
+      } else {
+        DILATED_CHECK_ALLCLOSE(out, expected, 2e-5, 2e-5);
+      }
+      ++cases;
+    }
+  REQUIRE(cases >= 9 * static_cast<int>(dilated::testing::variants<ExecSpace>().size()));
+}
+
+TEMPLATE_TEST_CASE("DilatedAttention rejects bad arguments, naming them", "[errors]" TEST_CATEGORY,
+                   dilated::Original, dilated::Improved) {
+  using Catch::Matchers::ContainsSubstring;
+  using dilated::AttentionOptions;
+  using Attention = dilated::DilatedAttention<TestType>;
+  REQUIRE_THROWS_WITH(Attention({16, 32}, {1}),
+                      ContainsSubstring("segment_lengths has 2 entries but dilation_rates has 1"));
+  REQUIRE_THROWS_WITH(Attention({16, 32}, {1, 0}), ContainsSubstring("dilation_rates[1] = 0"));
+  REQUIRE_THROWS_WITH(Attention({16}, {1}, AttentionOptions().set_attention_dropout(1.0)),
+                      ContainsSubstring("attention_dropout = 1 must be in [0, 1)"));
+  REQUIRE_THROWS_WITH(Attention({16}, {1}, AttentionOptions().set_attention_dropout(-0.1)),
+                      ContainsSubstring("attention_dropout = -0.1"));
+  REQUIRE_THROWS_WITH(Attention({16}, {1}, AttentionOptions().set_softmax_scale(INFINITY)),
+                      ContainsSubstring("softmax_scale = inf must be finite"));
+
+  const Attention grouped({8, 16, 32}, {1, 2, 4});
+  dilated::testing::Device4<float, MemSpace> q("q", 1, 32, 2, 8), out("out", 1, 32, 2, 8);
+  REQUIRE_THROWS_WITH(grouped.forward(ExecSpace(), q, q, q, out),
+                      ContainsSubstring("num_heads = 2 is less than the number of groups"));
+  const Attention attention({8}, {1});
+  dilated::testing::Device4<float, MemSpace> k_short("k", 1, 31, 2, 8), v_wide("v", 1, 32, 2, 16);
+  REQUIRE_THROWS_WITH(attention.forward(ExecSpace(), q, k_short, q, out),
+                      ContainsSubstring("k.extent(1) (sequence length) = 31 does not match"));
+  REQUIRE_THROWS_WITH(attention.forward(ExecSpace(), q, q, v_wide, out),
+                      ContainsSubstring("v.extent(3) (head_dim) = 16 does not match"));
+  Kokkos::View<float***, MemSpace> lse("lse", 1, 32, 3);
+  REQUIRE_THROWS_WITH(attention.forward(ExecSpace(), q, q, q, out, lse),
+                      ContainsSubstring("lse.extent(2) (heads) = 3"));
+  REQUIRE_THROWS_WITH(attention.backward(ExecSpace(), q, q, q, out, out, q, q, v_wide),
+                      ContainsSubstring("dv.extent(3) (head_dim) = 16 does not match"));
+}
+
+TEMPLATE_TEST_CASE("Forward reads q, k, v in place from a packed QKV buffer",
+                   "[forward][layout]" TEST_CATEGORY, double, float) {
+  // One (b, n, 3h, d) buffer holds q, k and v side by side along the head axis, as a fused
+  // projection writes them: the three inputs are LayoutStride subviews (row stride 3 h d).
+  const int b = 2, n = 100, h = 5, d = 16;
+  const auto packed_host = dilated::testing::random_bnhd<double>("qkv", b, n, 3 * h, d, 4242);
+  const auto packed = dilated::testing::to_storage<TestType, MemSpace>(packed_host, "qkv");
+  const auto part = [&](int i) {
+    return Kokkos::subview(packed, Kokkos::ALL, Kokkos::ALL, Kokkos::make_pair(i * h, (i + 1) * h),
+                           Kokkos::ALL);
+  };
+  const auto q = part(0), k = part(1), v = part(2);
+  // The oracle's inputs: the same (rounded) values, sliced on the host.
+  const auto packed_rounded = dilated::testing::to_host_double(packed);
+  const auto host_part = [&](int i) {
+    return Kokkos::subview(packed_rounded, Kokkos::ALL, Kokkos::ALL,
+                           Kokkos::make_pair(i * h, (i + 1) * h), Kokkos::ALL);
+  };
+  for (const auto& variant : dilated::testing::variants<ExecSpace>()) {
+    for (auto semantics : {Semantics::grouped, Semantics::longnet}) {
+      CAPTURE(variant.name(), dilated::to_string(semantics));
+      dilated::testing::with_attention(
+          variant, {16, 32, 64}, {1, 2, 4}, dilated::AttentionOptions().set_semantics(semantics),
+          [&](const auto& attention) {
+            dilated::testing::Device4<TestType, MemSpace> out("out", b, n, h, d);
+            attention.forward(ExecSpace(), q, k, v, out, {true, false, 0});
+            Kokkos::View<double****, Kokkos::HostSpace> expected("expected", b, n, h, d);
+            dilated::reference(attention.geometry(h), host_part(0), host_part(1), host_part(2),
+                               expected, {true, std::nullopt});
+            using Tol = dilated::testing::Tolerance<TestType>;
+            DILATED_CHECK_ALLCLOSE(out, expected, Tol::rtol, Tol::atol);
+          });
+    }
+  }
+}
