@@ -1,0 +1,379 @@
+// The CUDA tensor-core forward of the Improved algorithm: the same team kernel as
+// ImprovedForwardKernel (a team owns query rows of one (batch, segment, head) of a branch,
+// streams key/value tiles through team scratch, online softmax, writes rows and log-sum-exp),
+// with the two tile products done by mma.sync (m16n8k16, half or bf16 in, float accumulation)
+// and the tiles moved by cp.async two stages deep. Four warps own 16 query rows each; scores
+// and the output accumulator stay in registers (FlashAttention-2's layout), so shared memory
+// only holds the K and V tiles (and, before the first step, the Q tile).
+//
+// Used for half/bf16 storage with head_dim 64 or 128, contiguous 16-byte aligned rows
+// (stride(3) == 1, other strides multiples of 8). Everything else takes the generic kernel.
+#ifndef DILATED_IMPL_IMPROVED_MMA_HPP
+#define DILATED_IMPL_IMPROVED_MMA_HPP
+
+#include <Kokkos_Core.hpp>
+
+#if defined(KOKKOS_ENABLE_CUDA)
+
+#include <Dilated_TilePolicies.hpp>
+#include <impl/Dilated_ImprovedKernels.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <type_traits>
+
+namespace dilated::Impl::mma {
+
+// Per head_dim: key tile rows (two stages of K and V, padded rows, must fit the level-0
+// scratch Kokkos grants a team: about 40 KiB).
+template <int D>
+struct MmaTiles {
+  static constexpr int query_rows = 64;  // 4 warps x 16
+  static constexpr int key_rows = D <= 64 ? 64 : 32;
+  static constexpr int ld = D + 8;  // halves per scratch row: 16 bytes of padding, no conflicts
+  static constexpr int stage_halves = 2 * key_rows * ld;  // K and V of one stage
+  static constexpr int scratch_bytes = 2 * stage_halves * 2;
+  static_assert(query_rows * ld <= stage_halves, "the Q tile is staged in the second stage");
+};
+
+template <class T>
+inline constexpr bool is_mma_type_v = std::is_same_v<T, Kokkos::Experimental::half_t>
+#if DILATED_HAVE_BHALF
+                                      || std::is_same_v<T, Kokkos::Experimental::bhalf_t>
+#endif
+    ;
+
+#if defined(__CUDA_ARCH__)
+__device__ __forceinline__ std::uint32_t smem_address(const void* p) {
+  return static_cast<std::uint32_t>(__cvta_generic_to_shared(p));
+}
+
+// 16 bytes global -> shared, zero-filled when !valid.
+__device__ __forceinline__ void copy16(void* dst, const void* src, bool valid) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_address(dst)), "l"(src),
+               "r"(valid ? 16 : 0));
+}
+__device__ __forceinline__ void commit() {
+  asm volatile("cp.async.commit_group;\n" ::);
+}
+template <int N>
+__device__ __forceinline__ void wait_groups() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
+__device__ __forceinline__ void ldmatrix_x4(std::uint32_t (&r)[4], const void* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_address(p)));
+}
+__device__ __forceinline__ void ldmatrix_x4_trans(std::uint32_t (&r)[4], const void* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_address(p)));
+}
+
+// c += a b for one 16x8x16 tile; Bf16 selects the bf16 instruction.
+template <bool Bf16>
+__device__ __forceinline__ void mma16816(float (&c)[4], const std::uint32_t (&a)[4],
+                                         std::uint32_t b0, std::uint32_t b1) {
+  if constexpr (Bf16) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  } else {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  }
+}
+
+// Two floats as one register of two 16-bit values (lo in the low half).
+template <bool Bf16>
+__device__ __forceinline__ std::uint32_t pack2(float lo, float hi) {
+  std::uint32_t r;
+  if constexpr (Bf16) {
+    asm("cvt.rn.bf16x2.f32 %0, %1, %2;\n" : "=r"(r) : "f"(hi), "f"(lo));
+  } else {
+    asm("cvt.rn.f16x2.f32 %0, %1, %2;\n" : "=r"(r) : "f"(hi), "f"(lo));
+  }
+  return r;
+}
+#endif  // __CUDA_ARCH__
+
+// The forward team kernel. OutV/LseV as in ImprovedForwardKernel (grouped: the caller's views,
+// written; longnet: merged into).
+template <int D, class QV, class KV, class VV, class OutV, class LseV>
+struct ForwardKernel {
+  using T = typename QV::non_const_value_type;
+  using Acc = float;
+  using Space = Kokkos::CudaSpace;
+  using Member = Kokkos::TeamPolicy<Kokkos::Cuda>::member_type;
+  using Tiles = MmaTiles<D>;
+  static constexpr bool bf16 = !std::is_same_v<T, Kokkos::Experimental::half_t>;
+
+  TiledLaunch<Space, Acc> launch;  // query_rows = 64, tiles per item
+  QV q;
+  KV k;
+  VV v;
+  OutV out;
+  LseV lse;
+  bool with_lse = true;
+
+  KOKKOS_FUNCTION void operator()(const Member& team) const {
+#if defined(__CUDA_ARCH__)
+    const auto& br = launch.branch;
+    const auto tile = launch.tile(team, Tiles::query_rows);
+    if (tile.count == 0) return;
+    constexpr int BC = Tiles::key_rows, LD = Tiles::ld;
+    const int b = tile.item.b, h = tile.item.head, rows = tile.count, t0 = tile.first;
+    const KeptPositions kept = tile.item.kept;
+    const int warp = team.team_rank(), lane = threadIdx.x, tid = warp * 32 + lane;
+    const int g = lane / 4, t4 = lane % 4;  // mma fragment coordinates
+    using Half = std::uint16_t;
+    // Kokkos aligns scratch to 8 bytes; cp.async and ldmatrix want 16.
+    Half* smem = reinterpret_cast<Half*>(
+        (reinterpret_cast<std::uintptr_t>(team.team_shmem().get_shmem(Tiles::scratch_bytes + 16)) +
+         15) &
+        ~std::uintptr_t(15));
+    const auto K_stage = [&](int s) { return smem + s * Tiles::stage_halves; };
+    const auto V_stage = [&](int s) { return smem + s * Tiles::stage_halves + BC * LD; };
+    Half* Qs = K_stage(1);  // the Q tile borrows stage 1 until its fragments are in registers
+
+    // rows [first, first + count) of view x -> dst (rows x LD), zero past `count`.
+    const auto load = [&](const auto& x, Half* dst, int first, int count, int nrows) {
+      constexpr int chunks = D / 8;  // 16-byte pieces per row
+      const char* base =
+          reinterpret_cast<const char*>(x.data()) +
+          2 * (static_cast<long>(b) * x.stride(0) + static_cast<long>(h) * x.stride(2));
+      for (int c = tid; c < nrows * chunks; c += 128) {
+        const int r = c / chunks, piece = c % chunks;
+        const bool valid = r < count;
+        const char* src =
+            valid
+                ? base + 2 * (static_cast<long>(kept.position(first + r)) * x.stride(1) + piece * 8)
+                : base;
+        copy16(dst + r * LD + piece * 8, src, valid);
+      }
+    };
+    const int key_end = br.causal ? t0 + rows : kept.count;
+    const int num_tiles = (key_end + BC - 1) / BC;
+    load(q, Qs, t0, rows, Tiles::query_rows);
+    load(k, K_stage(0), 0, key_end < BC ? key_end : BC, BC);
+    load(v, V_stage(0), 0, key_end < BC ? key_end : BC, BC);
+    commit();
+    wait_groups<0>();
+    team.team_barrier();
+    // Q fragments of this warp's 16 rows: D/16 k-steps of 4 registers.
+    std::uint32_t qf[D / 16][4];
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+      const int r = warp * 16 + (lane % 8) + ((lane / 8) % 2) * 8, c = kk * 16 + (lane / 16) * 8;
+      ldmatrix_x4(qf[kk], Qs + r * LD + c);
+    }
+    team.team_barrier();  // stage 1 is free for the K/V pipeline
+
+    float o[D / 8][4];
+#pragma unroll
+    for (int n = 0; n < D / 8; ++n)
+      o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.f;
+    constexpr float log2e = 1.4426950408889634f;
+    const float scale_log2 = static_cast<float>(br.scale) * log2e;
+    float row_max[2] = {-INFINITY, -INFINITY}, row_sum[2] = {0.f, 0.f};
+    const int my_t[2] = {t0 + warp * 16 + g, t0 + warp * 16 + g + 8};  // this lane's rows
+    const int warp_last = t0 + warp * 16 + 15;
+
+    for (int it = 0; it < num_tiles; ++it) {
+      const int u0 = it * BC;
+      if (it + 1 < num_tiles) {
+        const int next = u0 + BC, cnt = key_end - next < BC ? key_end - next : BC;
+        load(k, K_stage((it + 1) & 1), next, cnt, BC);
+        load(v, V_stage((it + 1) & 1), next, cnt, BC);
+        commit();
+        wait_groups<1>();
+      } else {
+        wait_groups<0>();
+      }
+      team.team_barrier();
+      // Causal: a warp whose rows all precede the tile has nothing to do in it.
+      if (!(br.causal && u0 > warp_last) && warp * 16 < rows) {
+        const Half* Ks = K_stage(it & 1);
+        const Half* Vs = V_stage(it & 1);
+        float s[BC / 8][4];
+#pragma unroll
+        for (int j = 0; j < BC / 8; ++j)
+          s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.f;
+#pragma unroll
+        for (int kk = 0; kk < D / 16; ++kk) {
+#pragma unroll
+          for (int j = 0; j < BC / 8; j += 2) {
+            std::uint32_t kf[4];
+            const int mi = lane / 8;
+            const int key = j * 8 + (mi / 2) * 8 + lane % 8, c = kk * 16 + (mi % 2) * 8;
+            ldmatrix_x4(kf, Ks + key * LD + c);
+            mma16816<bf16>(s[j], qf[kk], kf[0], kf[1]);
+            mma16816<bf16>(s[j + 1], qf[kk], kf[2], kf[3]);
+          }
+        }
+        // Online softmax over this lane's two rows (a quad of lanes shares each row).
+        float tile_max[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+        for (int j = 0; j < BC / 8; ++j)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int u = u0 + j * 8 + 2 * t4 + (e & 1), r = e / 2;
+            const bool visible = u < key_end && !(br.causal && u > my_t[r]);
+            s[j][e] = visible ? s[j][e] * scale_log2 : -INFINITY;
+            tile_max[r] = fmaxf(tile_max[r], s[j][e]);
+          }
+        float fix[2];
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+          tile_max[r] = fmaxf(tile_max[r], __shfl_xor_sync(0xffffffff, tile_max[r], 1));
+          tile_max[r] = fmaxf(tile_max[r], __shfl_xor_sync(0xffffffff, tile_max[r], 2));
+          const float new_max = fmaxf(row_max[r], tile_max[r]);
+          // Rows past the tile (or fully hidden so far) keep -inf: guard exp2(-inf - -inf).
+          fix[r] = row_max[r] == -INFINITY ? 0.f : exp2f(row_max[r] - new_max);
+          row_max[r] = new_max;
+        }
+        float tile_sum[2] = {0.f, 0.f};
+#pragma unroll
+        for (int j = 0; j < BC / 8; ++j)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int r = e / 2;
+            const float p = row_max[r] == -INFINITY ? 0.f : exp2f(s[j][e] - row_max[r]);
+            tile_sum[r] += p;
+            s[j][e] = p;
+          }
+        if (br.dropout.active()) {
+#pragma unroll
+          for (int j = 0; j < BC / 8; ++j)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int u = u0 + j * 8 + 2 * t4 + (e & 1), r = e / 2;
+              if (s[j][e] != 0.f && my_t[r] < t0 + rows) {
+                s[j][e] *= static_cast<float>(br.dropout.factor(
+                    br.plan.branch, b, h, kept.position(my_t[r]), kept.position(u)));
+              }
+            }
+        }
+#pragma unroll
+        for (int r = 0; r < 2; ++r)
+          row_sum[r] = row_sum[r] * fix[r] + tile_sum[r];  // quad-partial; reduced at the end
+#pragma unroll
+        for (int n = 0; n < D / 8; ++n) {
+          o[n][0] *= fix[0];
+          o[n][1] *= fix[0];
+          o[n][2] *= fix[1];
+          o[n][3] *= fix[1];
+        }
+        // O += P V: P's accumulator layout is the A operand's (FlashAttention-2).
+#pragma unroll
+        for (int kk = 0; kk < BC / 16; ++kk) {
+          const std::uint32_t pf[4] = {pack2<bf16>(s[2 * kk][0], s[2 * kk][1]),
+                                       pack2<bf16>(s[2 * kk][2], s[2 * kk][3]),
+                                       pack2<bf16>(s[2 * kk + 1][0], s[2 * kk + 1][1]),
+                                       pack2<bf16>(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+#pragma unroll
+          for (int n = 0; n < D / 8; n += 2) {
+            std::uint32_t vf[4];
+            const int mi = lane / 8;
+            const int key = kk * 16 + (mi % 2) * 8 + lane % 8, c = n * 8 + (mi / 2) * 8;
+            ldmatrix_x4_trans(vf, Vs + key * LD + c);
+            mma16816<bf16>(o[n], pf, vf[0], vf[1]);
+            mma16816<bf16>(o[n + 1], pf, vf[2], vf[3]);
+          }
+        }
+      }
+      team.team_barrier();  // the stage read here is refilled in the next iteration
+    }
+
+    // Finish: full row sums across the quad, then rows, log-sum-exp and the longnet merge.
+    constexpr float ln2 = 0.6931471805599453f;
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      row_sum[r] += __shfl_xor_sync(0xffffffff, row_sum[r], 1);
+      row_sum[r] += __shfl_xor_sync(0xffffffff, row_sum[r], 2);
+    }
+    float previous[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      if (br.longnet && my_t[r] < t0 + rows) previous[r] = lse(b, kept.position(my_t[r]), h);
+    }
+    __syncwarp();  // every lane of the quad has read the old lse before one lane replaces it
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      if (my_t[r] >= t0 + rows) continue;
+      const int pt = kept.position(my_t[r]);
+      const float lse_r = (row_max[r] + log2f(row_sum[r])) * ln2;
+      float keep_old = 0.f, weight = static_cast<float>(br.output_scale), merged = lse_r;
+      if (br.longnet) {
+        const auto mw = merge_lse(previous[r], lse_r);
+        merged = mw.merged;
+        keep_old = mw.keep_old;
+        weight = mw.weight;
+      }
+      const float w = weight / row_sum[r];
+      using TO = typename OutV::value_type;
+#pragma unroll
+      for (int n = 0; n < D / 8; ++n) {
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          const int c = n * 8 + 2 * t4 + e;
+          const float old = keep_old != 0.f ? keep_old * float(out(b, pt, h, c)) : 0.f;
+          out(b, pt, h, c) = static_cast<TO>(old + w * o[n][2 * r + e]);
+        }
+      }
+      if (with_lse && t4 == 0) lse(b, pt, h) = static_cast<typename LseV::value_type>(merged);
+    }
+#else
+    (void)team;
+#endif
+  }
+};
+
+// Whether the tensor-core forward takes these views: half/bf16, head_dim 64 or 128, rows
+// contiguous and every row start 16-byte aligned.
+template <class... Views>
+bool forward_applies(int d, const Views&... views) {
+  if (d != 64 && d != 128) return false;
+  const auto aligned = [](const auto& x) {
+    return x.stride(3) == 1 && x.stride(0) % 8 == 0 && x.stride(1) % 8 == 0 &&
+           x.stride(2) % 8 == 0 && reinterpret_cast<std::uintptr_t>(x.data()) % 16 == 0;
+  };
+  return (aligned(views) && ...);
+}
+
+template <int D, class Q, class K, class V, class OutV, class LseV>
+void forward_branches(const Kokkos::Cuda& space, const Geometry& g,
+                      const BranchLaunch<Kokkos::CudaSpace, float>& base, const Q& q, const K& k,
+                      const V& v, const OutV& out, const LseV& lse, bool with_lse) {
+  using Tiles = MmaTiles<D>;
+  for (int i = 0; i < g.num_branches(); ++i) {
+    ForwardKernel<D, Q, K, V, OutV, LseV> kernel{
+        tiled_launch<Kokkos::Cuda>(g, i, base, q.extent(0)), q, k, v, out, lse, with_lse};
+    auto& launch = kernel.launch;
+    launch.query_rows = Tiles::query_rows;
+    launch.key_rows = Tiles::key_rows;
+    launch.tiles = (launch.branch.plan.max_kept + Tiles::query_rows - 1) / Tiles::query_rows;
+    const long teams = launch.branch.plan.num_items() * launch.tiles;
+    constexpr long max_league = 1L << 30;
+    for (long begin = 0; begin < teams; begin += max_league) {
+      launch.branch.item_begin = begin;
+      Kokkos::TeamPolicy<Kokkos::Cuda> policy(
+          space, static_cast<int>(std::min(max_league, teams - begin)), 4, 32);
+      policy.set_scratch_size(0, Kokkos::PerTeam(Tiles::scratch_bytes + 16));
+      Kokkos::parallel_for("dilated::improved::forward_mma", policy, kernel);
+    }
+  }
+}
+
+}  // namespace dilated::Impl::mma
+
+#endif  // KOKKOS_ENABLE_CUDA
+#endif  // DILATED_IMPL_IMPROVED_MMA_HPP
