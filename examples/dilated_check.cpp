@@ -1,9 +1,9 @@
-// dilated_check: runs one configuration of DilatedAttention<Original> on the default Kokkos
-// device and checks it against the host: the forward against the exact double reference, the
+// dilated_check: runs one configuration of DilatedAttention<Original | Improved> on the default
+// Kokkos device and checks it against the host: the forward against the exact double reference, the
 // backward against the same algorithm in double on the host. Prints the largest errors and
 // exits non-zero when one exceeds the tolerance of the storage type.
 //
-//   dilated_check --semantics longnet --length 4096 --heads 8 --dim 64 --dtype half --causal
+//   dilated_check --algorithm improved --semantics longnet --length 4096 --dtype half --causal
 #include <DilatedAttention.hpp>
 
 #include <CLI/CLI.hpp>
@@ -20,7 +20,7 @@ namespace {
 using Host4 = Kokkos::View<double****, Kokkos::LayoutRight, Kokkos::HostSpace>;
 
 struct Config {
-  std::string semantics = "longnet", dtype = "float";
+  std::string algorithm = "original", semantics = "longnet", dtype = "float";
   std::vector<int> segments = {256, 512, 1024}, dilations = {1, 2, 4};
   int batch = 1, length = 2048, heads = 8, dim = 64;
   bool causal = false, backward = true;
@@ -73,11 +73,11 @@ std::pair<double, double> compare(const Host4& a, const Host4& b, double rtol, d
   return {max_abs, worst};
 }
 
-template <class T>
+template <class T, class Algorithm>
 int run(const Config& c, double rtol, double atol) {
   using Device = Kokkos::DefaultExecutionSpace;
   using Space = Device::memory_space;
-  const dilated::DilatedAttention<dilated::Original> attention(
+  const dilated::DilatedAttention<Algorithm> attention(
       c.segments, c.dilations,
       dilated::AttentionOptions()
           .set_semantics(dilated::semantics_from_string(c.semantics))
@@ -93,9 +93,9 @@ int run(const Config& c, double rtol, double atol) {
   attention.forward(Device(), q, k, v, out, call);
   Kokkos::fence();
   const double forward_seconds = timer.seconds();
-  std::printf("device: %s, dtype %s, %s, b=%d n=%d h=%d d=%d%s%s\n", Device::name(),
-              c.dtype.c_str(), c.semantics.c_str(), c.batch, c.length, c.heads, c.dim,
-              c.causal ? ", causal" : "", c.dropout > 0 ? ", dropout" : "");
+  std::printf("device: %s, %s, dtype %s, %s, b=%d n=%d h=%d d=%d%s%s\n", Device::name(),
+              c.algorithm.c_str(), c.dtype.c_str(), c.semantics.c_str(), c.batch, c.length, c.heads,
+              c.dim, c.causal ? ", causal" : "", c.dropout > 0 ? ", dropout" : "");
 
   // Forward: the exact reference (no dropout), or the host run of the same algorithm.
   Host4 expected("dilated::check::expected", c.batch, c.length, c.heads, c.dim);
@@ -135,12 +135,20 @@ int run(const Config& c, double rtol, double atol) {
   return ok ? 0 : 1;
 }
 
+template <class T>
+int run(const Config& c, double rtol, double atol) {
+  return c.algorithm == "improved" ? run<T, dilated::Improved>(c, rtol, atol)
+                                   : run<T, dilated::Original>(c, rtol, atol);
+}
+
 }  // namespace
 
 int main(int argc, char* argv[]) {
   Kokkos::ScopeGuard kokkos(argc, argv);
-  CLI::App app{"Check DilatedAttention<Original> on the default device against the host."};
+  CLI::App app{"Check DilatedAttention on the default device against the host."};
   Config c;
+  app.add_option("--algorithm", c.algorithm, "original or improved")
+      ->check(CLI::IsMember({"original", "improved"}));
   app.add_option("--semantics", c.semantics, "grouped or longnet")
       ->check(CLI::IsMember({"grouped", "longnet"}));
   app.add_option("--segments", c.segments, "segment lengths")->delimiter(',');

@@ -36,11 +36,15 @@ checks=(
   "--semantics longnet --dtype half --length 4096 --heads 8 --dim 64 --segments 512,1024,2048 --dilations 1,2,4"
   "--semantics grouped --dtype bf16 --length 4096 --heads 6 --dim 128 --segments 512,1024,2048 --dilations 1,2,4 --causal"
   "--semantics longnet --dtype double --length 2500 --heads 4 --dim 32 --segments 256,512 --dilations 1,2 --dropout 0.1"
+  "--semantics grouped --dtype half --length 5000 --heads 12 --dim 64 --segments 512,1024,2048 --dilations 1,2,4 --causal --dropout 0.1"
 )
 [ -z "${SKIP_CHECKS:-}" ] || checks=()
-for i in "${!checks[@]}"; do
-  if "$bin/dilated_check" ${checks[$i]} >"$out/check_$i.log" 2>&1; then status=passed; else status=FAILED; failed=1; fi
-  summary+=("$(printf 'check %d %-7s %s' "$i" "$status" "$(head -1 "$out/check_$i.log")")")
+for algorithm in ${ALGORITHMS:-original improved}; do
+  for i in "${!checks[@]}"; do
+    log="$out/check_${algorithm}_$i.log"
+    if "$bin/dilated_check" --algorithm "$algorithm" ${checks[$i]} >"$log" 2>&1; then status=passed; else status=FAILED; failed=1; fi
+    summary+=("$(printf 'check %-8s %d %-7s %s' "$algorithm" "$i" "$status" "$(head -1 "$log")")")
+  done
 done
 
 if [ -x "$bin/dilated_bench_attention" ] && [ -z "${SKIP_BENCH:-}" ]; then

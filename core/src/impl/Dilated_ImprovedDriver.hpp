@@ -15,7 +15,8 @@
 #include <Dilated_TilePolicies.hpp>
 #include <impl/Dilated_BranchPlan.hpp>
 #include <impl/Dilated_ImprovedKernels.hpp>
-#include <impl/Dilated_ImprovedMma.hpp>
+#include <impl/Dilated_ImprovedMmaBackward.hpp>
+#include <impl/Dilated_ImprovedMmaForward.hpp>
 #include <impl/Dilated_OriginalDriver.hpp>
 
 #include <Kokkos_Core.hpp>
@@ -71,15 +72,13 @@ Kokkos::View<HeadPattern*, MemorySpace> grouped_head_patterns(const Geometry& g,
   return patterns;
 }
 
-// grouped: rows (b, p, h) that the head's branch does not keep get 0 in each of `views`
-// ((b, n, h, d)) and -inf in `lse` when there is one. Kept rows are left to the kernels.
-template <class ExecSpace, class L, class... Views>
-void zero_unkept_rows(const ExecSpace& space, const Geometry& g, const L* lse,
-                      const Views&... views) {
-  const auto& first = std::get<0>(std::forward_as_tuple(views...));
-  const int n = first.extent(1), heads = first.extent(2), d = first.extent(3);
+// grouped: rows (b, p, h) that the head's branch does not keep get 0 in `view` ((b, n, h, d))
+// and -inf in `lse` when there is one. Kept rows are left to the kernels.
+template <class ExecSpace, class L, class View>
+void zero_unkept_rows(const ExecSpace& space, const Geometry& g, const L* lse, const View& view) {
+  const int n = view.extent(1), heads = view.extent(2), d = view.extent(3);
   const auto patterns = grouped_head_patterns<typename ExecSpace::memory_space>(g, n);
-  const long rows = static_cast<long>(first.extent(0)) * n * heads;
+  const long rows = static_cast<long>(view.extent(0)) * n * heads;
   const bool with_lse = lse != nullptr;
   const L lse_view = lse ? *lse : L();
   Kokkos::parallel_for(
@@ -89,7 +88,7 @@ void zero_unkept_rows(const ExecSpace& space, const Geometry& g, const L* lse,
         const int b = static_cast<int>(r / (static_cast<long>(heads) * n));
         if (patterns(h).keeps(p)) return;
         for (int c = 0; c < d; ++c)
-          ((views(b, p, h, c) = 0), ...);
+          view(b, p, h, c) = 0;
         if (with_lse) {
           using T = typename L::value_type;
           lse_view(b, p, h) = static_cast<T>(-math::infinity<accumulation_t<T>>());
@@ -118,16 +117,6 @@ void row_deltas(const ExecSpace& space, const G& dout, const O& out, const Delta
       });
 }
 
-template <class ExecSpace, class Acc>
-TiledLaunch<typename ExecSpace::memory_space, Acc> tiled_launch(
-    const Geometry& g, int branch, const BranchLaunch<typename ExecSpace::memory_space, Acc>& base,
-    int batch) {
-  TiledLaunch<typename ExecSpace::memory_space, Acc> launch;
-  launch.branch = base;
-  launch.branch.plan = make_branch_plan<typename ExecSpace::memory_space>(g, branch, batch, base.n);
-  return launch;
-}
-
 // Runs the fused forward of every branch into `out` / `lse` (see ImprovedForwardKernel): for
 // longnet these must hold 0 / -inf on entry; grouped writes only the rows its branches keep.
 template <class ExecSpace, class Q, class K, class V, class OutV, class LseV>
@@ -141,7 +130,7 @@ void improved_forward_branches(const ExecSpace& space, const Geometry& g,
   if constexpr (std::is_same_v<ExecSpace, Kokkos::Cuda> &&
                 mma::is_mma_type_v<typename Q::non_const_value_type>) {
     const int d = q.extent(3);
-    if (with_output && mma::forward_applies(d, q, k, v)) {
+    if (with_output && mma::applies(d, q, k, v)) {
       if (d == 64) {
         mma::forward_branches<64>(space, g, base, q, k, v, out, lse, with_lse);
       } else {
@@ -179,6 +168,16 @@ void improved_backward_branches(const ExecSpace& space, const Geometry& g,
                    DqKernel{launch, q, k, v, dout, lse, delta, dq, accumulate, true},
                    Tiles::query_rows);
     }
+#if defined(KOKKOS_ENABLE_CUDA)
+    // Tensor cores where the storage and layout allow (half/bf16, d = 64, aligned rows).
+    if constexpr (std::is_same_v<ExecSpace, Kokkos::Cuda> &&
+                  mma::is_mma_type_v<typename Q::non_const_value_type>) {
+      if (q.extent(3) == 64 && mma::applies(64, q, k, v, dout)) {
+        mma::backward_branch<64>(space, launch, q, k, v, dout, lse, delta, dq, dk, dv, accumulate);
+        continue;
+      }
+    }
+#endif
     launch_tiles(space, "dilated::improved::dq",
                  DqKernel{launch, q, k, v, dout, lse, delta, dq, accumulate, false},
                  Tiles::query_rows);

@@ -14,8 +14,10 @@
 #define DILATED_IMPL_IMPROVED_KERNELS_HPP
 
 #include <Dilated_Compat.hpp>
+#include <Dilated_Geometry.hpp>
 #include <impl/Dilated_BranchPlan.hpp>
 #include <impl/Dilated_Dropout.hpp>
+#include <impl/Dilated_ImprovedHostTile.hpp>
 #include <impl/Dilated_OriginalKernels.hpp>
 
 #include <Kokkos_Core.hpp>
@@ -45,6 +47,16 @@ struct TiledLaunch {
     return {it, first, count > 0 ? count : 0};
   }
 };
+
+template <class ExecSpace, class Acc>
+TiledLaunch<typename ExecSpace::memory_space, Acc> tiled_launch(
+    const Geometry& g, int branch, const BranchLaunch<typename ExecSpace::memory_space, Acc>& base,
+    int batch) {
+  TiledLaunch<typename ExecSpace::memory_space, Acc> launch;
+  launch.branch = base;
+  launch.branch.plan = make_branch_plan<typename ExecSpace::memory_space>(g, branch, batch, base.n);
+  return launch;
+}
 
 // dst[r * ld + c] = factor * src(b, kept(first + r), h, c) for r < count, c < d.
 template <class Member, class View, class Acc>
@@ -85,13 +97,25 @@ struct ImprovedForwardKernel {
   bool with_output = true;
   bool with_lse = true;
 
-  // Scratch entries: Q, O (query_rows x ld), K, V (key_rows x ld), S, 3 row statistics.
-  static long scratch_entries(int query_rows, int key_rows, int ld) {
+  // Host float runs the register-blocked micro-kernels (Dilated_ImprovedHostTile.hpp).
+  static constexpr bool use_host_tile = host_tile::enabled_v<ExecSpace, Acc>;
+
+  // Scratch entries: Q, O (query_rows x ld), K, V (key_rows x ld), S, 3 row statistics; the
+  // host micro-kernels' padded layout instead when they run.
+  KOKKOS_INLINE_FUNCTION static long scratch_entries(int query_rows, int key_rows, int ld) {
+    if constexpr (use_host_tile)
+      return host_tile::ForwardLayout(query_rows, key_rows, ld).entries();
     return 2L * query_rows * ld + 2L * key_rows * ld + long(query_rows) * key_rows +
            3L * query_rows;
   }
 
   KOKKOS_FUNCTION void operator()(const Member& team) const {
+#if !defined(__CUDA_ARCH__) && !defined(__HIP_DEVICE_COMPILE__)
+    if constexpr (use_host_tile) {
+      host_tile::forward(*this, team);
+      return;
+    }
+#endif
     const auto& br = launch.branch;
     const auto tile = launch.tile(team, launch.query_rows);
     if (tile.count == 0) return;
@@ -255,7 +279,7 @@ struct ImprovedDqKernel {
   bool delta_mode = false;
 
   // Q, G, dQ (query_rows x ld), K, V (key_rows x ld), PZ, dS, L, D, 2 row sums.
-  static long scratch_entries(int query_rows, int key_rows, int ld) {
+  KOKKOS_INLINE_FUNCTION static long scratch_entries(int query_rows, int key_rows, int ld) {
     return 3L * query_rows * ld + 2L * key_rows * ld + 2L * query_rows * key_rows + 4L * query_rows;
   }
 
@@ -369,7 +393,7 @@ struct ImprovedDkDvKernel {
   bool accumulate = false;
 
   // K, V, dK, dV (key_rows x ld), Q, G (query_rows x ld), PZ, dS, L, D.
-  static long scratch_entries(int query_rows, int key_rows, int ld) {
+  KOKKOS_INLINE_FUNCTION static long scratch_entries(int query_rows, int key_rows, int ld) {
     return 4L * key_rows * ld + 2L * query_rows * ld + 2L * query_rows * key_rows + 2L * query_rows;
   }
 

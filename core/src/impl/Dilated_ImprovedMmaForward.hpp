@@ -8,8 +8,8 @@
 //
 // Used for half/bf16 storage with head_dim 64 or 128, contiguous 16-byte aligned rows
 // (stride(3) == 1, other strides multiples of 8). Everything else takes the generic kernel.
-#ifndef DILATED_IMPL_IMPROVED_MMA_HPP
-#define DILATED_IMPL_IMPROVED_MMA_HPP
+#ifndef DILATED_IMPL_IMPROVED_MMA_FORWARD_HPP
+#define DILATED_IMPL_IMPROVED_MMA_FORWARD_HPP
 
 #include <Kokkos_Core.hpp>
 
@@ -17,6 +17,7 @@
 
 #include <Dilated_TilePolicies.hpp>
 #include <impl/Dilated_ImprovedKernels.hpp>
+#include <impl/Dilated_MmaPrimitives.hpp>
 
 #include <algorithm>
 #include <cmath>
@@ -36,74 +37,6 @@ struct MmaTiles {
   static constexpr int scratch_bytes = 2 * stage_halves * 2;
   static_assert(query_rows * ld <= stage_halves, "the Q tile is staged in the second stage");
 };
-
-template <class T>
-inline constexpr bool is_mma_type_v = std::is_same_v<T, Kokkos::Experimental::half_t>
-#if DILATED_HAVE_BHALF
-                                      || std::is_same_v<T, Kokkos::Experimental::bhalf_t>
-#endif
-    ;
-
-#if defined(__CUDA_ARCH__)
-__device__ __forceinline__ std::uint32_t smem_address(const void* p) {
-  return static_cast<std::uint32_t>(__cvta_generic_to_shared(p));
-}
-
-// 16 bytes global -> shared, zero-filled when !valid.
-__device__ __forceinline__ void copy16(void* dst, const void* src, bool valid) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_address(dst)), "l"(src),
-               "r"(valid ? 16 : 0));
-}
-__device__ __forceinline__ void commit() {
-  asm volatile("cp.async.commit_group;\n" ::);
-}
-template <int N>
-__device__ __forceinline__ void wait_groups() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
-}
-
-__device__ __forceinline__ void ldmatrix_x4(std::uint32_t (&r)[4], const void* p) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(smem_address(p)));
-}
-__device__ __forceinline__ void ldmatrix_x4_trans(std::uint32_t (&r)[4], const void* p) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(smem_address(p)));
-}
-
-// c += a b for one 16x8x16 tile; Bf16 selects the bf16 instruction.
-template <bool Bf16>
-__device__ __forceinline__ void mma16816(float (&c)[4], const std::uint32_t (&a)[4],
-                                         std::uint32_t b0, std::uint32_t b1) {
-  if constexpr (Bf16) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
-        "{%8,%9}, {%0,%1,%2,%3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-  } else {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
-        "{%8,%9}, {%0,%1,%2,%3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-  }
-}
-
-// Two floats as one register of two 16-bit values (lo in the low half).
-template <bool Bf16>
-__device__ __forceinline__ std::uint32_t pack2(float lo, float hi) {
-  std::uint32_t r;
-  if constexpr (Bf16) {
-    asm("cvt.rn.bf16x2.f32 %0, %1, %2;\n" : "=r"(r) : "f"(hi), "f"(lo));
-  } else {
-    asm("cvt.rn.f16x2.f32 %0, %1, %2;\n" : "=r"(r) : "f"(hi), "f"(lo));
-  }
-  return r;
-}
-#endif  // __CUDA_ARCH__
 
 // The forward team kernel. OutV/LseV as in ImprovedForwardKernel (grouped: the caller's views,
 // written; longnet: merged into).
@@ -135,30 +68,13 @@ struct ForwardKernel {
     const int warp = team.team_rank(), lane = threadIdx.x, tid = warp * 32 + lane;
     const int g = lane / 4, t4 = lane % 4;  // mma fragment coordinates
     using Half = std::uint16_t;
-    // Kokkos aligns scratch to 8 bytes; cp.async and ldmatrix want 16.
-    Half* smem = reinterpret_cast<Half*>(
-        (reinterpret_cast<std::uintptr_t>(team.team_shmem().get_shmem(Tiles::scratch_bytes + 16)) +
-         15) &
-        ~std::uintptr_t(15));
+    Half* smem = aligned_scratch(team, Tiles::scratch_bytes);
     const auto K_stage = [&](int s) { return smem + s * Tiles::stage_halves; };
     const auto V_stage = [&](int s) { return smem + s * Tiles::stage_halves + BC * LD; };
     Half* Qs = K_stage(1);  // the Q tile borrows stage 1 until its fragments are in registers
 
-    // rows [first, first + count) of view x -> dst (rows x LD), zero past `count`.
     const auto load = [&](const auto& x, Half* dst, int first, int count, int nrows) {
-      constexpr int chunks = D / 8;  // 16-byte pieces per row
-      const char* base =
-          reinterpret_cast<const char*>(x.data()) +
-          2 * (static_cast<long>(b) * x.stride(0) + static_cast<long>(h) * x.stride(2));
-      for (int c = tid; c < nrows * chunks; c += 128) {
-        const int r = c / chunks, piece = c % chunks;
-        const bool valid = r < count;
-        const char* src =
-            valid
-                ? base + 2 * (static_cast<long>(kept.position(first + r)) * x.stride(1) + piece * 8)
-                : base;
-        copy16(dst + r * LD + piece * 8, src, valid);
-      }
+      load_rows<D, LD>(x, b, h, kept, first, count, nrows, dst, tid, 128);
     };
     const int key_end = br.causal ? t0 + rows : kept.count;
     const int num_tiles = (key_end + BC - 1) / BC;
@@ -337,18 +253,6 @@ struct ForwardKernel {
   }
 };
 
-// Whether the tensor-core forward takes these views: half/bf16, head_dim 64 or 128, rows
-// contiguous and every row start 16-byte aligned.
-template <class... Views>
-bool forward_applies(int d, const Views&... views) {
-  if (d != 64 && d != 128) return false;
-  const auto aligned = [](const auto& x) {
-    return x.stride(3) == 1 && x.stride(0) % 8 == 0 && x.stride(1) % 8 == 0 &&
-           x.stride(2) % 8 == 0 && reinterpret_cast<std::uintptr_t>(x.data()) % 16 == 0;
-  };
-  return (aligned(views) && ...);
-}
-
 template <int D, class Q, class K, class V, class OutV, class LseV>
 void forward_branches(const Kokkos::Cuda& space, const Geometry& g,
                       const BranchLaunch<Kokkos::CudaSpace, float>& base, const Q& q, const K& k,
@@ -376,4 +280,4 @@ void forward_branches(const Kokkos::Cuda& space, const Geometry& g,
 }  // namespace dilated::Impl::mma
 
 #endif  // KOKKOS_ENABLE_CUDA
-#endif  // DILATED_IMPL_IMPROVED_MMA_HPP
+#endif  // DILATED_IMPL_IMPROVED_MMA_FORWARD_HPP

@@ -1,0 +1,409 @@
+// The CUDA tensor-core backward of the Improved algorithm (half/bf16, head_dim 64): the two
+// passes of ImprovedDqKernel / ImprovedDkDvKernel with every tile product on mma.sync.
+// Probabilities are recomputed from the merged log-sum-exp L (FlashAttention-2):
+//   P~ = output_scale exp(scale q.k - L),  dS = P~ (Z dP - D),  dP = dout . v.
+//   dq pass  : 4 warps own 16 query rows each; K/V tiles stream through two cp.async stages;
+//              S = Q K^T, dP = dO V^T, dQ += dS K, all in registers.
+//   dkdv pass: 4 warps own 16 key rows each (K, V tile resident in shared memory); query
+//              tiles (Q, dO, L, D) stream; S^T = K Q^T, dP^T = V dO^T, dV += (P~Z)^T dO,
+//              dK += dS^T Q in registers.
+// Every dq (dk, dv) row of a branch is one warp's: no atomics.
+#ifndef DILATED_IMPL_IMPROVED_MMA_BACKWARD_HPP
+#define DILATED_IMPL_IMPROVED_MMA_BACKWARD_HPP
+
+#include <Kokkos_Core.hpp>
+
+#if defined(KOKKOS_ENABLE_CUDA)
+
+#include <impl/Dilated_ImprovedKernels.hpp>
+#include <impl/Dilated_MmaPrimitives.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <type_traits>
+
+namespace dilated::Impl::mma {
+
+// Tiles of the backward passes at head_dim D (64): 64 rows per team (4 warps x 16), 64-row
+// streamed tiles, rows padded by 16 bytes. Shared memory: dq pass two K/V stages (36 KiB);
+// dkdv pass K, V, Q, dO tiles and L, D (36.5 KiB).
+template <int D>
+struct BackwardTiles {
+  static constexpr int rows = 64;
+  static constexpr int ld = D + 8;
+  static constexpr int tile_halves = rows * ld;
+  static constexpr int dq_scratch_bytes = 4 * tile_halves * 2;
+  static constexpr int dkdv_scratch_bytes = 4 * tile_halves * 2 + 2 * rows * 4;
+};
+
+template <int D, class QV, class KV, class VV, class GV, class LseV, class DeltaV, class GradV>
+struct DqKernel {
+  using T = typename QV::non_const_value_type;
+  using Member = Kokkos::TeamPolicy<Kokkos::Cuda>::member_type;
+  using Tiles = BackwardTiles<D>;
+  static constexpr bool bf16 = !std::is_same_v<T, Kokkos::Experimental::half_t>;
+
+  TiledLaunch<Kokkos::CudaSpace, float> launch;
+  QV q;
+  KV k;
+  VV v;
+  GV dout;
+  LseV lse;
+  DeltaV delta;
+  GradV dq;
+  bool accumulate = false;
+
+  KOKKOS_FUNCTION void operator()(const Member& team) const {
+#if defined(__CUDA_ARCH__)
+    const auto& br = launch.branch;
+    const auto tile = launch.tile(team, Tiles::rows);
+    if (tile.count == 0) return;
+    constexpr int BC = Tiles::rows, LD = Tiles::ld;
+    const int b = tile.item.b, h = tile.item.head, rows = tile.count, t0 = tile.first;
+    const KeptPositions kept = tile.item.kept;
+    const int warp = team.team_rank(), lane = threadIdx.x, tid = warp * 32 + lane;
+    const int g = lane / 4, t4 = lane % 4;
+    using Half = std::uint16_t;
+    Half* smem = aligned_scratch(team, Tiles::dq_scratch_bytes);
+    const auto K_stage = [&](int s) { return smem + 2 * s * Tiles::tile_halves; };
+    const auto V_stage = [&](int s) { return smem + (2 * s + 1) * Tiles::tile_halves; };
+
+    // Q and dO tiles first (through both stages), into registers, then the K/V pipeline.
+    load_rows<D, LD>(q, b, h, kept, t0, rows, BC, K_stage(0), tid, 128);
+    load_rows<D, LD>(dout, b, h, kept, t0, rows, BC, K_stage(1), tid, 128);
+    commit();
+    wait_groups<0>();
+    team.team_barrier();
+    std::uint32_t qf[D / 16][4], gf[D / 16][4];
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+      const int r = warp * 16 + (lane % 8) + ((lane / 8) % 2) * 8, c = kk * 16 + (lane / 16) * 8;
+      ldmatrix_x4(qf[kk], K_stage(0) + r * LD + c);
+      ldmatrix_x4(gf[kk], K_stage(1) + r * LD + c);
+    }
+    team.team_barrier();
+
+    constexpr float log2e = 1.4426950408889634f;
+    const float scale_log2 = static_cast<float>(br.scale) * log2e;
+    const float os = static_cast<float>(br.output_scale);
+    const int my_t[2] = {t0 + warp * 16 + g, t0 + warp * 16 + g + 8};
+    float L2[2], Dt[2];
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const bool valid = my_t[r] < t0 + rows;
+      const int pt = kept.position(valid ? my_t[r] : t0);
+      L2[r] = valid ? static_cast<float>(lse(b, pt, h)) * log2e : 0.f;
+      Dt[r] = valid ? static_cast<float>(delta(b, pt, h)) : 0.f;
+    }
+    float acc[D / 8][4];
+#pragma unroll
+    for (int n = 0; n < D / 8; ++n)
+      acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.f;
+
+    const int key_end = br.causal ? t0 + rows : kept.count;
+    const int num_tiles = (key_end + BC - 1) / BC;
+    const auto load_kv = [&](int it) {
+      const int u0 = it * BC, cnt = key_end - u0 < BC ? key_end - u0 : BC;
+      load_rows<D, LD>(k, b, h, kept, u0, cnt, BC, K_stage(it & 1), tid, 128);
+      load_rows<D, LD>(v, b, h, kept, u0, cnt, BC, V_stage(it & 1), tid, 128);
+      commit();
+    };
+    load_kv(0);
+    const int warp_last = t0 + warp * 16 + 15;
+    for (int it = 0; it < num_tiles; ++it) {
+      const int u0 = it * BC;
+      if (it + 1 < num_tiles) {
+        load_kv(it + 1);
+        wait_groups<1>();
+      } else {
+        wait_groups<0>();
+      }
+      team.team_barrier();
+      if (!(br.causal && u0 > warp_last) && warp * 16 < rows) {
+        const Half* Ks = K_stage(it & 1);
+        const Half* Vs = V_stage(it & 1);
+        float s[BC / 8][4], dp[BC / 8][4];
+#pragma unroll
+        for (int j = 0; j < BC / 8; ++j)
+#pragma unroll
+          for (int e = 0; e < 4; ++e)
+            s[j][e] = dp[j][e] = 0.f;
+#pragma unroll
+        for (int kk = 0; kk < D / 16; ++kk) {
+#pragma unroll
+          for (int j = 0; j < BC / 8; j += 2) {
+            const int mi = lane / 8;
+            const int key = j * 8 + (mi / 2) * 8 + lane % 8, c = kk * 16 + (mi % 2) * 8;
+            std::uint32_t kf[4], vf[4];
+            ldmatrix_x4(kf, Ks + key * LD + c);
+            ldmatrix_x4(vf, Vs + key * LD + c);
+            mma16816<bf16>(s[j], qf[kk], kf[0], kf[1]);
+            mma16816<bf16>(s[j + 1], qf[kk], kf[2], kf[3]);
+            mma16816<bf16>(dp[j], gf[kk], vf[0], vf[1]);
+            mma16816<bf16>(dp[j + 1], gf[kk], vf[2], vf[3]);
+          }
+        }
+        // dS in place of s.
+#pragma unroll
+        for (int j = 0; j < BC / 8; ++j)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int u = u0 + j * 8 + 2 * t4 + (e & 1), r = e / 2;
+            const bool visible = my_t[r] < t0 + rows && u < key_end && !(br.causal && u > my_t[r]);
+            float ds = 0.f;
+            if (visible) {
+              const float p = os * exp2f(s[j][e] * scale_log2 - L2[r]);
+              const float z =
+                  br.dropout.active()
+                      ? static_cast<float>(br.dropout.factor(
+                            br.plan.branch, b, h, kept.position(my_t[r]), kept.position(u)))
+                      : 1.f;
+              ds = p * (z * dp[j][e] - Dt[r]);
+            }
+            s[j][e] = ds;
+          }
+          // dQ += dS K: dS in the A layout, K as the B operand (k = keys): transposed loads.
+#pragma unroll
+        for (int kk = 0; kk < BC / 16; ++kk) {
+          const std::uint32_t af[4] = {pack2<bf16>(s[2 * kk][0], s[2 * kk][1]),
+                                       pack2<bf16>(s[2 * kk][2], s[2 * kk][3]),
+                                       pack2<bf16>(s[2 * kk + 1][0], s[2 * kk + 1][1]),
+                                       pack2<bf16>(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+#pragma unroll
+          for (int n = 0; n < D / 8; n += 2) {
+            std::uint32_t kf[4];
+            const int mi = lane / 8;
+            const int key = kk * 16 + (mi % 2) * 8 + lane % 8, c = n * 8 + (mi / 2) * 8;
+            ldmatrix_x4_trans(kf, Ks + key * LD + c);
+            mma16816<bf16>(acc[n], af, kf[0], kf[1]);
+            mma16816<bf16>(acc[n + 1], af, kf[2], kf[3]);
+          }
+        }
+      }
+      team.team_barrier();
+    }
+    const float scale = static_cast<float>(br.scale);
+    using TG = typename GradV::value_type;
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      if (my_t[r] >= t0 + rows) continue;
+      const int pt = kept.position(my_t[r]);
+#pragma unroll
+      for (int n = 0; n < D / 8; ++n)
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          const int c = n * 8 + 2 * t4 + e;
+          const float x = scale * acc[n][2 * r + e];
+          dq(b, pt, h, c) = static_cast<TG>(accumulate ? float(dq(b, pt, h, c)) + x : x);
+        }
+    }
+#else
+    (void)team;
+#endif
+  }
+};
+
+template <int D, class QV, class KV, class VV, class GV, class LseV, class DeltaV, class DKV,
+          class DVV>
+struct DkDvKernel {
+  using T = typename QV::non_const_value_type;
+  using Member = Kokkos::TeamPolicy<Kokkos::Cuda>::member_type;
+  using Tiles = BackwardTiles<D>;
+  static constexpr bool bf16 = !std::is_same_v<T, Kokkos::Experimental::half_t>;
+
+  TiledLaunch<Kokkos::CudaSpace, float> launch;
+  QV q;
+  KV k;
+  VV v;
+  GV dout;
+  LseV lse;
+  DeltaV delta;
+  DKV dk;
+  DVV dv;
+  bool accumulate = false;
+
+  KOKKOS_FUNCTION void operator()(const Member& team) const {
+#if defined(__CUDA_ARCH__)
+    const auto& br = launch.branch;
+    const auto tile = launch.tile(team, Tiles::rows);
+    if (tile.count == 0) return;
+    constexpr int BR = Tiles::rows, LD = Tiles::ld;
+    const int b = tile.item.b, h = tile.item.head, cols = tile.count, u0 = tile.first;
+    const KeptPositions kept = tile.item.kept;
+    const int m = kept.count;
+    const int warp = team.team_rank(), lane = threadIdx.x, tid = warp * 32 + lane;
+    const int g = lane / 4, t4 = lane % 4;
+    using Half = std::uint16_t;
+    Half* Ks = aligned_scratch(team, Tiles::dkdv_scratch_bytes);
+    Half* Vs = Ks + Tiles::tile_halves;
+    Half* Qs = Vs + Tiles::tile_halves;
+    Half* Gs = Qs + Tiles::tile_halves;
+    float* L2s = reinterpret_cast<float*>(Gs + Tiles::tile_halves);
+    float* Ds = L2s + BR;
+
+    load_rows<D, LD>(k, b, h, kept, u0, cols, BR, Ks, tid, 128);
+    load_rows<D, LD>(v, b, h, kept, u0, cols, BR, Vs, tid, 128);
+    commit();
+
+    constexpr float log2e = 1.4426950408889634f;
+    const float scale_log2 = static_cast<float>(br.scale) * log2e;
+    const float os = static_cast<float>(br.output_scale);
+    const int my_u[2] = {u0 + warp * 16 + g, u0 + warp * 16 + g + 8};
+    const int warp_first = u0 + warp * 16;
+    float dk_acc[D / 8][4], dv_acc[D / 8][4];
+#pragma unroll
+    for (int n = 0; n < D / 8; ++n)
+#pragma unroll
+      for (int e = 0; e < 4; ++e)
+        dk_acc[n][e] = dv_acc[n][e] = 0.f;
+
+    for (int t0 = br.causal ? (u0 / BR) * BR : 0; t0 < m; t0 += BR) {
+      const int rows = m - t0 < BR ? m - t0 : BR;
+      team.team_barrier();  // the previous query tile is no longer read
+      load_rows<D, LD>(q, b, h, kept, t0, rows, BR, Qs, tid, 128);
+      load_rows<D, LD>(dout, b, h, kept, t0, rows, BR, Gs, tid, 128);
+      commit();
+      if (tid < BR) {
+        const bool valid = tid < rows;
+        const int pt = kept.position(valid ? t0 + tid : t0);
+        L2s[tid] = valid ? static_cast<float>(lse(b, pt, h)) * log2e : 0.f;
+        Ds[tid] = valid ? static_cast<float>(delta(b, pt, h)) : 0.f;
+      }
+      wait_groups<0>();
+      team.team_barrier();
+      // Causal: a warp whose keys all follow the tile's last query has nothing to do.
+      if (warp * 16 >= cols || (br.causal && warp_first > t0 + rows - 1)) continue;
+      float st[BR / 8][4], dpt[BR / 8][4];  // S^T, dP^T: rows = my keys, columns = queries
+#pragma unroll
+      for (int j = 0; j < BR / 8; ++j)
+#pragma unroll
+        for (int e = 0; e < 4; ++e)
+          st[j][e] = dpt[j][e] = 0.f;
+#pragma unroll
+      for (int kk = 0; kk < D / 16; ++kk) {
+        std::uint32_t kf[4], vf[4];
+        const int r = warp * 16 + (lane % 8) + ((lane / 8) % 2) * 8, c = kk * 16 + (lane / 16) * 8;
+        ldmatrix_x4(kf, Ks + r * LD + c);
+        ldmatrix_x4(vf, Vs + r * LD + c);
+#pragma unroll
+        for (int j = 0; j < BR / 8; j += 2) {
+          const int mi = lane / 8;
+          const int row = j * 8 + (mi / 2) * 8 + lane % 8, cc = kk * 16 + (mi % 2) * 8;
+          std::uint32_t qf[4], gf[4];
+          ldmatrix_x4(qf, Qs + row * LD + cc);
+          ldmatrix_x4(gf, Gs + row * LD + cc);
+          mma16816<bf16>(st[j], kf, qf[0], qf[1]);
+          mma16816<bf16>(st[j + 1], kf, qf[2], qf[3]);
+          mma16816<bf16>(dpt[j], vf, gf[0], gf[1]);
+          mma16816<bf16>(dpt[j + 1], vf, gf[2], gf[3]);
+        }
+      }
+      // P~ Z into st, dS into dpt.
+#pragma unroll
+      for (int j = 0; j < BR / 8; ++j)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int i = j * 8 + 2 * t4 + (e & 1), tq = t0 + i, r = e / 2;
+          const bool visible = i < rows && my_u[r] < u0 + cols && !(br.causal && my_u[r] > tq);
+          float pz = 0.f, ds = 0.f;
+          if (visible) {
+            const float p = os * exp2f(st[j][e] * scale_log2 - L2s[i]);
+            const float z =
+                br.dropout.active()
+                    ? static_cast<float>(br.dropout.factor(br.plan.branch, b, h, kept.position(tq),
+                                                           kept.position(my_u[r])))
+                    : 1.f;
+            pz = p * z;
+            ds = p * (z * dpt[j][e] - Ds[i]);
+          }
+          st[j][e] = pz;
+          dpt[j][e] = ds;
+        }
+        // dV += (P~Z)^T dO, dK += dS^T Q: A from the accumulators, B (k = queries) transposed.
+#pragma unroll
+      for (int kk = 0; kk < BR / 16; ++kk) {
+        const std::uint32_t pa[4] = {pack2<bf16>(st[2 * kk][0], st[2 * kk][1]),
+                                     pack2<bf16>(st[2 * kk][2], st[2 * kk][3]),
+                                     pack2<bf16>(st[2 * kk + 1][0], st[2 * kk + 1][1]),
+                                     pack2<bf16>(st[2 * kk + 1][2], st[2 * kk + 1][3])};
+        const std::uint32_t da[4] = {pack2<bf16>(dpt[2 * kk][0], dpt[2 * kk][1]),
+                                     pack2<bf16>(dpt[2 * kk][2], dpt[2 * kk][3]),
+                                     pack2<bf16>(dpt[2 * kk + 1][0], dpt[2 * kk + 1][1]),
+                                     pack2<bf16>(dpt[2 * kk + 1][2], dpt[2 * kk + 1][3])};
+#pragma unroll
+        for (int n = 0; n < D / 8; n += 2) {
+          const int mi = lane / 8;
+          const int row = kk * 16 + (mi % 2) * 8 + lane % 8, c = n * 8 + (mi / 2) * 8;
+          std::uint32_t gf[4], qf[4];
+          ldmatrix_x4_trans(gf, Gs + row * LD + c);
+          ldmatrix_x4_trans(qf, Qs + row * LD + c);
+          mma16816<bf16>(dv_acc[n], pa, gf[0], gf[1]);
+          mma16816<bf16>(dv_acc[n + 1], pa, gf[2], gf[3]);
+          mma16816<bf16>(dk_acc[n], da, qf[0], qf[1]);
+          mma16816<bf16>(dk_acc[n + 1], da, qf[2], qf[3]);
+        }
+      }
+    }
+    const float scale = static_cast<float>(br.scale);
+    using TK = typename DKV::value_type;
+    using TV = typename DVV::value_type;
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      if (my_u[r] >= u0 + cols) continue;
+      const int pu = kept.position(my_u[r]);
+#pragma unroll
+      for (int n = 0; n < D / 8; ++n)
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          const int c = n * 8 + 2 * t4 + e;
+          const float xk = scale * dk_acc[n][2 * r + e], xv = dv_acc[n][2 * r + e];
+          dk(b, pu, h, c) = static_cast<TK>(accumulate ? float(dk(b, pu, h, c)) + xk : xk);
+          dv(b, pu, h, c) = static_cast<TV>(accumulate ? float(dv(b, pu, h, c)) + xv : xv);
+        }
+    }
+#else
+    (void)team;
+#endif
+  }
+};
+
+// Launches a backward kernel over every 64-row tile of every item of its launch's branch.
+template <class Kernel>
+void launch_backward(const Kokkos::Cuda& space, const char* label, Kernel kernel, int bytes) {
+  auto& launch = kernel.launch;
+  launch.query_rows = launch.key_rows = 64;
+  launch.tiles = (launch.branch.plan.max_kept + 63) / 64;
+  const long teams = launch.branch.plan.num_items() * launch.tiles;
+  constexpr long max_league = 1L << 30;
+  for (long begin = 0; begin < teams; begin += max_league) {
+    launch.branch.item_begin = begin;
+    Kokkos::TeamPolicy<Kokkos::Cuda> policy(
+        space, static_cast<int>(std::min(max_league, teams - begin)), 4, 32);
+    policy.set_scratch_size(0, Kokkos::PerTeam(bytes + 16));
+    Kokkos::parallel_for(label, policy, kernel);
+  }
+}
+
+// The dq and dk/dv passes of one branch (its launch). `delta` holds D_t for every row.
+template <int D, class Q, class K, class V, class G, class LseV, class DeltaV, class DQ, class DK,
+          class DV>
+void backward_branch(const Kokkos::Cuda& space, const TiledLaunch<Kokkos::CudaSpace, float>& launch,
+                     const Q& q, const K& k, const V& v, const G& dout, const LseV& lse,
+                     const DeltaV& delta, const DQ& dq, const DK& dk, const DV& dv,
+                     bool accumulate) {
+  using Tiles = BackwardTiles<D>;
+  launch_backward(
+      space, "dilated::improved::dq_mma",
+      DqKernel<D, Q, K, V, G, LseV, DeltaV, DQ>{launch, q, k, v, dout, lse, delta, dq, accumulate},
+      Tiles::dq_scratch_bytes);
+  launch_backward(space, "dilated::improved::dkdv_mma",
+                  DkDvKernel<D, Q, K, V, G, LseV, DeltaV, DK, DV>{launch, q, k, v, dout, lse, delta,
+                                                                  dk, dv, accumulate},
+                  Tiles::dkdv_scratch_bytes);
+}
+
+}  // namespace dilated::Impl::mma
+
+#endif  // KOKKOS_ENABLE_CUDA
+#endif  // DILATED_IMPL_IMPROVED_MMA_BACKWARD_HPP

@@ -1,0 +1,134 @@
+// The pieces the tensor-core kernels of the Improved algorithm share (CUDA, sm_80+): cp.async
+// copies, ldmatrix, mma.sync m16n8k16 with float accumulation, packing to half/bf16, the
+// loader of a tile of kept rows into padded shared memory, and when the kernels apply.
+//
+// Fragment layouts (PTX ISA, mma.m16n8k16): lane = 4 g + t; A (16x16, row-major) registers
+// hold rows g and g+8, columns 2t, 2t+1 and 2t+8, 2t+9; B (16x8, "col") holds k rows 2t, 2t+1
+// and 2t+8, 2t+9 of column g; the accumulator holds rows g and g+8, columns 2t, 2t+1.
+#ifndef DILATED_IMPL_MMA_PRIMITIVES_HPP
+#define DILATED_IMPL_MMA_PRIMITIVES_HPP
+
+#include <Kokkos_Core.hpp>
+
+#if defined(KOKKOS_ENABLE_CUDA)
+
+#include <Dilated_Geometry.hpp>
+
+#include <cstdint>
+#include <type_traits>
+
+namespace dilated::Impl::mma {
+
+template <class T>
+inline constexpr bool is_mma_type_v = std::is_same_v<T, Kokkos::Experimental::half_t>
+#if DILATED_HAVE_BHALF
+                                      || std::is_same_v<T, Kokkos::Experimental::bhalf_t>
+#endif
+    ;
+
+#if defined(__CUDA_ARCH__)
+__device__ __forceinline__ std::uint32_t smem_address(const void* p) {
+  return static_cast<std::uint32_t>(__cvta_generic_to_shared(p));
+}
+
+// 16 bytes global -> shared, zero-filled when !valid.
+__device__ __forceinline__ void copy16(void* dst, const void* src, bool valid) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_address(dst)), "l"(src),
+               "r"(valid ? 16 : 0));
+}
+__device__ __forceinline__ void commit() {
+  asm volatile("cp.async.commit_group;\n" ::);
+}
+template <int N>
+__device__ __forceinline__ void wait_groups() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
+__device__ __forceinline__ void ldmatrix_x4(std::uint32_t (&r)[4], const void* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_address(p)));
+}
+__device__ __forceinline__ void ldmatrix_x4_trans(std::uint32_t (&r)[4], const void* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_address(p)));
+}
+
+// c += a b for one 16x8x16 tile; Bf16 selects the bf16 instruction.
+template <bool Bf16>
+__device__ __forceinline__ void mma16816(float (&c)[4], const std::uint32_t (&a)[4],
+                                         std::uint32_t b0, std::uint32_t b1) {
+  if constexpr (Bf16) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  } else {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  }
+}
+
+// Two floats as one register of two 16-bit values (lo in the low half).
+template <bool Bf16>
+__device__ __forceinline__ std::uint32_t pack2(float lo, float hi) {
+  std::uint32_t r;
+  if constexpr (Bf16) {
+    asm("cvt.rn.bf16x2.f32 %0, %1, %2;\n" : "=r"(r) : "f"(hi), "f"(lo));
+  } else {
+    asm("cvt.rn.f16x2.f32 %0, %1, %2;\n" : "=r"(r) : "f"(hi), "f"(lo));
+  }
+  return r;
+}
+#endif  // __CUDA_ARCH__
+
+#if defined(__CUDA_ARCH__)
+// Kokkos aligns team scratch to 8 bytes; cp.async and ldmatrix want 16.
+template <class Member>
+__device__ __forceinline__ std::uint16_t* aligned_scratch(const Member& team, int bytes) {
+  return reinterpret_cast<std::uint16_t*>(
+      (reinterpret_cast<std::uintptr_t>(team.team_shmem().get_shmem(bytes + 16)) + 15) &
+      ~std::uintptr_t(15));
+}
+
+// Rows kept(first + r), r < nrows, of head h in batch b of x into dst (row length LD halves),
+// 16 bytes per cp.async, rows r >= count zero-filled. All `threads` threads of the team call it.
+template <int D, int LD, class View>
+__device__ __forceinline__ void load_rows(const View& x, int b, int h, const KeptPositions& kept,
+                                          int first, int count, int nrows, std::uint16_t* dst,
+                                          int tid, int threads) {
+  constexpr int chunks = D / 8;  // 16-byte pieces per row
+  const char* base = reinterpret_cast<const char*>(x.data()) +
+                     2 * (static_cast<long>(b) * x.stride(0) + static_cast<long>(h) * x.stride(2));
+  for (int c = tid; c < nrows * chunks; c += threads) {
+    const int r = c / chunks, piece = c % chunks;
+    const bool valid = r < count;
+    const char* src =
+        valid ? base + 2 * (static_cast<long>(kept.position(first + r)) * x.stride(1) + piece * 8)
+              : base;
+    copy16(dst + r * LD + piece * 8, src, valid);
+  }
+}
+#endif  // __CUDA_ARCH__
+
+// Whether the tensor-core kernels take these views: half/bf16, head_dim 64 or 128, rows
+// contiguous and every row start 16-byte aligned.
+template <class... Views>
+bool applies(int d, const Views&... views) {
+  if (d != 64 && d != 128) return false;
+  const auto aligned = [](const auto& x) {
+    return x.stride(3) == 1 && x.stride(0) % 8 == 0 && x.stride(1) % 8 == 0 &&
+           x.stride(2) % 8 == 0 && reinterpret_cast<std::uintptr_t>(x.data()) % 16 == 0;
+  };
+  return (aligned(views) && ...);
+}
+
+}  // namespace dilated::Impl::mma
+
+#endif  // KOKKOS_ENABLE_CUDA
+#endif  // DILATED_IMPL_MMA_PRIMITIVES_HPP
