@@ -1,17 +1,29 @@
-// Google Benchmark of DilatedAttention on the default Kokkos device: forward and
-// forward+backward, causal and not, over sequence lengths. Manual time between fences;
-// counters: tokens/s, TFLOP/s (useful attention FLOPs), GB/s of the q/k/v/out traffic.
+// Google Benchmark of DilatedAttention on the default Kokkos device: both algorithms
+// (Original, Improved), forward and forward+backward, causal and not, over sequence lengths.
+// Manual time between fences; counters: tokens/s, TFLOP/s and GFLOP/s (useful attention
+// FLOPs), GB/s of the q/k/v/out traffic. Built with OpenBLAS, the same binary times the host's
+// cblas_sgemm (float, M = N = K) with the same FLOP counters, as a baseline on the same cores.
 //
 //   dilated_bench_attention --lengths=16384,65536 --semantics=grouped [--vendor_gemm=0]
-//       --benchmark_out=original.json --benchmark_out_format=json
+//       [--algorithms=original,improved] [--sgemm_sizes=1024,2048]
+//       --benchmark_out=attention.json --benchmark_out_format=json
 // Storage is half on CUDA (fp16, as the PyTorch peers are measured) and float on the host.
+// sgemm runs by default only when the default device is a host space (--sgemm_sizes= to skip).
 #include <DilatedAttention.hpp>
 #include <Dilated_BenchmarkContext.hpp>
 #include <impl/Dilated_Dropout.hpp>
 
 #include <benchmark/benchmark.h>
 
+#if defined(DILATED_BENCH_OPENBLAS)
+#include <cblas.h>
+#if defined(__linux__)
+#include <sched.h>
+#endif
+#endif
+
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <sstream>
@@ -36,12 +48,24 @@ struct Settings {
   int batch = 1, heads = 12, dim = 64;
   std::string semantics = "grouped";
   bool vendor_gemm = true;  // Original on CUDA: cuBLAS products (1) or the team kernel (0)
+  std::vector<std::string> algorithms = {"original", "improved"};
+  // Host sgemm baseline (M = N = K): by default on host devices only.
+  std::vector<int> sgemm_sizes = Kokkos::SpaceAccessibility<Device, Kokkos::HostSpace>::accessible
+                                     ? std::vector<int>{1024, 2048}
+                                     : std::vector<int>{};
 };
+
+std::vector<std::string> split(const char* text) {
+  std::vector<std::string> out;
+  std::stringstream in(text);
+  for (std::string item; std::getline(in, item, ',');)
+    if (!item.empty()) out.push_back(item);
+  return out;
+}
 
 std::vector<int> parse_list(const char* text) {
   std::vector<int> out;
-  std::stringstream in(text);
-  for (std::string item; std::getline(in, item, ',');)
+  for (const auto& item : split(text))
     out.push_back(std::stoi(item));
   return out;
 }
@@ -69,6 +93,12 @@ Settings parse(int& argc, char* argv[]) {
       s.batch = std::atoi(v);
     else if (const char* v = value("--semantics="))
       s.semantics = v;
+    else if (const char* v = value("--vendor_gemm="))
+      s.vendor_gemm = std::atoi(v) != 0;
+    else if (const char* v = value("--algorithms="))
+      s.algorithms = split(v);
+    else if (const char* v = value("--sgemm_sizes="))
+      s.sgemm_sizes = parse_list(v);
     else
       argv[kept++] = argv[i];
   }
@@ -103,8 +133,9 @@ double forward_flops(const dilated::Geometry& g, int batch, int n, int d, bool c
   return flops;
 }
 
+template <class Algorithm>
 void run(benchmark::State& state, const Settings& s, int n, bool causal, bool with_backward) {
-  const dilated::DilatedAttention<dilated::Original> attention(
+  const dilated::DilatedAttention<Algorithm> attention(
       s.segments, s.dilations,
       dilated::AttentionOptions()
           .set_semantics(dilated::semantics_from_string(s.semantics))
@@ -139,9 +170,90 @@ void run(benchmark::State& state, const Settings& s, int n, bool causal, bool wi
   using benchmark::Counter;
   state.counters["tokens_per_s"] = Counter(double(s.batch) * n, Counter::kIsIterationInvariantRate);
   state.counters["TFLOP_per_s"] = Counter(flops * 1e-12, Counter::kIsIterationInvariantRate);
+  state.counters["GFLOP_per_s"] = Counter(flops * 1e-9, Counter::kIsIterationInvariantRate);
   state.counters["GB_per_s"] = Counter(bytes * 1e-9, Counter::kIsIterationInvariantRate);
   state.counters["useful_GFLOP"] = flops * 1e-9;
   state.counters["n"] = n;
+}
+
+#if defined(DILATED_BENCH_OPENBLAS)
+// Gives OpenBLAS as many threads as the Kokkos host space, on the same cores. With
+// OMP_PROC_BIND set, the OpenMP runtime binds this thread to one core when it loads, before
+// OpenBLAS counts the cores it may use (it then counts one) and before any thread OpenBLAS
+// starts inherits that binding. So on Linux this thread is widened to the union of the host
+// space's threads' cores while OpenBLAS starts its threads, then bound back.
+// OPENBLAS_NUM_THREADS, when set, is left to OpenBLAS.
+void openblas_use_host_space_cores() {
+  if (std::getenv("OPENBLAS_NUM_THREADS")) return;
+  using Host = Kokkos::DefaultHostExecutionSpace;
+  const int threads = Host().concurrency();
+#if defined(__linux__)
+  std::vector<cpu_set_t> masks(threads);
+  Kokkos::parallel_for("dilated::bench::host_cores",
+                       Kokkos::RangePolicy<Host, Kokkos::Schedule<Kokkos::Static>>(0, threads),
+                       [&](int i) {
+                         CPU_ZERO(&masks[i]);
+                         sched_getaffinity(0, sizeof(cpu_set_t), &masks[i]);
+                       });
+  Host().fence();
+  cpu_set_t all, mine;
+  CPU_ZERO(&all);
+  for (const auto& m : masks)
+    CPU_OR(&all, &all, &m);
+  const bool widened = sched_getaffinity(0, sizeof(cpu_set_t), &mine) == 0 &&
+                       sched_setaffinity(0, sizeof(cpu_set_t), &all) == 0;
+  openblas_set_num_threads(threads);
+  if (widened) sched_setaffinity(0, sizeof(cpu_set_t), &mine);
+#else
+  openblas_set_num_threads(threads);
+#endif
+}
+
+// C = A B, row-major float M = N = K = size through OpenBLAS on the host, with its own threads
+// (OPENBLAS_NUM_THREADS, else OMP_NUM_THREADS). One warm-up call outside the timing.
+void run_sgemm(benchmark::State& state, int size) {
+  const std::size_t count = std::size_t(size) * size;
+  std::vector<float> a(count), b(count), c(count, 0.0f);
+  for (std::size_t i = 0; i < count; ++i) {
+    a[i] = static_cast<float>(dilated::Impl::mix64(i) >> 40) / 16777216.0f - 0.5f;
+    b[i] = static_cast<float>(dilated::Impl::mix64(i + count) >> 40) / 16777216.0f - 0.5f;
+  }
+  const auto gemm = [&] {
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, size, size, size, 1.0f, a.data(), size,
+                b.data(), size, 0.0f, c.data(), size);
+  };
+  gemm();
+  for (auto _ : state) {
+    Kokkos::Timer timer;
+    gemm();
+    benchmark::ClobberMemory();
+    state.SetIterationTime(timer.seconds());
+  }
+  const double flops = 2.0 * size * double(size) * size;
+  using benchmark::Counter;
+  state.counters["TFLOP_per_s"] = Counter(flops * 1e-12, Counter::kIsIterationInvariantRate);
+  state.counters["GFLOP_per_s"] = Counter(flops * 1e-9, Counter::kIsIterationInvariantRate);
+  state.counters["GB_per_s"] =
+      Counter(3.0 * count * sizeof(float) * 1e-9, Counter::kIsIterationInvariantRate);
+  state.counters["n"] = size;
+  state.counters["threads"] = openblas_get_num_threads();
+}
+#endif
+
+template <class Algorithm>
+void register_algorithm(const Settings& s, const std::string& prefix) {
+  for (bool with_backward : {false, true})
+    for (bool causal : {false, true})
+      for (int n : s.lengths) {
+        const std::string name = prefix + "/" + s.semantics + "/" + storage_name +
+                                 (with_backward ? "/fwd_bwd" : "/fwd") +
+                                 (causal ? "/causal" : "/full") + "/n:" + std::to_string(n);
+        benchmark::RegisterBenchmark(
+            name.c_str(),
+            [=](benchmark::State& st) { run<Algorithm>(st, s, n, causal, with_backward); })
+            ->UseManualTime()
+            ->Unit(benchmark::kMillisecond);
+      }
 }
 
 }  // namespace
@@ -154,18 +266,31 @@ int main(int argc, char* argv[]) {
   dilated::bench::add_context();
   benchmark::AddCustomContext("storage", storage_name);
   benchmark::AddCustomContext("semantics", s.semantics);
-  for (bool with_backward : {false, true})
-    for (bool causal : {false, true})
-      for (int n : s.lengths) {
-        const std::string name = std::string(s.vendor_gemm ? "Original/" : "Original-team/") +
-                                 s.semantics + "/" + storage_name +
-                                 (with_backward ? "/fwd_bwd" : "/fwd") +
-                                 (causal ? "/causal" : "/full") + "/n:" + std::to_string(n);
-        benchmark::RegisterBenchmark(
-            name.c_str(), [=](benchmark::State& st) { run(st, s, n, causal, with_backward); })
-            ->UseManualTime()
-            ->Unit(benchmark::kMillisecond);
-      }
+  for (const auto& algorithm : s.algorithms) {
+    if (algorithm == "original") {
+      register_algorithm<dilated::Original>(s, s.vendor_gemm ? "Original" : "Original-team");
+    } else if (algorithm == "improved") {
+      register_algorithm<dilated::Improved>(s, "Improved");
+    } else {
+      std::fprintf(stderr, "unknown algorithm '%s' (original, improved)\n", algorithm.c_str());
+      return 1;
+    }
+  }
+  // The sgemm baseline last: OpenBLAS' threads spin a while after each call.
+#if defined(DILATED_BENCH_OPENBLAS)
+  if (!s.sgemm_sizes.empty()) openblas_use_host_space_cores();
+  benchmark::AddCustomContext("openblas_config", openblas_get_config());
+  benchmark::AddCustomContext("openblas_core", openblas_get_corename());
+  benchmark::AddCustomContext("openblas_threads", std::to_string(openblas_get_num_threads()));
+  for (int size : s.sgemm_sizes) {
+    const std::string name = "OpenBLAS_sgemm/fp32/M=N=K:" + std::to_string(size);
+    benchmark::RegisterBenchmark(name.c_str(), [=](benchmark::State& st) { run_sgemm(st, size); })
+        ->UseManualTime()
+        ->Unit(benchmark::kMillisecond);
+  }
+#else
+  if (!s.sgemm_sizes.empty()) benchmark::AddCustomContext("openblas", "not built in");
+#endif
   benchmark::RunSpecifiedBenchmarks();
   benchmark::Shutdown();
   return 0;

@@ -11,8 +11,8 @@
 //                   when storage is float with a contiguous head dim of whole vectors, else
 //                   from a float copy in scratch;
 //   softmax       : per query (a vector lane), running max, exp and sum over the key tile; exp
-//                   by Cephes' expf polynomial (range reduction by ln 2, about 1 ulp), argument
-//                   clamped at -88 where it returns exactly 0 (so -inf scores give 0);
+//                   by Cephes' expf polynomial (range reduction by ln 2, about 1 ulp), exactly
+//                   0 for arguments below -87.7 and -inf;
 //   O = O f + P V : rows_block queries x cols_block head-dim columns, over the keys (V in place
 //                   or copied like K).
 // Padding: the head dim to whole vectors, query rows to whole vectors, keys to whole register
@@ -109,14 +109,18 @@ inline void gemm_tile(int rows, int cols, int kdim, const float* A, long ars, lo
   }
 }
 
-// The clamp below which exp_clamped returns exactly 0 (2^-127 is built as the bits 0).
-inline constexpr float exp_floor = -88.0f;
-
-// exp(x) for exp_floor <= x <= 0 in straight-line float arithmetic (vectorisable: no branch,
-// no libm call): x = n ln2 + r, |r| <= ln2 / 2, exp(r) by Cephes' expf polynomial, 2^n in the
-// exponent bits; n = -127 (x < -87.68) gives 0. The clamp is a separate loop: with it inlined
-// here the compiler branches around the arithmetic and no longer vectorises.
-inline float exp_clamped(float x) {
+// exp(x) for x <= 0 (-inf included) in straight-line arithmetic, so that loops over it
+// vectorise (no branch, no libm call): x is clamped at -88 (below which the result is 0),
+// x = n ln2 + r with |r| <= ln2 / 2, exp(r) by Cephes' expf polynomial (about 1 ulp), 2^n in
+// the exponent bits; n = -127 (x < -87.68) gives exactly 0. The clamp compares the bits as
+// unsigned integers (for x <= 0 a more negative x has larger bits): an integer min, where a
+// float compare would make the compiler branch around the arithmetic and not vectorise.
+inline float exp_nonpositive(float x) {
+  constexpr std::uint32_t floor_bits = 0xC2B00000u;  // -88.0f
+  std::uint32_t xb;
+  std::memcpy(&xb, &x, sizeof(float));
+  xb = xb < floor_bits ? xb : floor_bits;
+  std::memcpy(&x, &xb, sizeof(float));
   const float t = x * 1.44269504088896341f;
   const int n = static_cast<int>(t - 0.5f);  // t <= 0: truncation of t - 1/2 rounds to nearest
   const float fn = static_cast<float>(n);
@@ -140,17 +144,17 @@ inline float exp_clamped(float x) {
 // dp, qp: head dim and query rows rounded up to lanes; kp: key rows to rows_block.
 struct ForwardLayout {
   int dp, qp, kp;
-  ForwardLayout(int query_rows, int key_rows, int d)
+  constexpr ForwardLayout(int query_rows, int key_rows, int d)
       : dp(round_up(d, lanes)),
         qp(round_up(query_rows, lanes)),
         kp(round_up(key_rows, rows_block)) {}
-  long qt() const { return 0; }
-  long o() const { return qt() + long(dp) * qp; }
-  long st() const { return o() + long(qp) * dp; }
-  long k() const { return st() + long(kp) * qp; }
-  long v() const { return k() + long(kp) * dp; }
-  long stats() const { return v() + long(kp) * dp; }
-  long entries() const { return stats() + 3L * qp + 64 / sizeof(float); }  // + alignment
+  constexpr long qt() const { return 0; }
+  constexpr long o() const { return qt() + long(dp) * qp; }
+  constexpr long st() const { return o() + long(qp) * dp; }
+  constexpr long k() const { return st() + long(kp) * qp; }
+  constexpr long v() const { return k() + long(kp) * dp; }
+  constexpr long stats() const { return v() + long(kp) * dp; }
+  constexpr long entries() const { return stats() + 3L * qp + 64 / sizeof(float); }  // + alignment
 };
 
 inline float* align64(void* p) {
@@ -214,12 +218,20 @@ void forward(const Kernel& kn, const Member& team) {
   constexpr float inf = std::numeric_limits<float>::infinity();
 
   // Qt[c][i] = scale * q(kept(first + i), c); zeros for padded queries and head-dim rows.
-  for (long e = 0; e < long(dp) * ldq; ++e)
-    Qt[e] = 0;
-  for (int i = 0; i < rows; ++i) {
-    const int p = kept.position(tile.first + i);
-    for (int c = 0; c < d; ++c)
-      Qt[static_cast<long>(c) * ldq + i] = br.scale * static_cast<float>(kn.q(b, p, h, c));
+  // Column by column: the first column touches every row (their cache misses overlap) and the
+  // stores are contiguous.
+  {
+    const auto* q0 = &kn.q(b, kept.position(tile.first), h, 0);
+    const long rs = static_cast<long>(kept.stride) * kn.q.stride(1), cs = kn.q.stride(3);
+    for (int c = 0; c < dp; ++c) {
+      float* qt = Qt + static_cast<long>(c) * ldq;
+      if (c < d) {
+        for (int i = 0; i < rows; ++i)
+          qt[i] = br.scale * static_cast<float>(q0[i * rs + c * cs]);
+      }
+      for (int i = c < d ? rows : 0; i < ldq; ++i)
+        qt[i] = 0;
+    }
   }
   for (long e = 0; e < long(qp) * dp; ++e)
     O[e] = 0;
@@ -261,24 +273,14 @@ void forward(const Kernel& kn, const Member& team) {
       }
       DILATED_HOST_SIMD
       for (int l = 0; l < lanes; ++l) {
-        const float x = row_max[i0 + l] - mx[l];  // -inf on the first tile
-        fix[l] = x < exp_floor ? exp_floor : x;
-      }
-      DILATED_HOST_SIMD
-      for (int l = 0; l < lanes; ++l) {
-        fix[l] = exp_clamped(fix[l]);
+        fix[l] = exp_nonpositive(row_max[i0 + l] - mx[l]);  // 0 on the first tile (-inf)
         sum[l] = row_sum[i0 + l] * fix[l];
       }
       for (int j = 0; j < cols; ++j) {
         float* s = St + static_cast<long>(j) * ldq + i0;
         DILATED_HOST_SIMD
         for (int l = 0; l < lanes; ++l) {
-          const float x = s[l] - mx[l];
-          s[l] = x < exp_floor ? exp_floor : x;
-        }
-        DILATED_HOST_SIMD
-        for (int l = 0; l < lanes; ++l) {
-          const float p = exp_clamped(s[l]);
+          const float p = exp_nonpositive(s[l] - mx[l]);
           s[l] = p;
           sum[l] += p;
         }
