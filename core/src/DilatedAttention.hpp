@@ -1,4 +1,5 @@
-// DilatedAttention: LongNet dilated attention on Kokkos. Include this one header.
+// DilatedAttention: LongNet dilated attention on Kokkos, and the multihead layer built on it.
+// Include this one header.
 #ifndef DILATED_ATTENTION_HPP
 #define DILATED_ATTENTION_HPP
 
@@ -12,5 +13,7 @@
 #include <Dilated_Reference.hpp>
 #include <Dilated_Npy.hpp>
 #include <Dilated_DilatedAttention.hpp>
+#include <Dilated_MultiheadDilatedAttention.hpp>
+#include <Dilated_SeedNames.hpp>
 
 #endif  // DILATED_ATTENTION_HPP

@@ -43,6 +43,38 @@ void fence(const ExecSpace& space, const std::string& name) {
 #endif
 }
 
+// deep_copy(space, view, value) for Views of rank 1 to 4 of any layout: Kokkos 3.x cannot fill
+// a LayoutStride View on an execution space instance (no ViewFillLayoutSelector<LayoutStride>),
+// so strided Views (e.g. gradients inside a packed QKV buffer) are filled by a plain kernel there.
+template <class ExecSpace, class View>
+void fill(const ExecSpace& space, const View& view,
+          const typename View::non_const_value_type& value) {
+#if KOKKOS_VERSION < 40000
+  if constexpr (std::is_same_v<typename View::array_layout, Kokkos::LayoutStride>) {
+    constexpr int rank = static_cast<int>(View::rank);
+    static_assert(rank >= 1 && rank <= 4, "dilated::Impl::fill: Views of rank 1 to 4");
+    const View v = view;
+    Kokkos::parallel_for(
+        "dilated::fill", Kokkos::RangePolicy<ExecSpace>(space, 0, static_cast<long>(v.size())),
+        KOKKOS_LAMBDA(long e) {
+          long i[4] = {0, 0, 0, 0};
+          for (int r = rank - 1; r >= 0; --r) {
+            i[r] = e % static_cast<long>(v.extent(r));
+            e /= static_cast<long>(v.extent(r));
+          }
+          if constexpr (rank == 1) v(i[0]) = value;
+          if constexpr (rank == 2) v(i[0], i[1]) = value;
+          if constexpr (rank == 3) v(i[0], i[1], i[2]) = value;
+          if constexpr (rank == 4) v(i[0], i[1], i[2], i[3]) = value;
+        });
+  } else {
+    Kokkos::deep_copy(space, view, value);
+  }
+#else
+  Kokkos::deep_copy(space, view, value);
+#endif
+}
+
 // Kokkos::is_view_v and Kokkos::is_execution_space_v are 4.x spellings.
 template <class T>
 inline constexpr bool is_view_v = Kokkos::is_view<T>::value;

@@ -224,7 +224,7 @@ class DilatedAttention {
         Kokkos::view_alloc(Kokkos::WithoutInitializing, "dilated::improved::lse"), batch, n, heads);
     Kokkos::deep_copy(space, lse_acc, -Impl::math::infinity<Acc>());
     if constexpr (std::is_same_v<T, Acc>) {
-      Kokkos::deep_copy(space, out, T(0));
+      Impl::fill(space, out, T(0));
       Impl::improved_forward_branches(space, g, base, q, k, v, out, lse_acc, true, true);
     } else {
       Impl::Accumulator4<ExecSpace, Acc> out_acc("dilated::improved::out_accumulator", batch, n,
@@ -358,9 +358,9 @@ class DilatedAttention {
       Impl::improved_backward_branches(space, g, base, q, k, v, dout, lse_acc, delta, false, dq, dk,
                                        dv, false);
     } else if constexpr (std::is_same_v<T, Acc>) {
-      Kokkos::deep_copy(space, dq, T(0));
-      Kokkos::deep_copy(space, dk, T(0));
-      Kokkos::deep_copy(space, dv, T(0));
+      Impl::fill(space, dq, T(0));
+      Impl::fill(space, dk, T(0));
+      Impl::fill(space, dv, T(0));
       Impl::improved_backward_branches(space, g, base, q, k, v, dout, lse_acc, delta, branch_deltas,
                                        dq, dk, dv, true);
     } else {

@@ -1,0 +1,259 @@
+// The one matrix product the layers use: C = alpha op(A) op(B) + beta C on row-major (LayoutRight)
+// rank-2 Views, on an execution space instance. Three implementations behind it:
+//   - cuBLAS (cublasGemmEx) on Kokkos::Cuda for every storage type: fp32 compute for float, half
+//     and bf16 (TF32 tensor cores for float when GemmOptions::use_tf32), fp64 for double; on the
+//     instance's stream;
+//   - KokkosBlas::gemm on the host backends for float and double when Kokkos Kernels is linked
+//     (DILATED_HAVE_KOKKOSKERNELS; it calls the BLAS Kokkos Kernels was built with, e.g. OpenBLAS)
+//     and the rows of A, B and C are dense (row stride == columns);
+//   - a Kokkos team kernel (32 x 32 tiles of C through team scratch, accumulation in float, or
+//     double for double) everywhere else. gemm_team_kernel() calls it directly (tests).
+// With beta == 0, C is not read (it may hold anything, NaN included).
+#ifndef DILATED_GEMM_HPP
+#define DILATED_GEMM_HPP
+
+#include <Dilated_Compat.hpp>
+#include <Dilated_Config.hpp>
+#include <impl/Dilated_Error.hpp>
+
+#if defined(KOKKOS_ENABLE_CUDA)
+#include <impl/Dilated_CublasGemm.hpp>
+#endif
+#if DILATED_HAVE_KOKKOSKERNELS
+#include <KokkosBlas3_gemm.hpp>
+#endif
+
+#include <Kokkos_Core.hpp>
+
+#include <cstddef>
+#include <type_traits>
+
+namespace dilated::Impl {
+
+enum class Op { N, T };  // op(X) = X or its transpose
+
+struct GemmOptions {
+  // float on CUDA: let cuBLAS use TF32 tensor cores (about 1e-3 relative error, PyTorch's
+  // allow_tf32). Ignored elsewhere.
+  bool use_tf32 = false;
+};
+
+// Which implementation gemm() runs for (ExecSpace, T): "cuBLAS", "KokkosBlas" or "team kernel".
+template <class ExecSpace, class T>
+constexpr const char* gemm_backend() {
+#if defined(KOKKOS_ENABLE_CUDA)
+  if constexpr (std::is_same_v<ExecSpace, Kokkos::Cuda>) return "cuBLAS";
+#endif
+#if DILATED_HAVE_KOKKOSKERNELS
+  if constexpr (std::is_same_v<T, float> || std::is_same_v<T, double>) return "KokkosBlas";
+#endif
+  return "team kernel";
+}
+
+template <class T>
+using gemm_accumulation_t = std::conditional_t<std::is_same_v<T, double>, double, float>;
+
+// The team kernel: a team per 32 x 32 tile of C, K in steps of 32 through scratch.
+template <class ExecSpace, class AV, class BV, class CV>
+struct GemmTeamKernel {
+  static constexpr int tile = 32;
+  using T = typename CV::non_const_value_type;
+  using Acc = gemm_accumulation_t<T>;
+  using Member = typename Kokkos::TeamPolicy<ExecSpace>::member_type;
+  using Scratch = Kokkos::View<Acc**, Kokkos::LayoutRight, typename ExecSpace::scratch_memory_space,
+                               Kokkos::MemoryTraits<Kokkos::Unmanaged>>;
+
+  AV a;
+  BV b;
+  CV c;
+  bool ta, tb;
+  Acc alpha, beta;
+  int m, n, k, tiles_n;
+
+  static std::size_t scratch_bytes() { return 3 * Scratch::shmem_size(tile, tile); }
+
+  KOKKOS_FUNCTION Acc op_a(int i, int kk) const {
+    return static_cast<Acc>(ta ? a(kk, i) : a(i, kk));
+  }
+  KOKKOS_FUNCTION Acc op_b(int kk, int j) const {
+    return static_cast<Acc>(tb ? b(j, kk) : b(kk, j));
+  }
+
+  KOKKOS_FUNCTION void operator()(const Member& member) const {
+    const int i0 = (member.league_rank() / tiles_n) * tile;
+    const int j0 = (member.league_rank() % tiles_n) * tile;
+    Scratch sa(member.team_scratch(0), tile, tile), sb(member.team_scratch(0), tile, tile),
+        sc(member.team_scratch(0), tile, tile);
+    Kokkos::parallel_for(Kokkos::TeamThreadRange(member, tile * tile),
+                         [&](int e) { sc(e / tile, e % tile) = Acc(0); });
+    for (int k0 = 0; k0 < k; k0 += tile) {
+      member.team_barrier();
+      Kokkos::parallel_for(Kokkos::TeamThreadRange(member, tile * tile), [&](int e) {
+        const int r = e / tile, s = e % tile;
+        sa(r, s) = (i0 + r < m && k0 + s < k) ? op_a(i0 + r, k0 + s) : Acc(0);
+        sb(r, s) = (k0 + r < k && j0 + s < n) ? op_b(k0 + r, j0 + s) : Acc(0);
+      });
+      member.team_barrier();
+      Kokkos::parallel_for(Kokkos::TeamThreadRange(member, tile * tile), [&](int e) {
+        const int r = e / tile, s = e % tile;
+        Acc sum = 0;
+        for (int kk = 0; kk < tile; ++kk)
+          sum += sa(r, kk) * sb(kk, s);
+        sc(r, s) += sum;
+      });
+    }
+    member.team_barrier();
+    Kokkos::parallel_for(Kokkos::TeamThreadRange(member, tile * tile), [&](int e) {
+      const int r = e / tile, s = e % tile;
+      if (i0 + r >= m || j0 + s >= n) return;
+      Acc result = alpha * sc(r, s);
+      if (beta != Acc(0)) result += beta * static_cast<Acc>(c(i0 + r, j0 + s));
+      c(i0 + r, j0 + s) = static_cast<T>(result);
+    });
+  }
+};
+
+template <class CV>
+struct GemmScaleC {
+  using T = typename CV::non_const_value_type;
+  CV c;
+  gemm_accumulation_t<T> beta;
+  KOKKOS_FUNCTION void operator()(long e) const {
+    const long i = e / c.extent(1), j = e % c.extent(1);
+    c(i, j) =
+        beta == 0 ? T(0) : static_cast<T>(beta * static_cast<gemm_accumulation_t<T>>(c(i, j)));
+  }
+};
+
+template <class ExecSpace, class AV, class BV, class CV>
+constexpr void check_gemm_views(const char* fn) {
+  (void)fn;
+  static_assert(is_execution_space_v<ExecSpace>,
+                "dilated::Impl::gemm: the first argument must be a Kokkos execution space");
+  static_assert(is_view_v<AV> && is_view_v<BV> && is_view_v<CV>,
+                "dilated::Impl::gemm: A, B and C must be Kokkos::Views");
+  static_assert(view_rank_v<AV> == 2 && view_rank_v<BV> == 2 && view_rank_v<CV> == 2,
+                "dilated::Impl::gemm: A, B and C must have rank 2");
+  static_assert(std::is_same_v<typename AV::array_layout, Kokkos::LayoutRight> &&
+                    std::is_same_v<typename BV::array_layout, Kokkos::LayoutRight> &&
+                    std::is_same_v<typename CV::array_layout, Kokkos::LayoutRight>,
+                "dilated::Impl::gemm: A, B and C must be LayoutRight (row-major)");
+  static_assert(std::is_same_v<typename AV::non_const_value_type, typename CV::value_type> &&
+                    std::is_same_v<typename BV::non_const_value_type, typename CV::value_type>,
+                "dilated::Impl::gemm: A, B and C must share one non-const storage type (C)");
+  static_assert(is_accessible_from_v<ExecSpace, AV> && is_accessible_from_v<ExecSpace, BV> &&
+                    is_accessible_from_v<ExecSpace, CV>,
+                "dilated::Impl::gemm: A, B and C must be accessible from the execution space");
+}
+
+// Checks the extents of op(A) (m x k), op(B) (k x n) and C (m x n); returns k.
+template <class AV, class BV, class CV>
+int gemm_inner_extent(const char* fn, Op op_a, const AV& a, Op op_b, const BV& b, const CV& c) {
+  const std::size_t am = op_a == Op::N ? a.extent(0) : a.extent(1);
+  const std::size_t ak = op_a == Op::N ? a.extent(1) : a.extent(0);
+  const std::size_t bk = op_b == Op::N ? b.extent(0) : b.extent(1);
+  const std::size_t bn = op_b == Op::N ? b.extent(1) : b.extent(0);
+  require(am == c.extent(0), fn, "op(A) has ", am, " rows but C has ", c.extent(0));
+  require(bn == c.extent(1), fn, "op(B) has ", bn, " columns but C has ", c.extent(1));
+  require(ak == bk, fn, "op(A) has ", ak, " columns but op(B) has ", bk, " rows");
+  return static_cast<int>(ak);
+}
+
+// The team kernel on any backend (what gemm() runs where neither cuBLAS nor Kokkos Kernels is).
+template <class ExecSpace, class AV, class BV, class CV>
+void gemm_team_kernel(const ExecSpace& space, Op op_a, Op op_b, double alpha, const AV& a,
+                      const BV& b, double beta, const CV& c) {
+  constexpr const char* fn = "dilated::Impl::gemm_team_kernel";
+  check_gemm_views<ExecSpace, AV, BV, CV>(fn);
+  const int k = gemm_inner_extent(fn, op_a, a, op_b, b, c);
+  const int m = c.extent(0), n = c.extent(1);
+  if (m == 0 || n == 0) return;
+  using T = typename CV::non_const_value_type;
+  using Acc = gemm_accumulation_t<T>;
+  if (k == 0) {
+    Kokkos::parallel_for("dilated::gemm::scale_c",
+                         Kokkos::RangePolicy<ExecSpace>(space, 0, c.size()),
+                         GemmScaleC<CV>{c, static_cast<Acc>(beta)});
+    return;
+  }
+  using Kernel = GemmTeamKernel<ExecSpace, AV, BV, CV>;
+  const int tiles_m = (m + Kernel::tile - 1) / Kernel::tile;
+  const int tiles_n = (n + Kernel::tile - 1) / Kernel::tile;
+  const Kernel kernel{
+      a, b, c, op_a == Op::T, op_b == Op::T, static_cast<Acc>(alpha), static_cast<Acc>(beta),
+      m, n, k, tiles_n};
+  Kokkos::TeamPolicy<ExecSpace> policy(space, tiles_m * tiles_n, Kokkos::AUTO);
+  policy.set_scratch_size(0, Kokkos::PerTeam(Kernel::scratch_bytes()));
+  Kokkos::parallel_for("dilated::gemm::team_kernel", policy, kernel);
+}
+
+// C = alpha op(A) op(B) + beta C (see the file comment). Returns before the product is done
+// (CUDA: enqueued on space's stream; KokkosBlas: fenced, as it runs on the default instance).
+template <class ExecSpace, class AV, class BV, class CV>
+void gemm(const ExecSpace& space, Op op_a, Op op_b, double alpha, const AV& a, const BV& b,
+          double beta, const CV& c, const GemmOptions& options = {}) {
+  constexpr const char* fn = "dilated::Impl::gemm";
+  check_gemm_views<ExecSpace, AV, BV, CV>(fn);
+  using T = typename CV::non_const_value_type;
+  const int k = gemm_inner_extent(fn, op_a, a, op_b, b, c);
+  const int m = c.extent(0), n = c.extent(1);
+  if (m == 0 || n == 0) return;
+  if (k == 0) {
+    gemm_team_kernel(space, op_a, op_b, alpha, a, b, beta, c);
+    return;
+  }
+  (void)options;
+#if defined(KOKKOS_ENABLE_CUDA)
+  if constexpr (std::is_same_v<ExecSpace, Kokkos::Cuda>) {
+    // Row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T: swap the operands.
+    using Compute = std::conditional_t<std::is_same_v<T, double>, double, float>;
+    const Compute alpha_c = static_cast<Compute>(alpha), beta_c = static_cast<Compute>(beta);
+    cublasComputeType_t compute = CUBLAS_COMPUTE_32F;
+    if constexpr (std::is_same_v<T, double>) compute = CUBLAS_COMPUTE_64F;
+    if constexpr (std::is_same_v<T, float>) {
+      if (options.use_tf32) compute = CUBLAS_COMPUTE_32F_FAST_TF32;
+    }
+    const long lda = a.stride(0) > 0 ? a.stride(0) : 1, ldb = b.stride(0) > 0 ? b.stride(0) : 1,
+               ldc = c.stride(0) > 0 ? c.stride(0) : 1;
+    const FloatingPointShield shield;
+    cublasHandle_t handle = cublas_handle();
+    cublas_check(cublasSetStream(handle, space.cuda_stream()), "cublasSetStream");
+    cublas_check(
+        cublasGemmEx(handle, op_b == Op::T ? CUBLAS_OP_T : CUBLAS_OP_N,
+                     op_a == Op::T ? CUBLAS_OP_T : CUBLAS_OP_N, n, m, k, &alpha_c, b.data(),
+                     cuda_data_type<T>(), static_cast<int>(ldb), a.data(), cuda_data_type<T>(),
+                     static_cast<int>(lda), &beta_c, c.data(), cuda_data_type<T>(),
+                     static_cast<int>(ldc), compute, CUBLAS_GEMM_DEFAULT),
+        "cublasGemmEx");
+    return;
+  }
+#endif
+#if DILATED_HAVE_KOKKOSKERNELS
+  const auto dense = [](const auto& x) { return x.extent(0) <= 1 || x.stride(0) == x.extent(1); };
+  if constexpr (std::is_same_v<T, float> || std::is_same_v<T, double>) {
+    if (!(dense(a) && dense(b) && dense(c))) {
+      gemm_team_kernel(space, op_a, op_b, alpha, a, b, beta, c);
+      return;
+    }
+    using Device = Kokkos::Device<ExecSpace, typename CV::memory_space>;
+    using Unmanaged = Kokkos::MemoryTraits<Kokkos::Unmanaged>;
+    const Kokkos::View<const T**, Kokkos::LayoutRight, Device, Unmanaged> ka(a.data(), a.extent(0),
+                                                                             a.extent(1));
+    const Kokkos::View<const T**, Kokkos::LayoutRight, Device, Unmanaged> kb(b.data(), b.extent(0),
+                                                                             b.extent(1));
+    const Kokkos::View<T**, Kokkos::LayoutRight, Device, Unmanaged> kc(c.data(), c.extent(0),
+                                                                       c.extent(1));
+    // KokkosBlas::gemm (3.4) takes no instance: order it after and before the caller's work.
+    fence(space, "dilated::Impl::gemm: before KokkosBlas::gemm");
+    KokkosBlas::gemm(op_a == Op::T ? "T" : "N", op_b == Op::T ? "T" : "N", static_cast<T>(alpha),
+                     ka, kb, static_cast<T>(beta), kc);
+    Kokkos::fence();
+    return;
+  }
+#endif
+  gemm_team_kernel(space, op_a, op_b, alpha, a, b, beta, c);
+}
+
+}  // namespace dilated::Impl
+
+#endif  // DILATED_GEMM_HPP
