@@ -45,12 +45,23 @@ namespace dilated::Impl::host_tile {
 
 // Whether a kernel on ExecSpace with accumulation type Acc runs the host micro-kernels.
 template <class ExecSpace, class Acc>
-inline constexpr bool enabled_v = std::is_same_v<Acc, float>&&
-    std::is_same_v<typename ExecSpace::memory_space, Kokkos::HostSpace>;
+inline constexpr bool enabled_v =
+    std::conjunction_v<std::is_same<Acc, float>,
+                       std::is_same<typename ExecSpace::memory_space, Kokkos::HostSpace>>;
 
-inline constexpr int lanes = 16;       // floats per 512-bit vector: the padding unit
-inline constexpr int rows_block = 8;   // rows of a register block
-inline constexpr int cols_block = 32;  // columns of a register block (2 vectors of 16)
+inline constexpr int lanes = 16;  // floats per 512-bit vector: the padding unit
+
+// A register block holds rows_block x cols_block accumulators, sized to the target's vector
+// registers (the build's target flags decide which; the library sets none).
+#if defined(__AVX512F__)
+// 8 x 32: 16 of the 32 zmm registers.
+inline constexpr int rows_block = 8;
+inline constexpr int cols_block = 32;
+#else
+// 4 x 16: 8 ymm (AVX2) or 16 xmm (SSE) registers; larger blocks spill.
+inline constexpr int rows_block = 4;
+inline constexpr int cols_block = 16;
+#endif
 
 constexpr int round_up(int x, int m) {
   return (x + m - 1) / m * m;
