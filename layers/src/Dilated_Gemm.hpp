@@ -38,12 +38,18 @@ struct GemmOptions {
   bool use_tf32 = false;
 };
 
+#if defined(KOKKOS_ENABLE_CUDA)
+template <class ExecSpace>
+inline constexpr bool is_cuda_v = std::is_same_v<ExecSpace, Kokkos::Cuda>;
+#else
+template <class ExecSpace>
+inline constexpr bool is_cuda_v = false;
+#endif
+
 // Which implementation gemm() runs for (ExecSpace, T): "cuBLAS", "KokkosBlas" or "team kernel".
 template <class ExecSpace, class T>
 constexpr const char* gemm_backend() {
-#if defined(KOKKOS_ENABLE_CUDA)
-  if constexpr (std::is_same_v<ExecSpace, Kokkos::Cuda>) return "cuBLAS";
-#endif
+  if constexpr (is_cuda_v<ExecSpace>) return "cuBLAS";
 #if DILATED_HAVE_KOKKOSKERNELS
   if constexpr (std::is_same_v<T, float> || std::is_same_v<T, double>) return "KokkosBlas";
 #endif
@@ -126,8 +132,7 @@ struct GemmScaleC {
 };
 
 template <class ExecSpace, class AV, class BV, class CV>
-constexpr void check_gemm_views(const char* fn) {
-  (void)fn;
+constexpr void check_gemm_views() {
   static_assert(is_execution_space_v<ExecSpace>,
                 "dilated::Impl::gemm: the first argument must be a Kokkos execution space");
   static_assert(is_view_v<AV> && is_view_v<BV> && is_view_v<CV>,
@@ -164,7 +169,7 @@ template <class ExecSpace, class AV, class BV, class CV>
 void gemm_team_kernel(const ExecSpace& space, Op op_a, Op op_b, double alpha, const AV& a,
                       const BV& b, double beta, const CV& c) {
   constexpr const char* fn = "dilated::Impl::gemm_team_kernel";
-  check_gemm_views<ExecSpace, AV, BV, CV>(fn);
+  check_gemm_views<ExecSpace, AV, BV, CV>();
   const int k = gemm_inner_extent(fn, op_a, a, op_b, b, c);
   const int m = c.extent(0), n = c.extent(1);
   if (m == 0 || n == 0) return;
@@ -193,8 +198,7 @@ template <class ExecSpace, class AV, class BV, class CV>
 void gemm(const ExecSpace& space, Op op_a, Op op_b, double alpha, const AV& a, const BV& b,
           double beta, const CV& c, const GemmOptions& options = {}) {
   constexpr const char* fn = "dilated::Impl::gemm";
-  check_gemm_views<ExecSpace, AV, BV, CV>(fn);
-  using T = typename CV::non_const_value_type;
+  check_gemm_views<ExecSpace, AV, BV, CV>();
   const int k = gemm_inner_extent(fn, op_a, a, op_b, b, c);
   const int m = c.extent(0), n = c.extent(1);
   if (m == 0 || n == 0) return;
@@ -204,7 +208,8 @@ void gemm(const ExecSpace& space, Op op_a, Op op_b, double alpha, const AV& a, c
   }
   (void)options;
 #if defined(KOKKOS_ENABLE_CUDA)
-  if constexpr (std::is_same_v<ExecSpace, Kokkos::Cuda>) {
+  if constexpr (is_cuda_v<ExecSpace>) {
+    using T = typename CV::non_const_value_type;
     // Row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T: swap the operands.
     using Compute = std::conditional_t<std::is_same_v<T, double>, double, float>;
     const Compute alpha_c = static_cast<Compute>(alpha), beta_c = static_cast<Compute>(beta);
@@ -229,8 +234,9 @@ void gemm(const ExecSpace& space, Op op_a, Op op_b, double alpha, const AV& a, c
   }
 #endif
 #if DILATED_HAVE_KOKKOSKERNELS
+  using T = typename CV::non_const_value_type;
   const auto dense = [](const auto& x) { return x.extent(0) <= 1 || x.stride(0) == x.extent(1); };
-  if constexpr (std::is_same_v<T, float> || std::is_same_v<T, double>) {
+  if constexpr (!is_cuda_v<ExecSpace> && (std::is_same_v<T, float> || std::is_same_v<T, double>)) {
     if (!(dense(a) && dense(b) && dense(c))) {
       gemm_team_kernel(space, op_a, op_b, alpha, a, b, beta, c);
       return;
