@@ -65,7 +65,12 @@ Tokens<T> store(Host3& x) {
 
 template <class View>
 Host3 fetch(const View& x) {
-  const auto host = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), x);
+  // Dense first: a strided device View cannot be copied to the host directly.
+  Kokkos::View<typename View::non_const_value_type***, Kokkos::LayoutRight,
+               typename View::memory_space>
+      dense("dilated::test::dense", x.extent(0), x.extent(1), x.extent(2));
+  Kokkos::deep_copy(dense, x);
+  const auto host = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), dense);
   Host3 out("dilated::test::fetched", x.extent(0), x.extent(1), x.extent(2));
   for (std::size_t i = 0; i < x.extent(0); ++i)
     for (std::size_t j = 0; j < x.extent(1); ++j)
