@@ -11,6 +11,7 @@
 // sgemm runs by default only when the default device is a host space (--sgemm_sizes= to skip).
 #include <DilatedAttention.hpp>
 #include <Dilated_BenchmarkContext.hpp>
+#include <Dilated_MemoryTracker.hpp>
 #include <impl/Dilated_Dropout.hpp>
 
 #include <benchmark/benchmark.h>
@@ -154,6 +155,8 @@ void run(benchmark::State& state, const Settings& s, int n, bool causal, bool wi
   Kokkos::View<float***, Device::memory_space> lse("dilated::bench::lse", s.batch, n, s.heads);
   const dilated::ForwardOptions call{causal, false, 0};
   const Device space;
+  space.fence();
+  dilated::bench::MemoryTracker::reset();  // inputs, outputs and lse are the caller's
   for (auto _ : state) {
     space.fence();
     Kokkos::Timer timer;
@@ -174,6 +177,11 @@ void run(benchmark::State& state, const Settings& s, int n, bool causal, bool wi
   state.counters["GB_per_s"] = Counter(bytes * 1e-9, Counter::kIsIterationInvariantRate);
   state.counters["useful_GFLOP"] = flops * 1e-9;
   state.counters["n"] = n;
+  // Device memory the calls allocated beyond the caller's views (peak, Kokkos allocations),
+  // beside what the forward's own outputs take (out + lse) for comparison.
+  constexpr double MiB = 1024.0 * 1024.0;
+  state.counters["extra_MiB"] = dilated::bench::MemoryTracker::peak_extra() / MiB;
+  state.counters["out_lse_MiB"] = (tensor_bytes + double(s.batch) * n * s.heads * 4) / MiB;
 }
 
 #if defined(DILATED_BENCH_OPENBLAS)
@@ -260,6 +268,7 @@ void register_algorithm(const Settings& s, const std::string& prefix) {
 
 int main(int argc, char* argv[]) {
   Kokkos::ScopeGuard kokkos(argc, argv);
+  dilated::bench::MemoryTracker::install(Device::memory_space::name());
   const Settings s = parse(argc, argv);
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;

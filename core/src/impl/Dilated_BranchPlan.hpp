@@ -8,23 +8,30 @@
 
 #include <Kokkos_Core.hpp>
 
-#include <string>
+#include <stdexcept>
 
 namespace dilated::Impl {
 
+// The heads of a branch and their offsets follow a formula (Geometry::offset), so a plan holds
+// a few integers and no device allocation: building one costs no host-device copy.
 template <class MemorySpace>
 struct BranchPlan {
   int branch = 0;
   int window = 1;    // min(s_i, n)
   int dilation = 1;  // r_i
   int num_segments = 0;
-  int num_heads = 0;  // heads that take part
+  int num_heads = 0;  // heads that take part: head_begin, head_begin + 1, ...
   int batch = 0;
-  int max_kept = 0;                         // most kept positions in one segment: ceil(window / r)
-  Kokkos::View<int*, MemorySpace> heads;    // head of each participating slot
-  Kokkos::View<int*, MemorySpace> offsets;  // its offset in this branch
+  int max_kept = 0;          // most kept positions in one segment: ceil(window / r)
+  int head_begin = 0;        // first participating head
+  int heads_per_offset = 0;  // longnet: offset = head / heads_per_offset; 0: grouped
+  int group_offset = 0;      // grouped: the one offset of the branch's heads
 
   long num_items() const { return static_cast<long>(batch) * num_segments * num_heads; }
+
+  KOKKOS_INLINE_FUNCTION int offset(int head) const {
+    return heads_per_offset > 0 ? head / heads_per_offset : group_offset;
+  }
 
   // Decodes item -> (batch, segment, slot) and the kept positions of that segment.
   struct Item {
@@ -35,8 +42,9 @@ struct BranchPlan {
     const int slot = static_cast<int>(index % num_heads);
     const long rest = index / num_heads;
     const int segment = static_cast<int>(rest % num_segments);
-    return {static_cast<int>(rest / num_segments), segment, heads(slot),
-            kept_positions(window, dilation, segment, offsets(slot), n)};
+    const int head = head_begin + slot;
+    return {static_cast<int>(rest / num_segments), segment, head,
+            kept_positions(window, dilation, segment, offset(head), n)};
   }
 };
 
@@ -49,22 +57,23 @@ BranchPlan<MemorySpace> make_branch_plan(const Geometry& g, int branch, int batc
   plan.num_segments = g.num_segments(branch, n);
   plan.batch = batch;
   plan.max_kept = (plan.window + plan.dilation - 1) / plan.dilation;
-  int count = 0;
-  for (int h = 0; h < g.num_heads(); ++h)
-    count += g.offset(branch, h) >= 0;
-  plan.num_heads = count;
-  const std::string label = "dilated::branch" + std::to_string(branch);
-  plan.heads = Kokkos::View<int*, MemorySpace>(label + "::heads", count);
-  plan.offsets = Kokkos::View<int*, MemorySpace>(label + "::offsets", count);
-  auto heads = Kokkos::create_mirror_view(plan.heads);
-  auto offsets = Kokkos::create_mirror_view(plan.offsets);
-  for (int h = 0, slot = 0; h < g.num_heads(); ++h) {
-    if (g.offset(branch, h) < 0) continue;
-    heads(slot) = h;
-    offsets(slot++) = g.offset(branch, h);
+  if (g.semantics() == Semantics::grouped) {
+    const auto [begin, end] = g.group_heads(branch);
+    plan.head_begin = begin;
+    plan.num_heads = end - begin;
+    plan.group_offset = g.offset(branch, begin);
+  } else {
+    plan.head_begin = 0;
+    plan.num_heads = g.num_heads();
+    plan.heads_per_offset = (g.num_heads() + plan.dilation - 1) / plan.dilation;
   }
-  Kokkos::deep_copy(plan.heads, heads);
-  Kokkos::deep_copy(plan.offsets, offsets);
+  // The formula must agree with the geometry for every head (checked once per plan).
+  for (int h = 0; h < g.num_heads(); ++h) {
+    const bool in = h >= plan.head_begin && h < plan.head_begin + plan.num_heads;
+    if ((in ? plan.offset(h) : -1) != g.offset(branch, h)) {
+      throw std::logic_error("dilated: branch plan disagrees with the geometry");
+    }
+  }
   return plan;
 }
 

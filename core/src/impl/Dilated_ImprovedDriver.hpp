@@ -52,48 +52,37 @@ void launch_tiles(const ExecSpace& space, const char* label, Kernel kernel, int 
   }
 }
 
-// Per head in grouped semantics: the one branch's window, dilation and offset on n tokens.
-struct HeadPattern {
-  int window, dilation, offset;
-  KOKKOS_INLINE_FUNCTION bool keeps(int p) const { return (p % window) % dilation == offset; }
-};
-
-template <class MemorySpace>
-Kokkos::View<HeadPattern*, MemorySpace> grouped_head_patterns(const Geometry& g, int n) {
-  Kokkos::View<HeadPattern*, MemorySpace> patterns("dilated::improved::head_patterns",
-                                                   g.num_heads());
-  auto host = Kokkos::create_mirror_view(patterns);
-  for (int i = 0; i < g.num_branches(); ++i) {
-    const auto [begin, end] = g.group_heads(i);
-    for (int h = begin; h < end; ++h)
-      host(h) = {g.window(i, n), g.dilation_rate(i), g.offset(i, h)};
-  }
-  Kokkos::deep_copy(patterns, host);
-  return patterns;
-}
-
 // grouped: rows (b, p, h) that the head's branch does not keep get 0 in `view` ((b, n, h, d))
-// and -inf in `lse` when there is one. Kept rows are left to the kernels.
+// and -inf in `lse` when there is one. Kept rows are left to the kernels. One launch per
+// branch over its heads, one element per thread with the last index fastest (coalesced).
 template <class ExecSpace, class L, class View>
 void zero_unkept_rows(const ExecSpace& space, const Geometry& g, const L* lse, const View& view) {
-  const int n = view.extent(1), heads = view.extent(2), d = view.extent(3);
-  const auto patterns = grouped_head_patterns<typename ExecSpace::memory_space>(g, n);
-  const long rows = static_cast<long>(view.extent(0)) * n * heads;
+  const int n = view.extent(1), d = view.extent(3);
   const bool with_lse = lse != nullptr;
   const L lse_view = lse ? *lse : L();
-  Kokkos::parallel_for(
-      "dilated::improved::zero_unkept_rows", Kokkos::RangePolicy<ExecSpace>(space, 0, rows),
-      KOKKOS_LAMBDA(long r) {
-        const int h = static_cast<int>(r % heads), p = static_cast<int>((r / heads) % n);
-        const int b = static_cast<int>(r / (static_cast<long>(heads) * n));
-        if (patterns(h).keeps(p)) return;
-        for (int c = 0; c < d; ++c)
+  for (int i = 0; i < g.num_branches(); ++i) {
+    const auto group = g.group_heads(i);  // (no structured binding: lambdas capture it)
+    const int begin = group.first, heads = group.second - group.first, window = g.window(i, n),
+              rate = g.dilation_rate(i);
+    const int offset = g.offset(i, begin);
+    if (rate == 1 && offset == 0 && n % window == 0) continue;  // every row is kept
+    Kokkos::parallel_for(
+        "dilated::improved::zero_unkept_rows",
+        Kokkos::RangePolicy<ExecSpace>(space, 0, static_cast<long>(view.extent(0)) * n * heads * d),
+        KOKKOS_LAMBDA(long e) {
+          const int c = static_cast<int>(e % d);
+          const long row = e / d;
+          const int h = begin + static_cast<int>(row % heads);
+          const int p = static_cast<int>((row / heads) % n);
+          if ((p % window) % rate == offset) return;
+          const int b = static_cast<int>(row / (static_cast<long>(heads) * n));
           view(b, p, h, c) = 0;
-        if (with_lse) {
-          using T = typename L::value_type;
-          lse_view(b, p, h) = static_cast<T>(-math::infinity<accumulation_t<T>>());
-        }
-      });
+          if (with_lse && c == 0) {
+            using T = typename L::value_type;
+            lse_view(b, p, h) = static_cast<T>(-math::infinity<accumulation_t<T>>());
+          }
+        });
+  }
 }
 
 // delta(b, p, h) = (dout . out) / output_scale: D_t of every branch when gradients flow
@@ -130,7 +119,7 @@ void improved_forward_branches(const ExecSpace& space, const Geometry& g,
   if constexpr (std::is_same_v<ExecSpace, Kokkos::Cuda> &&
                 mma::is_mma_type_v<typename Q::non_const_value_type>) {
     const int d = q.extent(3);
-    if (with_output && mma::applies(d, q, k, v)) {
+    if (with_output && base.scale > 0 && mma::applies(d, q, k, v)) {
       if (d == 64) {
         mma::forward_branches<64>(space, g, base, q, k, v, out, lse, with_lse);
       } else {

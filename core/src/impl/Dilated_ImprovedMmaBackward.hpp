@@ -39,6 +39,8 @@ struct BackwardTiles {
 
 template <int D, class QV, class KV, class VV, class GV, class LseV, class DeltaV, class GradV>
 struct DqKernel {
+  // 3 teams (12 warps) per multiprocessor: caps registers at 168 per thread.
+  static constexpr unsigned min_blocks = 3;
   using T = typename QV::non_const_value_type;
   using Member = Kokkos::TeamPolicy<Kokkos::Cuda>::member_type;
   using Tiles = BackwardTiles<D>;
@@ -70,11 +72,13 @@ struct DqKernel {
     const auto V_stage = [&](int s) { return smem + (2 * s + 1) * Tiles::tile_halves; };
 
     // Q and dO tiles first (through both stages), into registers, then the K/V pipeline.
-    load_rows<D, LD>(q, b, h, kept, t0, rows, BC, K_stage(0), tid, 128);
-    load_rows<D, LD>(dout, b, h, kept, t0, rows, BC, K_stage(1), tid, 128);
+    const TileLoader<D, LD, BC> q_loader(q, b, h, kept, tid), g_loader(dout, b, h, kept, tid),
+        k_loader(k, b, h, kept, tid), v_loader(v, b, h, kept, tid);
+    q_loader.load(t0, rows, K_stage(0));
+    g_loader.load(t0, rows, K_stage(1));
     commit();
     wait_groups<0>();
-    team.team_barrier();
+    __syncthreads();
     std::uint32_t qf[D / 16][4], gf[D / 16][4];
 #pragma unroll
     for (int kk = 0; kk < D / 16; ++kk) {
@@ -82,7 +86,7 @@ struct DqKernel {
       ldmatrix_x4(qf[kk], K_stage(0) + r * LD + c);
       ldmatrix_x4(gf[kk], K_stage(1) + r * LD + c);
     }
-    team.team_barrier();
+    __syncthreads();
 
     constexpr float log2e = 1.4426950408889634f;
     const float scale_log2 = static_cast<float>(br.scale) * log2e;
@@ -105,8 +109,8 @@ struct DqKernel {
     const int num_tiles = (key_end + BC - 1) / BC;
     const auto load_kv = [&](int it) {
       const int u0 = it * BC, cnt = key_end - u0 < BC ? key_end - u0 : BC;
-      load_rows<D, LD>(k, b, h, kept, u0, cnt, BC, K_stage(it & 1), tid, 128);
-      load_rows<D, LD>(v, b, h, kept, u0, cnt, BC, V_stage(it & 1), tid, 128);
+      k_loader.load(u0, cnt, K_stage(it & 1));
+      v_loader.load(u0, cnt, V_stage(it & 1));
       commit();
     };
     load_kv(0);
@@ -119,7 +123,7 @@ struct DqKernel {
       } else {
         wait_groups<0>();
       }
-      team.team_barrier();
+      __syncthreads();
       if (!(br.causal && u0 > warp_last) && warp * 16 < rows) {
         const Half* Ks = K_stage(it & 1);
         const Half* Vs = V_stage(it & 1);
@@ -145,15 +149,18 @@ struct DqKernel {
           }
         }
         // dS in place of s.
+        const bool masked = u0 + BC > key_end || (br.causal && u0 + BC - 1 > t0 + warp * 16);
 #pragma unroll
         for (int j = 0; j < BC / 8; ++j)
 #pragma unroll
           for (int e = 0; e < 4; ++e) {
             const int u = u0 + j * 8 + 2 * t4 + (e & 1), r = e / 2;
-            const bool visible = my_t[r] < t0 + rows && u < key_end && !(br.causal && u > my_t[r]);
+            // Rows past the tile are never written: only keys past the end and (causal)
+            // keys after the row need the mask, and only in tiles that reach them.
+            const bool visible = !masked || (u < key_end && !(br.causal && u > my_t[r]));
             float ds = 0.f;
             if (visible) {
-              const float p = os * exp2f(s[j][e] * scale_log2 - L2[r]);
+              const float p = os * fast_exp2(fmaf(s[j][e], scale_log2, -L2[r]));
               const float z =
                   br.dropout.active()
                       ? static_cast<float>(br.dropout.factor(
@@ -181,7 +188,7 @@ struct DqKernel {
           }
         }
       }
-      team.team_barrier();
+      __syncthreads();
     }
     const float scale = static_cast<float>(br.scale);
     using TG = typename GradV::value_type;
@@ -207,6 +214,7 @@ struct DqKernel {
 template <int D, class QV, class KV, class VV, class GV, class LseV, class DeltaV, class DKV,
           class DVV>
 struct DkDvKernel {
+  static constexpr unsigned min_blocks = 3;  // as DqKernel
   using T = typename QV::non_const_value_type;
   using Member = Kokkos::TeamPolicy<Kokkos::Cuda>::member_type;
   using Tiles = BackwardTiles<D>;
@@ -242,8 +250,10 @@ struct DkDvKernel {
     float* L2s = reinterpret_cast<float*>(Gs + Tiles::tile_halves);
     float* Ds = L2s + BR;
 
-    load_rows<D, LD>(k, b, h, kept, u0, cols, BR, Ks, tid, 128);
-    load_rows<D, LD>(v, b, h, kept, u0, cols, BR, Vs, tid, 128);
+    const TileLoader<D, LD, BR> k_loader(k, b, h, kept, tid), v_loader(v, b, h, kept, tid),
+        q_loader(q, b, h, kept, tid), g_loader(dout, b, h, kept, tid);
+    k_loader.load(u0, cols, Ks);
+    v_loader.load(u0, cols, Vs);
     commit();
 
     constexpr float log2e = 1.4426950408889634f;
@@ -260,9 +270,9 @@ struct DkDvKernel {
 
     for (int t0 = br.causal ? (u0 / BR) * BR : 0; t0 < m; t0 += BR) {
       const int rows = m - t0 < BR ? m - t0 : BR;
-      team.team_barrier();  // the previous query tile is no longer read
-      load_rows<D, LD>(q, b, h, kept, t0, rows, BR, Qs, tid, 128);
-      load_rows<D, LD>(dout, b, h, kept, t0, rows, BR, Gs, tid, 128);
+      __syncthreads();  // the previous query tile is no longer read
+      q_loader.load(t0, rows, Qs);
+      g_loader.load(t0, rows, Gs);
       commit();
       if (tid < BR) {
         const bool valid = tid < rows;
@@ -271,7 +281,7 @@ struct DkDvKernel {
         Ds[tid] = valid ? static_cast<float>(delta(b, pt, h)) : 0.f;
       }
       wait_groups<0>();
-      team.team_barrier();
+      __syncthreads();
       // Causal: a warp whose keys all follow the tile's last query has nothing to do.
       if (warp * 16 >= cols || (br.causal && warp_first > t0 + rows - 1)) continue;
       float st[BR / 8][4], dpt[BR / 8][4];  // S^T, dP^T: rows = my keys, columns = queries
@@ -300,15 +310,18 @@ struct DkDvKernel {
         }
       }
       // P~ Z into st, dS into dpt.
+      const bool masked = br.causal && warp_first + 15 > t0;
 #pragma unroll
       for (int j = 0; j < BR / 8; ++j)
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
           const int i = j * 8 + 2 * t4 + (e & 1), tq = t0 + i, r = e / 2;
-          const bool visible = i < rows && my_u[r] < u0 + cols && !(br.causal && my_u[r] > tq);
+          // Queries past the tile have zero q, dout, L and D: they add nothing to dk or dv.
+          // Keys past the tile are never written. Only the causal mask remains.
+          const bool visible = !masked || !(my_u[r] > tq);
           float pz = 0.f, ds = 0.f;
           if (visible) {
-            const float p = os * exp2f(st[j][e] * scale_log2 - L2s[i]);
+            const float p = os * fast_exp2(fmaf(st[j][e], scale_log2, -L2s[i]));
             const float z =
                 br.dropout.active()
                     ? static_cast<float>(br.dropout.factor(br.plan.branch, b, h, kept.position(tq),
@@ -378,7 +391,7 @@ void launch_backward(const Kokkos::Cuda& space, const char* label, Kernel kernel
   constexpr long max_league = 1L << 30;
   for (long begin = 0; begin < teams; begin += max_league) {
     launch.branch.item_begin = begin;
-    Kokkos::TeamPolicy<Kokkos::Cuda> policy(
+    Kokkos::TeamPolicy<Kokkos::Cuda, Kokkos::LaunchBounds<128, Kernel::min_blocks>> policy(
         space, static_cast<int>(std::min(max_league, teams - begin)), 4, 32);
     policy.set_scratch_size(0, Kokkos::PerTeam(bytes + 16));
     Kokkos::parallel_for(label, policy, kernel);

@@ -42,6 +42,9 @@ struct MmaTiles {
 // written; longnet: merged into).
 template <int D, class QV, class KV, class VV, class OutV, class LseV>
 struct ForwardKernel {
+  // 3 teams (12 warps) per multiprocessor: caps registers at 168 per thread (at 4 teams the
+  // 128-register cap spilled: ncu/SASS on the H100 showed local loads in the key loop).
+  static constexpr unsigned min_blocks = 3;
   using T = typename QV::non_const_value_type;
   using Acc = float;
   using Space = Kokkos::CudaSpace;
@@ -73,17 +76,16 @@ struct ForwardKernel {
     const auto V_stage = [&](int s) { return smem + s * Tiles::stage_halves + BC * LD; };
     Half* Qs = K_stage(1);  // the Q tile borrows stage 1 until its fragments are in registers
 
-    const auto load = [&](const auto& x, Half* dst, int first, int count, int nrows) {
-      load_rows<D, LD>(x, b, h, kept, first, count, nrows, dst, tid, 128);
-    };
+    const TileLoader<D, LD, Tiles::query_rows> q_loader(q, b, h, kept, tid);
+    const TileLoader<D, LD, BC> k_loader(k, b, h, kept, tid), v_loader(v, b, h, kept, tid);
     const int key_end = br.causal ? t0 + rows : kept.count;
     const int num_tiles = (key_end + BC - 1) / BC;
-    load(q, Qs, t0, rows, Tiles::query_rows);
-    load(k, K_stage(0), 0, key_end < BC ? key_end : BC, BC);
-    load(v, V_stage(0), 0, key_end < BC ? key_end : BC, BC);
+    q_loader.load(t0, rows, Qs);
+    k_loader.load(0, key_end < BC ? key_end : BC, K_stage(0));
+    v_loader.load(0, key_end < BC ? key_end : BC, V_stage(0));
     commit();
     wait_groups<0>();
-    team.team_barrier();
+    __syncthreads();
     // Q fragments of this warp's 16 rows: D/16 k-steps of 4 registers.
     std::uint32_t qf[D / 16][4];
 #pragma unroll
@@ -91,12 +93,17 @@ struct ForwardKernel {
       const int r = warp * 16 + (lane % 8) + ((lane / 8) % 2) * 8, c = kk * 16 + (lane / 16) * 8;
       ldmatrix_x4(qf[kk], Qs + r * LD + c);
     }
-    team.team_barrier();  // stage 1 is free for the K/V pipeline
+    __syncthreads();  // stage 1 is free for the K/V pipeline
+    // This lane's ldmatrix offsets: K as B of S = Q K^T, V (transposed) as B of O = P V.
+    const int mi = lane / 8;
+    const int k_off = ((mi / 2) * 8 + lane % 8) * LD + (mi % 2) * 8;
+    const int v_off = ((mi % 2) * 8 + lane % 8) * LD + (mi / 2) * 8;
 
     float o[D / 8][4];
 #pragma unroll
     for (int n = 0; n < D / 8; ++n)
       o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.f;
+    // Scores stay unscaled (scale > 0 on this path): the scale folds into the exponent's FFMA.
     constexpr float log2e = 1.4426950408889634f;
     const float scale_log2 = static_cast<float>(br.scale) * log2e;
     float row_max[2] = {-INFINITY, -INFINITY}, row_sum[2] = {0.f, 0.f};
@@ -107,18 +114,18 @@ struct ForwardKernel {
       const int u0 = it * BC;
       if (it + 1 < num_tiles) {
         const int next = u0 + BC, cnt = key_end - next < BC ? key_end - next : BC;
-        load(k, K_stage((it + 1) & 1), next, cnt, BC);
-        load(v, V_stage((it + 1) & 1), next, cnt, BC);
+        k_loader.load(next, cnt, K_stage((it + 1) & 1));
+        v_loader.load(next, cnt, V_stage((it + 1) & 1));
         commit();
         wait_groups<1>();
       } else {
         wait_groups<0>();
       }
-      team.team_barrier();
+      __syncthreads();
       // Causal: a warp whose rows all precede the tile has nothing to do in it.
       if (!(br.causal && u0 > warp_last) && warp * 16 < rows) {
-        const Half* Ks = K_stage(it & 1);
-        const Half* Vs = V_stage(it & 1);
+        const Half* Ks = K_stage(it & 1) + k_off;
+        const Half* Vs = V_stage(it & 1) + v_off;
         float s[BC / 8][4];
 #pragma unroll
         for (int j = 0; j < BC / 8; ++j)
@@ -128,32 +135,35 @@ struct ForwardKernel {
 #pragma unroll
           for (int j = 0; j < BC / 8; j += 2) {
             std::uint32_t kf[4];
-            const int mi = lane / 8;
-            const int key = j * 8 + (mi / 2) * 8 + lane % 8, c = kk * 16 + (mi % 2) * 8;
-            ldmatrix_x4(kf, Ks + key * LD + c);
+            ldmatrix_x4(kf, Ks + j * 8 * LD + kk * 16);
             mma16816<bf16>(s[j], qf[kk], kf[0], kf[1]);
             mma16816<bf16>(s[j + 1], qf[kk], kf[2], kf[3]);
           }
         }
-        // Online softmax over this lane's two rows (a quad of lanes shares each row).
+        // Online softmax over this lane's two rows (a quad of lanes shares each row). Only
+        // tiles that reach past the keys or (causal) past the warp's first row need a mask.
         float tile_max[2] = {-INFINITY, -INFINITY};
+        const bool masked = u0 + BC > key_end || (br.causal && u0 + BC - 1 > t0 + warp * 16);
 #pragma unroll
         for (int j = 0; j < BC / 8; ++j)
 #pragma unroll
           for (int e = 0; e < 4; ++e) {
-            const int u = u0 + j * 8 + 2 * t4 + (e & 1), r = e / 2;
-            const bool visible = u < key_end && !(br.causal && u > my_t[r]);
-            s[j][e] = visible ? s[j][e] * scale_log2 : -INFINITY;
+            const int r = e / 2;
+            if (masked) {
+              const int u = u0 + j * 8 + 2 * t4 + (e & 1);
+              if (u >= key_end || (br.causal && u > my_t[r])) s[j][e] = -INFINITY;
+            }
             tile_max[r] = fmaxf(tile_max[r], s[j][e]);
           }
-        float fix[2];
+        float fix[2], sub[2];
 #pragma unroll
         for (int r = 0; r < 2; ++r) {
           tile_max[r] = fmaxf(tile_max[r], __shfl_xor_sync(0xffffffff, tile_max[r], 1));
           tile_max[r] = fmaxf(tile_max[r], __shfl_xor_sync(0xffffffff, tile_max[r], 2));
           const float new_max = fmaxf(row_max[r], tile_max[r]);
-          // Rows past the tile (or fully hidden so far) keep -inf: guard exp2(-inf - -inf).
-          fix[r] = row_max[r] == -INFINITY ? 0.f : exp2f(row_max[r] - new_max);
+          // Rows fully hidden so far keep max -inf: no exp2(-inf - -inf); p = 0 from s = -inf.
+          fix[r] = row_max[r] == -INFINITY ? 0.f : fast_exp2((row_max[r] - new_max) * scale_log2);
+          sub[r] = new_max == -INFINITY ? 0.f : new_max * scale_log2;
           row_max[r] = new_max;
         }
         float tile_sum[2] = {0.f, 0.f};
@@ -161,9 +171,8 @@ struct ForwardKernel {
         for (int j = 0; j < BC / 8; ++j)
 #pragma unroll
           for (int e = 0; e < 4; ++e) {
-            const int r = e / 2;
-            const float p = row_max[r] == -INFINITY ? 0.f : exp2f(s[j][e] - row_max[r]);
-            tile_sum[r] += p;
+            const float p = fast_exp2(fmaf(s[j][e], scale_log2, -sub[e / 2]));
+            tile_sum[e / 2] += p;
             s[j][e] = p;
           }
         if (br.dropout.active()) {
@@ -198,15 +207,13 @@ struct ForwardKernel {
 #pragma unroll
           for (int n = 0; n < D / 8; n += 2) {
             std::uint32_t vf[4];
-            const int mi = lane / 8;
-            const int key = kk * 16 + (mi % 2) * 8 + lane % 8, c = n * 8 + (mi / 2) * 8;
-            ldmatrix_x4_trans(vf, Vs + key * LD + c);
+            ldmatrix_x4_trans(vf, Vs + kk * 16 * LD + n * 8);
             mma16816<bf16>(o[n], pf, vf[0], vf[1]);
             mma16816<bf16>(o[n + 1], pf, vf[2], vf[3]);
           }
         }
       }
-      team.team_barrier();  // the stage read here is refilled in the next iteration
+      __syncthreads();  // the stage read here is refilled in the next iteration
     }
 
     // Finish: full row sums across the quad, then rows, log-sum-exp and the longnet merge.
@@ -226,7 +233,7 @@ struct ForwardKernel {
     for (int r = 0; r < 2; ++r) {
       if (my_t[r] >= t0 + rows) continue;
       const int pt = kept.position(my_t[r]);
-      const float lse_r = (row_max[r] + log2f(row_sum[r])) * ln2;
+      const float lse_r = (row_max[r] * scale_log2 + log2f(row_sum[r])) * ln2;
       float keep_old = 0.f, weight = static_cast<float>(br.output_scale), merged = lse_r;
       if (br.longnet) {
         const auto mw = merge_lse(previous[r], lse_r);
@@ -269,8 +276,8 @@ void forward_branches(const Kokkos::Cuda& space, const Geometry& g,
     constexpr long max_league = 1L << 30;
     for (long begin = 0; begin < teams; begin += max_league) {
       launch.branch.item_begin = begin;
-      Kokkos::TeamPolicy<Kokkos::Cuda> policy(
-          space, static_cast<int>(std::min(max_league, teams - begin)), 4, 32);
+      Kokkos::TeamPolicy<Kokkos::Cuda, Kokkos::LaunchBounds<128, decltype(kernel)::min_blocks>>
+          policy(space, static_cast<int>(std::min(max_league, teams - begin)), 4, 32);
       policy.set_scratch_size(0, Kokkos::PerTeam(Tiles::scratch_bytes + 16));
       Kokkos::parallel_for("dilated::improved::forward_mma", policy, kernel);
     }

@@ -96,23 +96,51 @@ __device__ __forceinline__ std::uint16_t* aligned_scratch(const Member& team, in
       ~std::uintptr_t(15));
 }
 
-// Rows kept(first + r), r < nrows, of head h in batch b of x into dst (row length LD halves),
-// 16 bytes per cp.async, rows r >= count zero-filled. All `threads` threads of the team call it.
-template <int D, int LD, class View>
-__device__ __forceinline__ void load_rows(const View& x, int b, int h, const KeptPositions& kept,
-                                          int first, int count, int nrows, std::uint16_t* dst,
-                                          int tid, int threads) {
-  constexpr int chunks = D / 8;  // 16-byte pieces per row
-  const char* base = reinterpret_cast<const char*>(x.data()) +
-                     2 * (static_cast<long>(b) * x.stride(0) + static_cast<long>(h) * x.stride(2));
-  for (int c = tid; c < nrows * chunks; c += threads) {
-    const int r = c / chunks, piece = c % chunks;
-    const bool valid = r < count;
-    const char* src =
-        valid ? base + 2 * (static_cast<long>(kept.position(first + r)) * x.stride(1) + piece * 8)
-              : base;
-    copy16(dst + r * LD + piece * 8, src, valid);
+// Copies tiles of NROWS kept rows (head h, batch b) of a view into shared memory (rows of LD
+// halves), 16 bytes per cp.async by a team of 128 threads; rows past `count` are zero-filled.
+// Each thread always copies the same pieces of the same tile rows, so the addresses are set up
+// once: a tile costs one multiply and a few adds per thread (the kept positions of a segment
+// are first + t * stride, so tile rows are a fixed byte step apart).
+template <int D, int LD, int NROWS>
+struct TileLoader {
+  static constexpr int chunks = D / 8;                // 16-byte pieces per row
+  static constexpr int rows_per_pass = 128 / chunks;  // rows the team covers per pass
+  static constexpr int passes = NROWS / rows_per_pass;
+  static_assert(NROWS % rows_per_pass == 0, "tile rows must be a multiple of a pass");
+  const char* base;  // this thread's piece of kept row 0
+  long row_step;     // bytes between consecutive kept rows
+  int row0, dst0;    // this thread's first tile row and its shared-memory offset (halves)
+
+  template <class View>
+  __device__ __forceinline__ TileLoader(const View& x, int b, int h, const KeptPositions& kept,
+                                        int tid) {
+    row0 = tid / chunks;
+    const int piece = tid % chunks;
+    row_step = 2L * kept.stride * x.stride(1);
+    base = reinterpret_cast<const char*>(x.data()) +
+           2 * (static_cast<long>(b) * x.stride(0) + static_cast<long>(h) * x.stride(2) +
+                static_cast<long>(kept.first) * x.stride(1) + piece * 8) +
+           row0 * row_step;
+    dst0 = row0 * LD + piece * 8;
   }
+  // Kept rows [first, first + count) (count <= NROWS) into dst.
+  __device__ __forceinline__ void load(int first, int count, std::uint16_t* dst) const {
+    const char* src = base + first * row_step;
+#pragma unroll
+    for (int i = 0; i < passes; ++i) {
+      const bool valid = row0 + i * rows_per_pass < count;
+      copy16(dst + dst0 + i * rows_per_pass * LD, valid ? src + i * rows_per_pass * row_step : base,
+             valid);
+    }
+  }
+};
+
+// 2^x in one instruction (MUFU.EX2; flushes denormal results to zero, which softmax weights
+// below 2^-126 of the row's largest can afford).
+__device__ __forceinline__ float fast_exp2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+  return y;
 }
 #endif  // __CUDA_ARCH__
 
