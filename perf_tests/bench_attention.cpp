@@ -11,6 +11,7 @@
 // sgemm runs by default only when the default device is a host space (--sgemm_sizes= to skip).
 #include <DilatedAttention.hpp>
 #include <Dilated_BenchmarkContext.hpp>
+#include <Dilated_BenchmarkInputs.hpp>
 #include <Dilated_MemoryTracker.hpp>
 #include <impl/Dilated_Dropout.hpp>
 
@@ -27,7 +28,6 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <sstream>
 #include <string>
 #include <vector>
 
@@ -56,20 +56,8 @@ struct Settings {
                                      : std::vector<int>{};
 };
 
-std::vector<std::string> split(const char* text) {
-  std::vector<std::string> out;
-  std::stringstream in(text);
-  for (std::string item; std::getline(in, item, ',');)
-    if (!item.empty()) out.push_back(item);
-  return out;
-}
-
-std::vector<int> parse_list(const char* text) {
-  std::vector<int> out;
-  for (const auto& item : split(text))
-    out.push_back(std::stoi(item));
-  return out;
-}
+using dilated::bench::parse_list;
+using dilated::bench::split;
 
 // Takes our --name=value flags out of argv before Google Benchmark sees it.
 Settings parse(int& argc, char* argv[]) {
@@ -107,16 +95,10 @@ Settings parse(int& argc, char* argv[]) {
   return s;
 }
 
-// Deterministic inputs in [-1, 1), generated on the device.
 View4 random_input(const char* label, const Settings& s, int n, std::uint64_t seed) {
   View4 x(Kokkos::view_alloc(Kokkos::WithoutInitializing, std::string(label)), s.batch, n, s.heads,
           s.dim);
-  Storage* data = x.data();
-  Kokkos::parallel_for(
-      "dilated::bench::fill", Kokkos::RangePolicy<Device>(0, x.size()), KOKKOS_LAMBDA(long i) {
-        const auto bits = dilated::Impl::mix64(seed * 0x9e3779b97f4a7c15ULL + i);
-        data[i] = static_cast<Storage>(static_cast<float>(bits >> 40) / 8388608.0f - 1.0f);
-      });
+  dilated::bench::fill_uniform(x, seed);
   return x;
 }
 

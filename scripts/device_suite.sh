@@ -54,6 +54,14 @@ if [ -x "$bin/dilated_bench_attention" ] && [ -z "${SKIP_BENCH:-}" ]; then
     --benchmark_min_time=0.2 >"$out/bench_grouped.log" 2>&1 || failed=1
   summary+=("$(grep -E '^(Original|Improved)' "$out/bench_grouped.log")")
 fi
+# The multihead layer (E = 768, h = 12), both policies; LAYER_LENGTHS= skips it.
+layer_lengths=${LAYER_LENGTHS-16384,65536,131072}
+if [ -x "$bin/dilated_bench_layer" ] && [ -z "${SKIP_BENCH:-}" ] && [ -n "$layer_lengths" ]; then
+  "$bin/dilated_bench_layer" --lengths="$layer_lengths" ${LAYER_ARGS:-} \
+    --benchmark_out="$out/bench_layer.json" --benchmark_out_format=json \
+    --benchmark_min_time=0.2 >"$out/bench_layer.log" 2>&1 || failed=1
+  summary+=("$(grep -E 'MultiheadDilatedAttention/' "$out/bench_layer.log")")
+fi
 
 cat "$out"/check_*.log 2>/dev/null
 printf '%s\n' "${summary[@]}" | tee "$out/summary.txt"

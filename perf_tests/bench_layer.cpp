@@ -1,0 +1,171 @@
+// Google Benchmark of MultiheadDilatedAttention (the whole layer: projections, dilated
+// attention, sub-LayerNorm, out projection) on the default Kokkos device, self-attention, both
+// policies, forward and forward+backward (gradients of the input and every parameter). Manual
+// time between fences; counters: tokens/s, TFLOP/s (attention plus projection FLOPs) and the
+// peak device memory the call allocates beyond its input, output and dout (measured from Kokkos
+// allocations; for forward+backward it includes the saved activations and the returned
+// gradients).
+//
+//   dilated_bench_layer --lengths=16384,65536,131072 --embed=768 --heads=12
+//       [--policies=original,improved] --benchmark_out=layer.json --benchmark_out_format=json
+// Storage is half on CUDA (fp16) and float on the host.
+#include <DilatedAttention.hpp>
+#include <Dilated_BenchmarkContext.hpp>
+#include <Dilated_BenchmarkInputs.hpp>
+#include <Dilated_MemoryTracker.hpp>
+#include <Dilated_MultiheadDilatedAttention.hpp>
+
+#include <benchmark/benchmark.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <vector>
+
+namespace {
+
+using Device = Kokkos::DefaultExecutionSpace;
+#if defined(KOKKOS_ENABLE_CUDA) && !DILATED_HALF_IS_FLOAT
+using Storage = Kokkos::Experimental::half_t;
+const char* storage_name = "fp16";
+#else
+using Storage = float;
+const char* storage_name = "fp32";
+#endif
+using View3 = Kokkos::View<Storage***, Kokkos::LayoutRight, Device::memory_space>;
+
+struct Settings {
+  std::vector<int> lengths = {16384, 65536, 131072};
+  std::vector<int> segments = {2048, 4096, 8192}, dilations = {1, 2, 4};
+  int batch = 1, embed = 768, heads = 12;
+  std::string semantics = "grouped";
+  std::vector<std::string> policies = {"original", "improved"};
+};
+
+Settings parse(int& argc, char* argv[]) {
+  Settings s;
+  int kept = 1;
+  for (int i = 1; i < argc; ++i) {
+    const auto value = [&](const char* flag) -> const char* {
+      const std::size_t len = std::strlen(flag);
+      return std::strncmp(argv[i], flag, len) == 0 ? argv[i] + len : nullptr;
+    };
+    if (const char* v = value("--lengths="))
+      s.lengths = dilated::bench::parse_list(v);
+    else if (const char* v = value("--segments="))
+      s.segments = dilated::bench::parse_list(v);
+    else if (const char* v = value("--dilations="))
+      s.dilations = dilated::bench::parse_list(v);
+    else if (const char* v = value("--embed="))
+      s.embed = std::atoi(v);
+    else if (const char* v = value("--heads="))
+      s.heads = std::atoi(v);
+    else if (const char* v = value("--batch="))
+      s.batch = std::atoi(v);
+    else if (const char* v = value("--semantics="))
+      s.semantics = v;
+    else if (const char* v = value("--policies="))
+      s.policies = dilated::bench::split(v);
+    else
+      argv[kept++] = argv[i];
+  }
+  argc = kept;
+  return s;
+}
+
+// Useful FLOPs of one layer forward: the attention's 4 m^2 d per (batch, segment, head) of
+// every branch, plus four (M x E) x (E x E) projections (q, k, v, out).
+double layer_forward_flops(const dilated::Geometry& g, const Settings& s, int n) {
+  double flops = 8.0 * s.batch * n * double(s.embed) * s.embed;
+  const int d = s.embed / s.heads;
+  for (const auto& block : g.head_blocks()) {
+    for (int j = 0; j < g.num_segments(block.branch, n); ++j) {
+      const double m = g.kept(block.branch, j, block.offset, n).count;
+      flops += 4.0 * m * m * d * block.num_heads() * s.batch;
+    }
+  }
+  return flops;
+}
+
+template <class Policy>
+void run(benchmark::State& state, const Settings& s, int n, bool with_backward) {
+  const dilated::MultiheadDilatedAttention<Policy, Storage> layer(
+      s.embed, s.heads, s.segments, s.dilations, 0.0, true, true, 1e-5, 1.0,
+      dilated::semantics_from_string(s.semantics));
+  View3 x(Kokkos::view_alloc(Kokkos::WithoutInitializing, "dilated::bench::x"), s.batch, n,
+          s.embed);
+  View3 dout(Kokkos::view_alloc(Kokkos::WithoutInitializing, "dilated::bench::dout"), s.batch, n,
+             s.embed);
+  View3 out("dilated::bench::out", s.batch, n, s.embed);
+  dilated::bench::fill_uniform(x, 1);
+  dilated::bench::fill_uniform(dout, 2);
+  const Device space;
+  const dilated::ForwardOptions call{false, false, 0};
+  space.fence();
+  dilated::bench::MemoryTracker::reset();  // the layer's parameters, x, dout and out exist
+  for (auto _ : state) {
+    space.fence();
+    Kokkos::Timer timer;
+    if (with_backward) {
+      typename dilated::MultiheadDilatedAttention<Policy, Storage>::Activations saved;
+      layer.forward(space, x, x, x, out, saved, call);
+      const auto grads = layer.backward(space, x, x, x, dout, saved, call);
+      space.fence();
+      state.SetIterationTime(timer.seconds());
+    } else {
+      layer.forward(space, x, x, x, out, call);
+      space.fence();
+      state.SetIterationTime(timer.seconds());
+    }
+  }
+  const double fwd = layer_forward_flops(layer.geometry(), s, n);
+  const double flops = with_backward ? 3.0 * fwd : fwd;  // backward ~2x the forward's products
+  using benchmark::Counter;
+  constexpr double MiB = 1024.0 * 1024.0;
+  state.counters["tokens_per_s"] = Counter(double(s.batch) * n, Counter::kIsIterationInvariantRate);
+  state.counters["TFLOP_per_s"] = Counter(flops * 1e-12, Counter::kIsIterationInvariantRate);
+  state.counters["extra_MiB"] = dilated::bench::MemoryTracker::peak_extra() / MiB;
+  state.counters["input_MiB"] = double(x.size()) * sizeof(Storage) / MiB;
+  state.counters["n"] = n;
+}
+
+template <class Policy>
+void register_policy(const Settings& s, const std::string& prefix) {
+  for (bool with_backward : {false, true})
+    for (int n : s.lengths) {
+      const std::string name = prefix + "/" + s.semantics + "/" + storage_name +
+                               "/E:" + std::to_string(s.embed) + "/h:" + std::to_string(s.heads) +
+                               (with_backward ? "/fwd_bwd" : "/fwd") + "/n:" + std::to_string(n);
+      benchmark::RegisterBenchmark(
+          name.c_str(), [=](benchmark::State& st) { run<Policy>(st, s, n, with_backward); })
+          ->UseManualTime()
+          ->Unit(benchmark::kMillisecond);
+    }
+}
+
+}  // namespace
+
+int main(int argc, char* argv[]) {
+  Kokkos::ScopeGuard kokkos(argc, argv);
+  dilated::bench::MemoryTracker::install(Device::memory_space::name());
+  const Settings s = parse(argc, argv);
+  benchmark::Initialize(&argc, argv);
+  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+  dilated::bench::add_context();
+  benchmark::AddCustomContext("storage", storage_name);
+  benchmark::AddCustomContext("semantics", s.semantics);
+  for (const auto& policy : s.policies) {
+    if (policy == "original") {
+      register_policy<dilated::Original>(s, "MultiheadDilatedAttention");
+    } else if (policy == "improved") {
+      register_policy<dilated::Improved>(s, "ImprovedMultiheadDilatedAttention");
+    } else {
+      std::fprintf(stderr, "unknown policy '%s' (original, improved)\n", policy.c_str());
+      return 1;
+    }
+  }
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return 0;
+}
