@@ -23,6 +23,7 @@
 
 #include <algorithm>
 #include <type_traits>
+#include <vector>
 
 namespace dilated::Impl {
 
@@ -150,23 +151,29 @@ void improved_backward_branches(const ExecSpace& space, const Geometry& g,
   using Tiles = ImprovedTiles<ExecSpace>;
   using DqKernel = ImprovedDqKernel<ExecSpace, Q, K, V, G, LseV, DeltaV, DQ>;
   using DkDvKernel = ImprovedDkDvKernel<ExecSpace, Q, K, V, G, LseV, DeltaV, DK, DV>;
+  const auto branch_delta = [&](const auto& launch) {
+    launch_tiles(space, "dilated::improved::branch_deltas",
+                 DqKernel{launch, q, k, v, dout, lse, delta, dq, accumulate, true},
+                 Tiles::query_rows);
+  };
+#if defined(KOKKOS_ENABLE_CUDA)
+  // Tensor cores where the storage and layout allow (half/bf16, d = 64, aligned rows).
+  if constexpr (std::is_same_v<ExecSpace, Kokkos::Cuda> &&
+                mma::is_mma_type_v<typename Q::non_const_value_type>) {
+    if (q.extent(3) == 64 && mma::applies(64, q, k, v, dout)) {
+      for (int i = 0; i < g.num_branches(); ++i) {
+        const auto launch = tiled_launch<ExecSpace>(g, i, base, q.extent(0));
+        if (branch_deltas) branch_delta(launch);
+        mma::backward_branches<64>(space, {launch}, q, k, v, dout, lse, delta, dq, dk, dv,
+                                   accumulate);
+      }
+      return;
+    }
+  }
+#endif
   for (int i = 0; i < g.num_branches(); ++i) {
     const auto launch = tiled_launch<ExecSpace>(g, i, base, q.extent(0));
-    if (branch_deltas) {
-      launch_tiles(space, "dilated::improved::branch_deltas",
-                   DqKernel{launch, q, k, v, dout, lse, delta, dq, accumulate, true},
-                   Tiles::query_rows);
-    }
-#if defined(KOKKOS_ENABLE_CUDA)
-    // Tensor cores where the storage and layout allow (half/bf16, d = 64, aligned rows).
-    if constexpr (std::is_same_v<ExecSpace, Kokkos::Cuda> &&
-                  mma::is_mma_type_v<typename Q::non_const_value_type>) {
-      if (q.extent(3) == 64 && mma::applies(64, q, k, v, dout)) {
-        mma::backward_branch<64>(space, launch, q, k, v, dout, lse, delta, dq, dk, dv, accumulate);
-        continue;
-      }
-    }
-#endif
+    if (branch_deltas) branch_delta(launch);
     launch_tiles(space, "dilated::improved::dq",
                  DqKernel{launch, q, k, v, dout, lse, delta, dq, accumulate, false},
                  Tiles::query_rows);

@@ -40,7 +40,10 @@ struct TiledLaunch {
   };
   template <class Member>
   KOKKOS_INLINE_FUNCTION Tile tile(const Member& team, int rows) const {
-    const long index = branch.item_begin + team.league_rank();
+    return tile_at(branch.item_begin + team.league_rank(), rows);
+  }
+  // Tile `index` of the launch (item index / tiles, tile index % tiles).
+  KOKKOS_INLINE_FUNCTION Tile tile_at(long index, int rows) const {
     const auto it = branch.plan.item(index / tiles, branch.n);
     const int first = static_cast<int>(index % tiles) * rows;
     const int count = it.kept.count - first < rows ? it.kept.count - first : rows;

@@ -46,7 +46,7 @@ struct DqKernel {
   using Tiles = BackwardTiles<D>;
   static constexpr bool bf16 = !std::is_same_v<T, Kokkos::Experimental::half_t>;
 
-  TiledLaunch<Kokkos::CudaSpace, float> launch;
+  BranchSet<TiledLaunch<Kokkos::CudaSpace, float>, 1> set;  // one branch: see backward_branches
   QV q;
   KV k;
   VV v;
@@ -58,8 +58,10 @@ struct DqKernel {
 
   KOKKOS_FUNCTION void operator()(const Member& team) const {
 #if defined(__CUDA_ARCH__)
-    const auto& br = launch.branch;
-    const auto tile = launch.tile(team, Tiles::rows);
+    const long rank = team.league_rank();
+    const int which = set.find(rank);
+    const auto& br = set.launches[which].branch;
+    const auto tile = set.launches[which].tile_at(rank - set.first_team[which], Tiles::rows);
     if (tile.count == 0) return;
     constexpr int BC = Tiles::rows, LD = Tiles::ld;
     const int b = tile.item.b, h = tile.item.head, rows = tile.count, t0 = tile.first;
@@ -220,7 +222,7 @@ struct DkDvKernel {
   using Tiles = BackwardTiles<D>;
   static constexpr bool bf16 = !std::is_same_v<T, Kokkos::Experimental::half_t>;
 
-  TiledLaunch<Kokkos::CudaSpace, float> launch;
+  BranchSet<TiledLaunch<Kokkos::CudaSpace, float>, 1> set;  // one branch: see backward_branches
   QV q;
   KV k;
   VV v;
@@ -233,8 +235,10 @@ struct DkDvKernel {
 
   KOKKOS_FUNCTION void operator()(const Member& team) const {
 #if defined(__CUDA_ARCH__)
-    const auto& br = launch.branch;
-    const auto tile = launch.tile(team, Tiles::rows);
+    const long rank = team.league_rank();
+    const int which = set.find(rank);
+    const auto& br = set.launches[which].branch;
+    const auto tile = set.launches[which].tile_at(rank - set.first_team[which], Tiles::rows);
     if (tile.count == 0) return;
     constexpr int BR = Tiles::rows, LD = Tiles::ld;
     const int b = tile.item.b, h = tile.item.head, cols = tile.count, u0 = tile.first;
@@ -381,39 +385,37 @@ struct DkDvKernel {
   }
 };
 
-// Launches a backward kernel over every 64-row tile of every item of its launch's branch.
-template <class Kernel>
-void launch_backward(const Kokkos::Cuda& space, const char* label, Kernel kernel, int bytes) {
-  auto& launch = kernel.launch;
-  launch.query_rows = launch.key_rows = 64;
-  launch.tiles = (launch.branch.plan.max_kept + 63) / 64;
-  const long teams = launch.branch.plan.num_items() * launch.tiles;
-  constexpr long max_league = 1L << 30;
-  for (long begin = 0; begin < teams; begin += max_league) {
-    launch.branch.item_begin = begin;
-    Kokkos::TeamPolicy<Kokkos::Cuda, Kokkos::LaunchBounds<128, Kernel::min_blocks>> policy(
-        space, static_cast<int>(std::min(max_league, teams - begin)), 4, 32);
-    policy.set_scratch_size(0, Kokkos::PerTeam(bytes + 16));
-    Kokkos::parallel_for(label, policy, kernel);
-  }
-}
-
-// The dq and dk/dv passes of one branch (its launch). `delta` holds D_t for every row.
+// The dq and dk/dv passes of `launches` (branches), branch after branch (longnet: each adds into
+// the gradients). Grouped branches could share one launch as in the forward, but that measured
+// slower on the H100 (fwd+bwd at 64K: 10.4 ms against 8.5 ms): choosing the launch per team at
+// run time cost the register-bound backward kernels more than the tails it removed.
+// `delta` holds D_t for every row.
 template <int D, class Q, class K, class V, class G, class LseV, class DeltaV, class DQ, class DK,
           class DV>
-void backward_branch(const Kokkos::Cuda& space, const TiledLaunch<Kokkos::CudaSpace, float>& launch,
-                     const Q& q, const K& k, const V& v, const G& dout, const LseV& lse,
-                     const DeltaV& delta, const DQ& dq, const DK& dk, const DV& dv,
-                     bool accumulate) {
+void backward_branches(const Kokkos::Cuda& space,
+                       std::vector<TiledLaunch<Kokkos::CudaSpace, float>> launches, const Q& q,
+                       const K& k, const V& v, const G& dout, const LseV& lse, const DeltaV& delta,
+                       const DQ& dq, const DK& dk, const DV& dv, bool accumulate) {
   using Tiles = BackwardTiles<D>;
-  launch_backward(
-      space, "dilated::improved::dq_mma",
-      DqKernel<D, Q, K, V, G, LseV, DeltaV, DQ>{launch, q, k, v, dout, lse, delta, dq, accumulate},
-      Tiles::dq_scratch_bytes);
-  launch_backward(space, "dilated::improved::dkdv_mma",
-                  DkDvKernel<D, Q, K, V, G, LseV, DeltaV, DK, DV>{launch, q, k, v, dout, lse, delta,
-                                                                  dk, dv, accumulate},
-                  Tiles::dkdv_scratch_bytes);
+  using Dq = DqKernel<D, Q, K, V, G, LseV, DeltaV, DQ>;
+  using DkDv = DkDvKernel<D, Q, K, V, G, LseV, DeltaV, DK, DV>;
+  for (auto& launch : launches) {
+    launch.query_rows = launch.key_rows = Tiles::rows;
+    launch.tiles = (launch.branch.plan.max_kept + Tiles::rows - 1) / Tiles::rows;
+  }
+  for (const auto& set : branch_sets<TiledLaunch<Kokkos::CudaSpace, float>, 1>(launches, false)) {
+    const int league = static_cast<int>(set.teams());
+    Kokkos::TeamPolicy<Kokkos::Cuda, Kokkos::LaunchBounds<128, Dq::min_blocks>> dq_policy(
+        space, league, 4, 32);
+    dq_policy.set_scratch_size(0, Kokkos::PerTeam(Tiles::dq_scratch_bytes + 16));
+    Kokkos::parallel_for("dilated::improved::dq_mma", dq_policy,
+                         Dq{set, q, k, v, dout, lse, delta, dq, accumulate});
+    Kokkos::TeamPolicy<Kokkos::Cuda, Kokkos::LaunchBounds<128, DkDv::min_blocks>> dkdv_policy(
+        space, league, 4, 32);
+    dkdv_policy.set_scratch_size(0, Kokkos::PerTeam(Tiles::dkdv_scratch_bytes + 16));
+    Kokkos::parallel_for("dilated::improved::dkdv_mma", dkdv_policy,
+                         DkDv{set, q, k, v, dout, lse, delta, dk, dv, accumulate});
+  }
 }
 
 }  // namespace dilated::Impl::mma

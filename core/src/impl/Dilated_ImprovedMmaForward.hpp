@@ -52,7 +52,7 @@ struct ForwardKernel {
   using Tiles = MmaTiles<D>;
   static constexpr bool bf16 = !std::is_same_v<T, Kokkos::Experimental::half_t>;
 
-  TiledLaunch<Space, Acc> launch;  // query_rows = 64, tiles per item
+  BranchSet<TiledLaunch<Space, Acc>> set;  // query_rows = 64, tiles per item
   QV q;
   KV k;
   VV v;
@@ -62,8 +62,10 @@ struct ForwardKernel {
 
   KOKKOS_FUNCTION void operator()(const Member& team) const {
 #if defined(__CUDA_ARCH__)
-    const auto& br = launch.branch;
-    const auto tile = launch.tile(team, Tiles::query_rows);
+    const long rank = team.league_rank();
+    const int which = set.find(rank);
+    const auto& br = set.launches[which].branch;
+    const auto tile = set.launches[which].tile_at(rank - set.first_team[which], Tiles::query_rows);
     if (tile.count == 0) return;
     constexpr int BC = Tiles::key_rows, LD = Tiles::ld;
     const int b = tile.item.b, h = tile.item.head, rows = tile.count, t0 = tile.first;
@@ -260,27 +262,28 @@ struct ForwardKernel {
   }
 };
 
+// The forward of every branch: all in one launch for grouped semantics (disjoint heads),
+// branch after branch for longnet (each merges into what the previous ones left).
 template <int D, class Q, class K, class V, class OutV, class LseV>
 void forward_branches(const Kokkos::Cuda& space, const Geometry& g,
                       const BranchLaunch<Kokkos::CudaSpace, float>& base, const Q& q, const K& k,
                       const V& v, const OutV& out, const LseV& lse, bool with_lse) {
   using Tiles = MmaTiles<D>;
+  using Kernel = ForwardKernel<D, Q, K, V, OutV, LseV>;
+  std::vector<TiledLaunch<Kokkos::CudaSpace, float>> launches;
   for (int i = 0; i < g.num_branches(); ++i) {
-    ForwardKernel<D, Q, K, V, OutV, LseV> kernel{
-        tiled_launch<Kokkos::Cuda>(g, i, base, q.extent(0)), q, k, v, out, lse, with_lse};
-    auto& launch = kernel.launch;
+    auto launch = tiled_launch<Kokkos::Cuda>(g, i, base, q.extent(0));
     launch.query_rows = Tiles::query_rows;
     launch.key_rows = Tiles::key_rows;
     launch.tiles = (launch.branch.plan.max_kept + Tiles::query_rows - 1) / Tiles::query_rows;
-    const long teams = launch.branch.plan.num_items() * launch.tiles;
-    constexpr long max_league = 1L << 30;
-    for (long begin = 0; begin < teams; begin += max_league) {
-      launch.branch.item_begin = begin;
-      Kokkos::TeamPolicy<Kokkos::Cuda, Kokkos::LaunchBounds<128, decltype(kernel)::min_blocks>>
-          policy(space, static_cast<int>(std::min(max_league, teams - begin)), 4, 32);
-      policy.set_scratch_size(0, Kokkos::PerTeam(Tiles::scratch_bytes + 16));
-      Kokkos::parallel_for("dilated::improved::forward_mma", policy, kernel);
-    }
+    launches.push_back(launch);
+  }
+  for (const auto& set : branch_sets(launches, !base.longnet)) {
+    Kokkos::TeamPolicy<Kokkos::Cuda, Kokkos::LaunchBounds<128, Kernel::min_blocks>> policy(
+        space, static_cast<int>(set.teams()), 4, 32);
+    policy.set_scratch_size(0, Kokkos::PerTeam(Tiles::scratch_bytes + 16));
+    Kokkos::parallel_for("dilated::improved::forward_mma", policy,
+                         Kernel{set, q, k, v, out, lse, with_lse});
   }
 }
 

@@ -14,8 +14,13 @@
 
 #include <Dilated_Geometry.hpp>
 
+#include <algorithm>
 #include <cstdint>
+#include <limits>
+#include <stdexcept>
+#include <string>
 #include <type_traits>
+#include <vector>
 
 namespace dilated::Impl::mma {
 
@@ -143,6 +148,57 @@ __device__ __forceinline__ float fast_exp2(float x) {
   return y;
 }
 #endif  // __CUDA_ARCH__
+
+// The tiles of several branches in one launch: team r works on launch find(r), tile
+// r - first_team[find(r)]. Grouped semantics gives each branch its own heads, so branches may run
+// together; one launch then fills the GPU where a branch with few segments alone would leave
+// multiprocessors idle (a tail per branch otherwise).
+template <class Launch, int Capacity = 8>
+struct BranchSet {
+  static constexpr int capacity = Capacity;
+  Launch launches[capacity];
+  long first_team[capacity + 1] = {};
+  int count = 0;
+
+  void add(const Launch& launch, long teams) {
+    launches[count] = launch;
+    first_team[count + 1] = first_team[count] + teams;
+    ++count;
+  }
+  long teams() const { return first_team[count]; }
+  KOKKOS_INLINE_FUNCTION int find(long team) const {
+    if constexpr (Capacity == 1) return 0;
+    int i = 0;
+    while (i + 1 < count && team >= first_team[i + 1])
+      ++i;
+    return i;
+  }
+};
+
+// Groups `launches` (tiles already set) into sets of what may run together: all of them when
+// `together` (by decreasing tile count per item, longest teams first), else one per set, in order.
+template <class Launch, int Capacity = 8>
+std::vector<BranchSet<Launch, Capacity>> branch_sets(std::vector<Launch> launches, bool together) {
+  if (together) {
+    std::stable_sort(launches.begin(), launches.end(), [](const Launch& a, const Launch& b) {
+      return a.branch.plan.max_kept > b.branch.plan.max_kept;
+    });
+  }
+  std::vector<BranchSet<Launch, Capacity>> sets;
+  for (const auto& launch : launches) {
+    if (sets.empty() || !together || sets.back().count == Capacity) {
+      sets.emplace_back();
+    }
+    sets.back().add(launch, launch.branch.plan.num_items() * launch.tiles);
+  }
+  for (const auto& set : sets) {
+    if (set.teams() > static_cast<long>(std::numeric_limits<int>::max())) {
+      throw std::length_error("dilated: " + std::to_string(set.teams()) +
+                              " tiles exceed one CUDA launch");
+    }
+  }
+  return sets;
+}
 
 // Whether the tensor-core kernels take these views: half/bf16, head_dim 64 or 128, rows
 // contiguous and every row start 16-byte aligned.
