@@ -138,7 +138,7 @@ void run(benchmark::State& state, const Settings& s, int n, bool causal, bool wi
   const dilated::ForwardOptions call{causal, false, 0};
   const Device space;
   space.fence();
-  dilated::bench::MemoryTracker::reset();  // inputs, outputs and lse are the caller's
+  dilated::tools::MemoryTracker::reset();  // inputs, outputs and lse are the caller's
   for (auto _ : state) {
     space.fence();
     Kokkos::Timer timer;
@@ -162,7 +162,7 @@ void run(benchmark::State& state, const Settings& s, int n, bool causal, bool wi
   // Device memory the calls allocated beyond the caller's views (peak, Kokkos allocations),
   // beside what the forward's own outputs take (out + lse) for comparison.
   constexpr double MiB = 1024.0 * 1024.0;
-  state.counters["extra_MiB"] = dilated::bench::MemoryTracker::peak_extra() / MiB;
+  state.counters["extra_MiB"] = dilated::tools::MemoryTracker::peak_extra() / MiB;
   state.counters["out_lse_MiB"] = (tensor_bytes + double(s.batch) * n * s.heads * 4) / MiB;
 }
 
@@ -250,7 +250,7 @@ void register_algorithm(const Settings& s, const std::string& prefix) {
 
 int main(int argc, char* argv[]) {
   Kokkos::ScopeGuard kokkos(argc, argv);
-  dilated::bench::MemoryTracker::install(Device::memory_space::name());
+  dilated::tools::MemoryTracker::install(Device::memory_space::name());
   const Settings s = parse(argc, argv);
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;

@@ -103,7 +103,7 @@ void run(benchmark::State& state, const Settings& s, int n, bool with_backward) 
   const Device space;
   const dilated::ForwardOptions call{false, false, 0};
   space.fence();
-  dilated::bench::MemoryTracker::reset();  // the layer's parameters, x, dout and out exist
+  dilated::tools::MemoryTracker::reset();  // the layer's parameters, x, dout and out exist
   for (auto _ : state) {
     space.fence();
     Kokkos::Timer timer;
@@ -125,7 +125,7 @@ void run(benchmark::State& state, const Settings& s, int n, bool with_backward) 
   constexpr double MiB = 1024.0 * 1024.0;
   state.counters["tokens_per_s"] = Counter(double(s.batch) * n, Counter::kIsIterationInvariantRate);
   state.counters["TFLOP_per_s"] = Counter(flops * 1e-12, Counter::kIsIterationInvariantRate);
-  state.counters["extra_MiB"] = dilated::bench::MemoryTracker::peak_extra() / MiB;
+  state.counters["extra_MiB"] = dilated::tools::MemoryTracker::peak_extra() / MiB;
   state.counters["input_MiB"] = double(x.size()) * sizeof(Storage) / MiB;
   state.counters["n"] = n;
 }
@@ -148,7 +148,7 @@ void register_policy(const Settings& s, const std::string& prefix) {
 
 int main(int argc, char* argv[]) {
   Kokkos::ScopeGuard kokkos(argc, argv);
-  dilated::bench::MemoryTracker::install(Device::memory_space::name());
+  dilated::tools::MemoryTracker::install(Device::memory_space::name());
   const Settings s = parse(argc, argv);
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;

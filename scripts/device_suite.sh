@@ -22,7 +22,7 @@ only=${ONLY:-}  # a regular expression: run only the matching executables
 for exe in "$bin"/dilated_*; do
   [ -z "$only" ] || [[ "$(basename "$exe")" =~ $only ]] || continue
   name=$(basename "$exe")
-  case "$name" in dilated_check | dilated_bench_* | dilated_pattern) continue ;; esac
+  case "$name" in dilated_check | dilated_demo | dilated_bench_* | dilated_pattern) continue ;; esac
   start=$(date +%s%N)
   if "$exe" >"$out/$name.log" 2>&1; then status=passed; else status=FAILED; failed=1; fi
   ms=$((($(date +%s%N) - start) / 1000000))

@@ -1,6 +1,8 @@
 // Peak device memory of Kokkos allocations, measured (not estimated) through the Kokkos Tools
-// allocate/deallocate callbacks: the benchmarks call reset() with their inputs and outputs
-// allocated, run the library call, and report peak() - baseline as the call's extra memory.
+// allocate/deallocate callbacks: the benchmarks (perf_tests/), the demo (examples/dilated_demo)
+// and the command-line tool (tools/dilated-attention) call reset() with their inputs and outputs
+// allocated, run the library call, and report peak_extra() as the call's extra memory.
+// Internal to this repository's programs (tools/include), not installed.
 // Counts every View allocation in one memory space (by its Kokkos name, e.g. "Cuda", "Host");
 // allocations the library makes outside Kokkos (cuBLAS's own workspace) are not seen.
 #ifndef DILATED_MEMORY_TRACKER_HPP
@@ -13,7 +15,7 @@
 #include <mutex>
 #include <string>
 
-namespace dilated::bench {
+namespace dilated::tools {
 
 class MemoryTracker {
  public:
@@ -67,6 +69,6 @@ class MemoryTracker {
   }
 };
 
-}  // namespace dilated::bench
+}  // namespace dilated::tools
 
 #endif  // DILATED_MEMORY_TRACKER_HPP

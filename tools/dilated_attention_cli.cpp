@@ -1,0 +1,443 @@
+// dilated-attention: the command-line tool. `run` reads q, k, v (or a multihead layer's input and
+// the weights directory its save() writes) from .npy files, runs one variant of this library on
+// the default Kokkos device or on the host (--backend), writes the output (and optionally the
+// log-sum-exp) to .npy, and prints the timing and the peak extra device memory as text or JSON.
+//
+//   dilated-attention run --q q.npy --k k.npy --v v.npy --out out.npy [--lse lse.npy]
+//       [--algorithm improved] [--semantics grouped] [--segments 2048,4096,8192]
+//       [--dilations 1,2,4] [--dtype float] [--causal] [--backend host] [--format json]
+//   dilated-attention run --input x.npy --weights DIR --heads 12 --out y.npy [...]
+//   dilated-attention info
+//
+// Exit status: 0 done; 1 bad command line; 2 a file or an argument the library rejects (missing,
+// not .npy, truncated, unsupported dtype, wrong shape); 3 any other failure (e.g. out of memory).
+#include <DilatedAttention.hpp>
+#include <Dilated_HostData.hpp>
+#include <Dilated_MemoryTracker.hpp>
+
+#include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <cstdio>
+#include <filesystem>
+#include <iostream>
+#include <optional>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <type_traits>
+#include <vector>
+
+namespace {
+
+using dilated::tools::HostArray;
+
+// A file or argument the library cannot use: exit status 2.
+class InputError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+struct RunOptions {
+  // core: q, k, v (batch, seq, heads, head_dim); layer: input (batch, seq, embed_dim) + weights.
+  std::string q, k, v, input, key_input, value_input, weights;
+  std::string out, lse;
+  std::string algorithm = "improved", semantics = "grouped", dtype = "float", backend = "default";
+  std::string format = "text";
+  std::vector<int> segments = {2048, 4096, 8192}, dilations = {1, 2, 4};
+  int heads = 0;
+  bool causal = false;
+  std::optional<double> softmax_scale;
+  double layer_norm_eps = 1e-5;
+  int warmup = 0, repeats = 1;
+
+  bool layer() const { return !input.empty(); }
+};
+
+std::string shape_string(const std::vector<std::size_t>& shape) {
+  std::string s = "(";
+  for (std::size_t i = 0; i < shape.size(); ++i)
+    s += (i ? ", " : "") + std::to_string(shape[i]);
+  return s + (shape.size() == 1 ? ",)" : ")");
+}
+
+// Reads a .npy file of floating-point values and checks its rank; `what` names the array.
+HostArray read_array(const std::string& path, std::size_t rank, const std::string& what) {
+  if (!std::filesystem::exists(path)) throw InputError(path + ": no such file (" + what + ")");
+  if (std::filesystem::is_directory(path)) {
+    throw InputError(path + ": is a directory, not a .npy file (" + what + ")");
+  }
+  dilated::npy::Array array;
+  try {
+    array = dilated::npy::read(path);
+  } catch (const dilated::npy::FormatError& e) {
+    throw InputError(std::string(e.what()) + " (" + what + ")");
+  }
+  if (array.shape.size() != rank) {
+    throw InputError(path + ": " + what + " has shape " + shape_string(array.shape) +
+                     " but must have rank " + std::to_string(rank));
+  }
+  for (const auto extent : array.shape) {
+    if (extent == 0) {
+      throw InputError(path + ": " + what + " has shape " + shape_string(array.shape) +
+                       ", an empty extent");
+    }
+  }
+  return {array.shape, array.to_double()};
+}
+
+void require_same_shape(const HostArray& a, const std::string& a_path, const HostArray& b,
+                        const std::string& b_path) {
+  if (a.shape != b.shape) {
+    throw InputError(b_path + " has shape " + shape_string(b.shape) + " but " + a_path +
+                     " has shape " + shape_string(a.shape) + "; they must be equal");
+  }
+}
+
+// What `run` measured, for the report.
+struct Measurement {
+  std::vector<double> seconds;  // each timed call
+  double extra_bytes = 0;       // peak device memory the calls allocated beyond their arguments
+  double argument_bytes = 0;    // inputs and outputs (and the layer's parameters) on the device
+};
+
+template <class Space>
+Measurement time_calls(const RunOptions& o, const std::function<void()>& call) {
+  Measurement m;
+  Space().fence();
+  dilated::tools::MemoryTracker::reset();
+  for (int i = 0; i < o.warmup + o.repeats; ++i) {
+    Space().fence();
+    Kokkos::Timer timer;
+    call();
+    Space().fence();
+    if (i >= o.warmup) m.seconds.push_back(timer.seconds());
+  }
+  m.extra_bytes = static_cast<double>(dilated::tools::MemoryTracker::peak_extra());
+  return m;
+}
+
+// Writes a dense View to .npy: float64 for double storage, float32 otherwise (exact for float,
+// half and bf16).
+template <class T, class View>
+void write_view(const std::string& path, const View& view) {
+  const HostArray a = dilated::tools::download(view);
+  if constexpr (std::is_same_v<T, double>) {
+    dilated::npy::write(path, a.shape, a.values.data());
+  } else {
+    const std::vector<float> values(a.values.begin(), a.values.end());
+    dilated::npy::write(path, a.shape, values.data());
+  }
+}
+
+dilated::AttentionOptions attention_options(const RunOptions& o) {
+  auto options =
+      dilated::AttentionOptions().set_semantics(dilated::semantics_from_string(o.semantics));
+  if (o.softmax_scale) options.set_softmax_scale(*o.softmax_scale);
+  return options;
+}
+
+template <class Space, class T, class Algorithm>
+Measurement run_core(const RunOptions& o, HostArray& q_host, HostArray& k_host, HostArray& v_host) {
+  using Memory = typename Space::memory_space;
+  using View4 = Kokkos::View<T****, Kokkos::LayoutRight, Memory>;
+  using Acc = dilated::Impl::accumulation_t<T>;
+  const dilated::DilatedAttention<Algorithm> attention(o.segments, o.dilations,
+                                                       attention_options(o));
+  const auto q = dilated::tools::upload<View4>("dilated::cli::q", q_host);
+  const auto k = dilated::tools::upload<View4>("dilated::cli::k", k_host);
+  const auto v = dilated::tools::upload<View4>("dilated::cli::v", v_host);
+  const View4 out("dilated::cli::out", q.extent(0), q.extent(1), q.extent(2), q.extent(3));
+  const Kokkos::View<Acc***, Kokkos::LayoutRight, Memory> lse(
+      "dilated::cli::lse", o.lse.empty() ? 0 : q.extent(0), q.extent(1), q.extent(2));
+  const dilated::ForwardOptions call{o.causal, false, 0};
+  Measurement m = time_calls<Space>(o, [&] {
+    if (o.lse.empty()) {
+      attention.forward(Space(), q, k, v, out, call);
+    } else {
+      attention.forward(Space(), q, k, v, out, lse, call);
+    }
+  });
+  m.argument_bytes = double(4 * q.size()) * sizeof(T) + double(lse.size()) * sizeof(Acc);
+  write_view<T>(o.out, out);
+  if (!o.lse.empty()) write_view<T>(o.lse, lse);
+  return m;
+}
+
+template <class Space, class T, class Policy>
+Measurement run_layer(const RunOptions& o, HostArray& x_host, HostArray* key_host,
+                      HostArray* value_host) {
+  using Memory = typename Space::memory_space;
+  using View3 = Kokkos::View<T***, Kokkos::LayoutRight, Memory>;
+  namespace fs = std::filesystem;
+  const int embed = static_cast<int>(x_host.shape[2]);
+  // Which tensors the directory holds says whether the layer has biases and a sub-LayerNorm.
+  const bool bias = fs::exists(fs::path(o.weights) / "q_proj.bias.npy");
+  const bool layer_norm = fs::exists(fs::path(o.weights) / "norm.weight.npy");
+  dilated::MultiheadDilatedAttention<Policy, T, Memory> layer(
+      embed, o.heads, o.segments, o.dilations, 0.0, bias, layer_norm, o.layer_norm_eps, 1.0,
+      dilated::semantics_from_string(o.semantics));
+  try {
+    layer.load(o.weights);
+  } catch (const dilated::npy::FormatError& e) {
+    throw InputError(std::string(e.what()) + " (layer weights)");
+  }
+  const auto x = dilated::tools::upload<View3>("dilated::cli::input", x_host);
+  const View3 key =
+      key_host ? dilated::tools::upload<View3>("dilated::cli::key_input", *key_host) : x;
+  const View3 value =
+      value_host ? dilated::tools::upload<View3>("dilated::cli::value_input", *value_host) : x;
+  const View3 out("dilated::cli::out", x.extent(0), x.extent(1), x.extent(2));
+  const dilated::ForwardOptions call{o.causal, false, 0};
+  typename decltype(layer)::Activations saved;
+  Measurement m = time_calls<Space>(o, [&] {
+    if (o.lse.empty()) {
+      layer.forward(Space(), x, key, value, out, call);
+    } else {
+      layer.forward(Space(), x, key, value, out, saved, call);
+    }
+  });
+  double parameters = 0;
+  for (const auto& t : layer.parameters().named_tensors())
+    parameters += double(t.values.size()) * sizeof(T);
+  m.argument_bytes =
+      double(x.size()) * sizeof(T) * (2 + (key_host ? 1 : 0) + (value_host ? 1 : 0)) + parameters;
+  write_view<T>(o.out, out);
+  if (!o.lse.empty()) write_view<T>(o.lse, saved.lse);
+  return m;
+}
+
+template <class Space, class T>
+Measurement run_typed(const RunOptions& o, std::vector<HostArray>& inputs) {
+  if (o.layer()) {
+    HostArray* key = o.key_input.empty() ? nullptr : &inputs[1];
+    HostArray* value = o.value_input.empty() ? nullptr : &inputs[2];
+    return o.algorithm == "original"
+               ? run_layer<Space, T, dilated::Original>(o, inputs[0], key, value)
+               : run_layer<Space, T, dilated::Improved>(o, inputs[0], key, value);
+  }
+  return o.algorithm == "original"
+             ? run_core<Space, T, dilated::Original>(o, inputs[0], inputs[1], inputs[2])
+             : run_core<Space, T, dilated::Improved>(o, inputs[0], inputs[1], inputs[2]);
+}
+
+template <class Space>
+Measurement run_on(const RunOptions& o, std::vector<HostArray>& inputs) {
+  dilated::tools::MemoryTracker::install(Space::memory_space::name());
+  if (o.dtype == "float") return run_typed<Space, float>(o, inputs);
+  if (o.dtype == "double") return run_typed<Space, double>(o, inputs);
+#if !DILATED_HALF_IS_FLOAT
+  if (o.dtype == "half") return run_typed<Space, Kokkos::Experimental::half_t>(o, inputs);
+#endif
+#if DILATED_HAVE_BHALF && !DILATED_BHALF_IS_FLOAT
+  if (o.dtype == "bf16") return run_typed<Space, Kokkos::Experimental::bhalf_t>(o, inputs);
+#endif
+  throw InputError("--dtype " + o.dtype +
+                   ": this Kokkos build has no 16-bit type (a host-only Kokkos aliases half and "
+                   "bf16 to float); use float or double");
+}
+
+// The variant's name in the seed's terms.
+std::string variant_name(const RunOptions& o) {
+  const bool improved = o.algorithm == "improved";
+  return o.layer() ? (improved ? "ImprovedMultiheadDilatedAttention" : "MultiheadDilatedAttention")
+                   : (improved ? "ImprovedDilatedAttention" : "DilatedAttention");
+}
+
+int run(const RunOptions& o) {
+  // Read and check every file before touching the device.
+  std::vector<HostArray> inputs;
+  if (o.layer()) {
+    if (o.weights.empty()) throw InputError("--input needs --weights DIR (the layer's save())");
+    if (!std::filesystem::is_directory(o.weights)) {
+      throw InputError(o.weights + ": no such directory (--weights)");
+    }
+    if (o.heads < 1) throw InputError("--input needs --heads H (the layer's num_heads), H >= 1");
+    if (o.softmax_scale) throw InputError("--softmax-scale applies to q/k/v runs only");
+    inputs.push_back(read_array(o.input, 3, "layer input (batch, seq, embed_dim)"));
+    inputs.emplace_back();
+    inputs.emplace_back();
+    if (!o.key_input.empty()) {
+      inputs[1] = read_array(o.key_input, 3, "key input (batch, seq, embed_dim)");
+      require_same_shape(inputs[0], o.input, inputs[1], o.key_input);
+    }
+    if (!o.value_input.empty()) {
+      inputs[2] = read_array(o.value_input, 3, "value input (batch, seq, embed_dim)");
+      require_same_shape(inputs[0], o.input, inputs[2], o.value_input);
+    }
+  } else {
+    if (o.q.empty() || o.k.empty() || o.v.empty()) {
+      throw InputError("give --q, --k and --v (attention) or --input and --weights (layer)");
+    }
+    inputs.push_back(read_array(o.q, 4, "q (batch, seq, heads, head_dim)"));
+    inputs.push_back(read_array(o.k, 4, "k (batch, seq, heads, head_dim)"));
+    inputs.push_back(read_array(o.v, 4, "v (batch, seq, heads, head_dim)"));
+    require_same_shape(inputs[0], o.q, inputs[1], o.k);
+    require_same_shape(inputs[0], o.q, inputs[2], o.v);
+  }
+  const auto shape = inputs[0].shape;
+
+  Measurement m;
+  std::string device;
+  try {
+    if (o.backend == "host") {
+      device = Kokkos::DefaultHostExecutionSpace::name();
+      m = run_on<Kokkos::DefaultHostExecutionSpace>(o, inputs);
+    } else {
+      device = Kokkos::DefaultExecutionSpace::name();
+      m = run_on<Kokkos::DefaultExecutionSpace>(o, inputs);
+    }
+  } catch (const dilated::npy::FormatError& e) {
+    throw InputError(e.what());  // the outputs could not be written
+  }
+
+  double total = 0, best = m.seconds.empty() ? 0 : m.seconds[0];
+  for (const double s : m.seconds) {
+    total += s;
+    best = std::min(best, s);
+  }
+  const double mean = total / m.seconds.size();
+  const double tokens = double(shape[0]) * shape[1];
+  constexpr double MiB = 1024.0 * 1024.0;
+  if (o.format == "json") {
+    nlohmann::ordered_json j;
+    j["variant"] = variant_name(o);
+    j["algorithm"] = o.algorithm;
+    j["mode"] = o.layer() ? "layer" : "attention";
+    j["device"] = device;
+    j["dtype"] = o.dtype;
+    j["semantics"] = o.semantics;
+    j["causal"] = o.causal;
+    j["segments"] = o.segments;
+    j["dilations"] = o.dilations;
+    j["shape"] = shape;
+    if (o.layer()) j["heads"] = o.heads;
+    j["warmup"] = o.warmup;
+    j["time_ms"] = {{"mean", 1e3 * mean}, {"min", 1e3 * best}, {"calls", m.seconds.size()}};
+    j["tokens_per_s"] = tokens / mean;
+    j["extra_MiB"] = m.extra_bytes / MiB;
+    j["arguments_MiB"] = m.argument_bytes / MiB;
+    j["out"] = o.out;
+    if (!o.lse.empty()) j["lse"] = o.lse;
+    std::cout << j.dump(2) << "\n";
+  } else {
+    std::printf("%s on %s, %s, %s%s, input %s\n", variant_name(o).c_str(), device.c_str(),
+                o.dtype.c_str(), o.semantics.c_str(), o.causal ? ", causal" : "",
+                shape_string(shape).c_str());
+    std::printf("time: %.3f ms mean, %.3f ms min over %zu call%s (%.1f tokens/s)\n", 1e3 * mean,
+                1e3 * best, m.seconds.size(), m.seconds.size() == 1 ? "" : "s", tokens / mean);
+    std::printf("memory: %.2f MiB peak extra on the device, beside %.2f MiB of arguments\n",
+                m.extra_bytes / MiB, m.argument_bytes / MiB);
+    std::printf("wrote: %s%s%s\n", o.out.c_str(), o.lse.empty() ? "" : ", ", o.lse.c_str());
+  }
+  return 0;
+}
+
+int info() {
+  std::printf("dilated-attention %s\n", DILATED_VERSION_STRING);
+  std::printf("default device: %s; host: %s\n", Kokkos::DefaultExecutionSpace::name(),
+              Kokkos::DefaultHostExecutionSpace::name());
+  std::printf("16-bit storage (half, bf16): %s\n",
+              DILATED_HALF_IS_FLOAT ? "no (float on this build)" : "yes");
+  std::ostringstream config;
+  Kokkos::print_configuration(config, false);
+  std::printf("%s", config.str().c_str());
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char* argv[]) {
+  // --kokkos-* arguments go to Kokkos, the rest to this parser, which runs first (so --help and
+  // bad command lines end before Kokkos starts).
+  std::vector<char*> kokkos_args = {argv[0]}, args = {argv[0]};
+  for (int i = 1; i < argc; ++i)
+    (std::string(argv[i]).rfind("--kokkos-", 0) == 0 ? kokkos_args : args).push_back(argv[i]);
+  CLI::App app{"dilated-attention: LongNet dilated attention from .npy files (DilatedAttention " +
+               std::string(DILATED_VERSION_STRING) + ")"};
+  app.require_subcommand(1);
+  RunOptions o;
+  auto* run_cmd = app.add_subcommand(
+      "run",
+      "Run one variant on .npy inputs and write its output.\n"
+      "Attention: --q, --k, --v of shape (batch, seq, heads, head_dim).\n"
+      "Layer: --input of shape (batch, seq, embed_dim), --weights DIR (the layer's save(), "
+      "PyTorch state_dict names: q_proj.weight.npy, ...), --heads H.\n"
+      "Inputs may be float16, float32 or float64 (C order, little-endian) and are rounded to "
+      "--dtype.\nOutputs are float32 (float64 for --dtype double).\n"
+      "Exit status: 0 done, 1 bad command line, 2 bad file or argument, 3 other failure.");
+  run_cmd->add_option("--q", o.q, "queries .npy (batch, seq, heads, head_dim)");
+  run_cmd->add_option("--k", o.k, "keys .npy, same shape as q");
+  run_cmd->add_option("--v", o.v, "values .npy, same shape as q");
+  run_cmd->add_option("--input", o.input, "layer input .npy (batch, seq, embed_dim)");
+  run_cmd->add_option("--key-input", o.key_input,
+                      "layer key input .npy for cross-attention (default: --input)");
+  run_cmd->add_option("--value-input", o.value_input,
+                      "layer value input .npy for cross-attention (default: --input)");
+  run_cmd->add_option("--weights", o.weights,
+                      "directory of the layer's weights (.npy files as save() writes them; "
+                      "biases and the sub-LayerNorm are used when their files are there)");
+  run_cmd->add_option("--heads", o.heads, "layer: number of heads (embed_dim % heads == 0)");
+  run_cmd->add_option("--out", o.out, "output .npy to write")->required();
+  run_cmd->add_option("--lse", o.lse, "also write the log-sum-exp (batch, seq, heads) here");
+  run_cmd->add_option("--algorithm", o.algorithm, "original or improved")
+      ->check(CLI::IsMember({"original", "improved"}))
+      ->capture_default_str();
+  run_cmd->add_option("--semantics", o.semantics, "grouped (the PyTorch peers) or longnet")
+      ->check(CLI::IsMember({"grouped", "longnet"}))
+      ->capture_default_str();
+  run_cmd->add_option("--segments", o.segments, "segment lengths, comma separated")
+      ->delimiter(',')
+      ->capture_default_str();
+  run_cmd->add_option("--dilations", o.dilations, "dilation rates, one per segment length")
+      ->delimiter(',')
+      ->capture_default_str();
+  run_cmd->add_option("--dtype", o.dtype, "storage: float, double, half, bf16")
+      ->check(CLI::IsMember({"float", "double", "half", "bf16"}))
+      ->capture_default_str();
+  run_cmd->add_flag("--causal", o.causal, "causal mask");
+  run_cmd->add_option("--softmax-scale", o.softmax_scale,
+                      "attention only: multiplies q.k (default 1/sqrt(head_dim))");
+  run_cmd->add_option("--layer-norm-eps", o.layer_norm_eps, "layer: sub-LayerNorm epsilon")
+      ->capture_default_str();
+  // Not --device: Kokkos 3.4 reads --device=N itself (a GPU id) before this parser runs.
+  run_cmd
+      ->add_option("--backend", o.backend,
+                   "where to run: default (Kokkos' default execution space: CUDA when built "
+                   "for it) or host (Kokkos' default host space)")
+      ->check(CLI::IsMember({"default", "host"}))
+      ->capture_default_str();
+  run_cmd->add_option("--warmup", o.warmup, "untimed calls before the timed ones")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  run_cmd->add_option("--repeats", o.repeats, "timed calls (the output is the last call's)")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  run_cmd->add_option("--format", o.format, "report as text or json (on standard output)")
+      ->check(CLI::IsMember({"text", "json"}))
+      ->capture_default_str();
+  auto* info_cmd = app.add_subcommand("info", "Print the version and the Kokkos configuration.");
+
+  try {
+    app.parse(static_cast<int>(args.size()), args.data());
+  } catch (const CLI::ParseError& e) {
+    const int status = app.exit(e);
+    return status == 0 ? 0 : 1;
+  }
+  int kokkos_argc = static_cast<int>(kokkos_args.size());
+  Kokkos::ScopeGuard kokkos(kokkos_argc, kokkos_args.data());
+  try {
+    if (info_cmd->parsed()) return info();
+    return run(o);
+  } catch (const InputError& e) {
+    std::fprintf(stderr, "dilated-attention: error: %s\n", e.what());
+    return 2;
+  } catch (const std::invalid_argument& e) {
+    std::fprintf(stderr, "dilated-attention: error: %s\n", e.what());
+    return 2;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "dilated-attention: failed: %s\n", e.what());
+    return 3;
+  }
+}
