@@ -144,19 +144,32 @@ struct ForwardKernel {
         }
         // Online softmax over this lane's two rows (a quad of lanes shares each row). Only
         // tiles that reach past the keys or (causal) past the warp's first row need a mask.
-        float tile_max[2] = {-INFINITY, -INFINITY};
+        // Reductions run as trees over the lane's columns, not as one dependent chain: with
+        // three warps per scheduler a 16-long chain of 4-cycle operations stalls the issue.
         const bool masked = u0 + BC > key_end || (br.causal && u0 + BC - 1 > t0 + warp * 16);
+        if (masked) {
 #pragma unroll
-        for (int j = 0; j < BC / 8; ++j)
+          for (int j = 0; j < BC / 8; ++j)
 #pragma unroll
-          for (int e = 0; e < 4; ++e) {
-            const int r = e / 2;
-            if (masked) {
+            for (int e = 0; e < 4; ++e) {
               const int u = u0 + j * 8 + 2 * t4 + (e & 1);
-              if (u >= key_end || (br.causal && u > my_t[r])) s[j][e] = -INFINITY;
+              if (u >= key_end || (br.causal && u > my_t[e / 2])) s[j][e] = -INFINITY;
             }
-            tile_max[r] = fmaxf(tile_max[r], s[j][e]);
-          }
+        }
+        float tile_max[2];
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+          float m[BC / 8];
+#pragma unroll
+          for (int j = 0; j < BC / 8; ++j)
+            m[j] = fmaxf(s[j][2 * r], s[j][2 * r + 1]);
+#pragma unroll
+          for (int width = BC / 16; width >= 1; width /= 2)
+#pragma unroll
+            for (int j = 0; j < width; ++j)
+              m[j] = fmaxf(m[j], m[j + width]);
+          tile_max[r] = m[0];
+        }
         float fix[2], sub[2];
 #pragma unroll
         for (int r = 0; r < 2; ++r) {
@@ -168,15 +181,25 @@ struct ForwardKernel {
           sub[r] = new_max == -INFINITY ? 0.f : new_max * scale_log2;
           row_max[r] = new_max;
         }
-        float tile_sum[2] = {0.f, 0.f};
+        float tile_sum[2];
 #pragma unroll
         for (int j = 0; j < BC / 8; ++j)
 #pragma unroll
-          for (int e = 0; e < 4; ++e) {
-            const float p = fast_exp2(fmaf(s[j][e], scale_log2, -sub[e / 2]));
-            tile_sum[e / 2] += p;
-            s[j][e] = p;
-          }
+          for (int e = 0; e < 4; ++e)
+            s[j][e] = fast_exp2(fmaf(s[j][e], scale_log2, -sub[e / 2]));
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+          float a[BC / 8];
+#pragma unroll
+          for (int j = 0; j < BC / 8; ++j)
+            a[j] = s[j][2 * r] + s[j][2 * r + 1];
+#pragma unroll
+          for (int width = BC / 16; width >= 1; width /= 2)
+#pragma unroll
+            for (int j = 0; j < width; ++j)
+              a[j] += a[j + width];
+          tile_sum[r] = a[0];
+        }
         if (br.dropout.active()) {
 #pragma unroll
           for (int j = 0; j < BC / 8; ++j)
