@@ -46,7 +46,7 @@ struct Config {
   std::vector<int> segments = {2048, 4096, 8192}, dilations = {1, 2, 4};
   std::string semantics = "grouped", dtype = "auto";
   bool causal = false, check = true;
-  int warmup = -1, repeats = 1;  // warmup -1: 1 on a GPU, 0 on host backends
+  int warmup = -1, repeats = -1;  // -1: automatic (time_calls)
   std::vector<std::string> variants = all_variants;
   std::uint64_t seed = 1;
   std::string json;
@@ -66,7 +66,8 @@ void progress(const std::string& what) {
 
 struct Result {
   std::string variant;
-  double seconds = 0;      // mean over the timed calls
+  double seconds = 0;  // mean over the timed calls
+  int warmup = 0, repeats = 0;
   double extra_MiB = 0;    // peak device memory allocated by the calls beyond their arguments
   double max_error = NAN;  // max |out - expected|, NAN when not checked
   double tolerance = NAN;  // what max_error must not exceed
@@ -74,26 +75,37 @@ struct Result {
   HostArray output;  // for the cross-check of the two layers
 };
 
-// Calls `call` warmup + repeats times on the device, fenced; the mean of the timed calls and the
-// peak extra device memory of all of them.
+// Calls `call` on the device, fenced: `warmup` untimed calls, then `repeats` timed ones (their mean
+// is the result), and the peak extra device memory of all of them. Automatic (-1): the first
+// call is a warm-up followed by 3 timed calls, unless it took longer than 2 s; then one-time
+// costs are lost in it and it is the one timed call (the Original algorithm on a CPU).
 void time_calls(const Config& c, const std::string& name, const std::function<void()>& call,
                 Result& r) {
   Device().fence();
   dilated::tools::MemoryTracker::reset();
+  int warmup = c.warmup, repeats = c.repeats;
   double total = 0;
-  for (int i = 0; i < c.warmup + c.repeats; ++i) {
-    const bool timed = i >= c.warmup;
-    progress(name +
-             (timed ? ": timed call " + std::to_string(i - c.warmup + 1) + "/" +
-                          std::to_string(c.repeats)
-                    : ": warm-up call " + std::to_string(i + 1) + "/" + std::to_string(c.warmup)));
+  for (int i = 0; warmup < 0 || repeats < 0 || i < warmup + repeats; ++i) {
+    const bool known = warmup >= 0 && repeats >= 0;
+    progress(name + ": call " + std::to_string(i + 1) +
+             (known ? " of " + std::to_string(warmup + repeats) +
+                          (i < warmup ? " (warm-up)" : " (timed)")
+                    : ""));
     Device().fence();
     Kokkos::Timer timer;
     call();
     Device().fence();
-    if (timed) total += timer.seconds();
+    const double seconds = timer.seconds();
+    if (i == 0 && !known) {
+      const bool slow = seconds > 2.0;
+      if (warmup < 0) warmup = slow && repeats < 0 ? 0 : 1;
+      if (repeats < 0) repeats = slow && warmup == 0 ? 1 : 3;
+    }
+    if (i >= warmup) total += seconds;
   }
-  r.seconds = total / c.repeats;
+  r.seconds = total / repeats;
+  r.warmup = warmup;
+  r.repeats = repeats;
   r.extra_MiB = dilated::tools::MemoryTracker::peak_extra() / (1024.0 * 1024.0);
 }
 
@@ -294,15 +306,13 @@ bool print_table(const Config& c, const std::string& dtype, const std::vector<Re
   std::printf(", dilations");
   for (const int r : c.dilations)
     std::printf(" %d", r);
-  std::printf("%s; forward, mean of %d call%s after %d warm-up call%s\n\n",
-              c.causal ? ", causal" : "", c.repeats, c.repeats == 1 ? "" : "s", c.warmup,
-              c.warmup == 1 ? "" : "s");
-  std::printf("| %-33s | %10s | %10s | %16s | %10s | %9s | %5s |\n", "variant", "time (ms)",
-              "tokens/s", "peak extra (MiB)", "max error", "speed", "check");
-  std::printf("|%s|%s|%s|%s|%s|%s|%s|\n", std::string(35, '-').c_str(),
-              std::string(12, '-').c_str(), std::string(12, '-').c_str(),
-              std::string(18, '-').c_str(), std::string(12, '-').c_str(),
-              std::string(11, '-').c_str(), std::string(7, '-').c_str());
+  std::printf("%s; forward\n\n", c.causal ? ", causal" : "");
+  std::printf("| %-33s | %10s | %5s | %10s | %16s | %10s | %7s | %5s |\n", "variant", "time (ms)",
+              "calls", "tokens/s", "peak extra (MiB)", "max error", "speed", "check");
+  std::printf(
+      "|%s|%s|%s|%s|%s|%s|%s|%s|\n", std::string(35, '-').c_str(), std::string(12, '-').c_str(),
+      std::string(7, '-').c_str(), std::string(12, '-').c_str(), std::string(18, '-').c_str(),
+      std::string(12, '-').c_str(), std::string(9, '-').c_str(), std::string(7, '-').c_str());
   bool ok = true;
   for (const auto& r : results) {
     char error[32] = "-", speed[32] = "-";
@@ -314,16 +324,17 @@ bool print_table(const Config& c, const std::string& dtype, const std::vector<Re
       ok = ok && passed;
     }
     if (!std::isnan(base)) std::snprintf(speed, sizeof speed, "%.2fx", base / r.seconds);
-    std::printf("| %-33s | %10.2f | %10s | %16.1f | %10s | %9s | %5s |\n", r.variant.c_str(),
-                1e3 * r.seconds, format_rate(tokens / r.seconds).c_str(), r.extra_MiB, error, speed,
-                verdict);
+    const std::string calls = std::to_string(r.warmup) + "+" + std::to_string(r.repeats);
+    std::printf("| %-33s | %10.2f | %5s | %10s | %16.1f | %10s | %7s | %5s |\n", r.variant.c_str(),
+                1e3 * r.seconds, calls.c_str(), format_rate(tokens / r.seconds).c_str(),
+                r.extra_MiB, error, speed, verdict);
   }
   std::printf(
-      "\ntime: one forward call; tokens/s: batch x n / time; peak extra: device memory the call\n"
-      "allocated through Kokkos beyond its inputs, outputs and parameters; speed: time of\n"
-      "DilatedAttention / time of the variant. max error: max |out - expected| against\n"
-      "dilated::reference in double (attention) or the layer run in double on the host with the\n"
-      "same weights (layers).\n");
+      "\ntime: one forward call (the mean of the timed calls; calls: warm-up + timed); tokens/s:\n"
+      "batch x n / time; peak extra: device memory the calls allocated through Kokkos beyond\n"
+      "their inputs, outputs and parameters; speed: time of DilatedAttention / time of the\n"
+      "variant; max error: max |out - expected| against dilated::reference in double\n"
+      "(attention) or the layer run in double on the host with the same weights (layers).\n");
   return ok;
 }
 
@@ -348,15 +359,14 @@ void write_json(const Config& c, const std::string& dtype, const std::vector<Res
       << ",\n  \"n\": " << c.length << ",\n  \"heads\": " << c.heads
       << ",\n  \"head_dim\": " << c.dim << ",\n  \"segments\": " << list(c.segments)
       << ",\n  \"dilations\": " << list(c.dilations)
-      << ",\n  \"causal\": " << (c.causal ? "true" : "false") << ",\n  \"repeats\": " << c.repeats
-      << ",\n  \"results\": [\n";
+      << ",\n  \"causal\": " << (c.causal ? "true" : "false") << ",\n  \"results\": [\n";
   for (std::size_t i = 0; i < results.size(); ++i) {
     const auto& r = results[i];
     out << "    {\"variant\": \"" << r.variant << "\", \"time_ms\": " << number(1e3 * r.seconds)
         << ", \"tokens_per_s\": " << number(double(c.batch) * c.length / r.seconds)
         << ", \"extra_MiB\": " << number(r.extra_MiB) << ", \"max_error\": " << number(r.max_error)
-        << ", \"tolerance\": " << number(r.tolerance) << "}" << (i + 1 < results.size() ? "," : "")
-        << "\n";
+        << ", \"tolerance\": " << number(r.tolerance) << ", \"warmup\": " << r.warmup
+        << ", \"repeats\": " << r.repeats << "}" << (i + 1 < results.size() ? "," : "") << "\n";
   }
   out << "  ]\n}\n";
 }
@@ -429,12 +439,13 @@ int main(int argc, char* argv[]) {
       ->capture_default_str();
   app.add_flag("--causal", c.causal, "causal mask");
   app.add_option("--warmup", c.warmup,
-                 "untimed calls per variant before the timed ones (default: 1 on a GPU, where the\n"
-                 "first call also initialises cuBLAS; 0 on host backends)")
+                 "untimed calls per variant before the timed ones (default: 1, or 0 when the\n"
+                 "first call takes longer than 2 s: then it is the one timed call)")
       ->check(CLI::NonNegativeNumber);
-  app.add_option("--repeats", c.repeats, "timed calls per variant (the table shows their mean)")
-      ->check(CLI::PositiveNumber)
-      ->capture_default_str();
+  app.add_option("--repeats", c.repeats,
+                 "timed calls per variant, the table shows their mean (default: 3, or 1 when\n"
+                 "the first call takes longer than 2 s)")
+      ->check(CLI::PositiveNumber);
   app.add_option("--variants", c.variants, "variants to run, comma separated (default: all four)")
       ->delimiter(',')
       ->check(CLI::IsMember(all_variants));
@@ -451,9 +462,6 @@ int main(int argc, char* argv[]) {
   Kokkos::ScopeGuard kokkos(kokkos_argc, kokkos_args.data());
   // Before any allocation: every View of the device's memory space is counted.
   dilated::tools::MemoryTracker::install(DeviceMemory::name());
-  if (c.warmup < 0) {
-    c.warmup = Kokkos::SpaceAccessibility<Device, Kokkos::HostSpace>::accessible ? 0 : 1;
-  }
 
   std::string dtype = c.dtype;
   if (dtype == "auto") {

@@ -1,7 +1,9 @@
-// Shared by the benchmark drivers: comma-separated flag values and deterministic inputs.
+// Shared by the benchmark drivers: comma-separated flag values, storage types by name, and
+// deterministic inputs.
 #ifndef DILATED_BENCHMARK_INPUTS_HPP
 #define DILATED_BENCHMARK_INPUTS_HPP
 
+#include <Dilated_Compat.hpp>
 #include <impl/Dilated_Dropout.hpp>
 
 #include <Kokkos_Core.hpp>
@@ -26,6 +28,50 @@ inline std::vector<int> parse_list(const char* text) {
   for (const auto& item : split(text))
     out.push_back(std::stoi(item));
   return out;
+}
+
+template <class T>
+struct StorageTag {
+  using type = T;
+};
+
+// The storage the benchmarks use unless --dtypes says otherwise: fp16 on CUDA (as the PyTorch
+// peers are measured), fp32 on the host.
+inline std::string default_storage() {
+#if defined(KOKKOS_ENABLE_CUDA) && !DILATED_HALF_IS_FLOAT
+  if (!Kokkos::SpaceAccessibility<Kokkos::DefaultExecutionSpace, Kokkos::HostSpace>::accessible) {
+    return "fp16";
+  }
+#endif
+  return "fp32";
+}
+
+// Calls f(StorageTag<T>{}, canonical name) for a storage name (fp16 or half, bf16, fp32 or float,
+// fp64 or double); false when the name is unknown or, for fp16/bf16, when this Kokkos build has
+// no 16-bit type (a host-only Kokkos aliases them to float).
+template <class F>
+bool with_storage(const std::string& name, F&& f) {
+  if (name == "fp32" || name == "float") {
+    f(StorageTag<float>{}, "fp32");
+    return true;
+  }
+  if (name == "fp64" || name == "double") {
+    f(StorageTag<double>{}, "fp64");
+    return true;
+  }
+#if !DILATED_HALF_IS_FLOAT
+  if (name == "fp16" || name == "half") {
+    f(StorageTag<Kokkos::Experimental::half_t>{}, "fp16");
+    return true;
+  }
+#endif
+#if DILATED_HAVE_BHALF && !DILATED_BHALF_IS_FLOAT
+  if (name == "bf16") {
+    f(StorageTag<Kokkos::Experimental::bhalf_t>{}, "bf16");
+    return true;
+  }
+#endif
+  return false;
 }
 
 // Fills a contiguous View with values in [-1, 1) from a hash of (seed, index), on its device:

@@ -5,9 +5,12 @@
 // cblas_sgemm (float, M = N = K) with the same FLOP counters, as a baseline on the same cores.
 //
 //   dilated_bench_attention --lengths=16384,65536 --semantics=grouped [--vendor_gemm=0]
-//       [--algorithms=original,improved] [--sgemm_sizes=1024,2048]
+//       [--algorithms=original,improved] [--dtypes=fp16,bf16,fp32] [--causal=full,causal]
+//       [--passes=fwd,fwd_bwd] [--sgemm_sizes=1024,2048]
 //       --benchmark_out=attention.json --benchmark_out_format=json
-// Storage is half on CUDA (fp16, as the PyTorch peers are measured) and float on the host.
+// Storage is half on CUDA (fp16, as the PyTorch peers are measured) and float on the host unless
+// --dtypes says otherwise. A size that does not fit in memory is reported as a skipped benchmark
+// with the allocation error ("error_occurred" in the JSON), and the other sizes still run.
 // sgemm runs by default only when the default device is a host space (--sgemm_sizes= to skip).
 #include <DilatedAttention.hpp>
 #include <Dilated_BenchmarkContext.hpp>
@@ -24,6 +27,7 @@
 #endif
 #endif
 
+#include <algorithm>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -34,13 +38,7 @@
 namespace {
 
 using Device = Kokkos::DefaultExecutionSpace;
-#if defined(KOKKOS_ENABLE_CUDA) && !DILATED_HALF_IS_FLOAT
-using Storage = Kokkos::Experimental::half_t;
-const char* storage_name = "fp16";
-#else
-using Storage = float;
-const char* storage_name = "fp32";
-#endif
+template <class Storage>
 using View4 = Kokkos::View<Storage****, Kokkos::LayoutRight, Device::memory_space>;
 
 struct Settings {
@@ -50,6 +48,9 @@ struct Settings {
   std::string semantics = "grouped";
   bool vendor_gemm = true;  // Original on CUDA: cuBLAS products (1) or the team kernel (0)
   std::vector<std::string> algorithms = {"original", "improved"};
+  std::vector<std::string> dtypes = {dilated::bench::default_storage()};
+  std::vector<std::string> causal = {"full", "causal"};
+  std::vector<std::string> passes = {"fwd", "fwd_bwd"};
   // Host sgemm baseline (M = N = K): by default on host devices only.
   std::vector<int> sgemm_sizes = Kokkos::SpaceAccessibility<Device, Kokkos::HostSpace>::accessible
                                      ? std::vector<int>{1024, 2048}
@@ -86,6 +87,12 @@ Settings parse(int& argc, char* argv[]) {
       s.vendor_gemm = std::atoi(v) != 0;
     else if (const char* v = value("--algorithms="))
       s.algorithms = split(v);
+    else if (const char* v = value("--dtypes="))
+      s.dtypes = split(v);
+    else if (const char* v = value("--causal="))
+      s.causal = split(v);
+    else if (const char* v = value("--passes="))
+      s.passes = split(v);
     else if (const char* v = value("--sgemm_sizes="))
       s.sgemm_sizes = parse_list(v);
     else
@@ -95,9 +102,10 @@ Settings parse(int& argc, char* argv[]) {
   return s;
 }
 
-View4 random_input(const char* label, const Settings& s, int n, std::uint64_t seed) {
-  View4 x(Kokkos::view_alloc(Kokkos::WithoutInitializing, std::string(label)), s.batch, n, s.heads,
-          s.dim);
+template <class Storage>
+View4<Storage> random_input(const char* label, const Settings& s, int n, std::uint64_t seed) {
+  View4<Storage> x(Kokkos::view_alloc(Kokkos::WithoutInitializing, std::string(label)), s.batch, n,
+                   s.heads, s.dim);
   dilated::bench::fill_uniform(x, seed);
   return x;
 }
@@ -116,17 +124,18 @@ double forward_flops(const dilated::Geometry& g, int batch, int n, int d, bool c
   return flops;
 }
 
-template <class Algorithm>
+template <class Algorithm, class Storage>
 void run(benchmark::State& state, const Settings& s, int n, bool causal, bool with_backward) {
+  using View4 = ::View4<Storage>;
   const dilated::DilatedAttention<Algorithm> attention(
       s.segments, s.dilations,
       dilated::AttentionOptions()
           .set_semantics(dilated::semantics_from_string(s.semantics))
           .set_vendor_gemm(s.vendor_gemm));
-  const auto q = random_input("dilated::bench::q", s, n, 1);
-  const auto k = random_input("dilated::bench::k", s, n, 2);
-  const auto v = random_input("dilated::bench::v", s, n, 3);
-  const auto dout = random_input("dilated::bench::dout", s, n, 4);
+  const auto q = random_input<Storage>("dilated::bench::q", s, n, 1);
+  const auto k = random_input<Storage>("dilated::bench::k", s, n, 2);
+  const auto v = random_input<Storage>("dilated::bench::v", s, n, 3);
+  const auto dout = random_input<Storage>("dilated::bench::dout", s, n, 4);
   View4 out("dilated::bench::out", s.batch, n, s.heads, s.dim);
   View4 dq, dk, dv;
   if (with_backward) {
@@ -134,7 +143,8 @@ void run(benchmark::State& state, const Settings& s, int n, bool causal, bool wi
     dk = View4("dilated::bench::dk", s.batch, n, s.heads, s.dim);
     dv = View4("dilated::bench::dv", s.batch, n, s.heads, s.dim);
   }
-  Kokkos::View<float***, Device::memory_space> lse("dilated::bench::lse", s.batch, n, s.heads);
+  Kokkos::View<dilated::Impl::accumulation_t<Storage>***, Device::memory_space> lse(
+      "dilated::bench::lse", s.batch, n, s.heads);
   const dilated::ForwardOptions call{causal, false, 0};
   const Device space;
   space.fence();
@@ -163,7 +173,20 @@ void run(benchmark::State& state, const Settings& s, int n, bool causal, bool wi
   // beside what the forward's own outputs take (out + lse) for comparison.
   constexpr double MiB = 1024.0 * 1024.0;
   state.counters["extra_MiB"] = dilated::tools::MemoryTracker::peak_extra() / MiB;
-  state.counters["out_lse_MiB"] = (tensor_bytes + double(s.batch) * n * s.heads * 4) / MiB;
+  state.counters["out_lse_MiB"] =
+      (tensor_bytes + double(lse.size()) * sizeof(typename decltype(lse)::value_type)) / MiB;
+}
+
+// An allocation that does not fit (or any other failure) skips this benchmark with its message;
+// the other benchmarks still run.
+template <class Algorithm, class Storage>
+void run_or_skip(benchmark::State& state, const Settings& s, int n, bool causal,
+                 bool with_backward) {
+  try {
+    run<Algorithm, Storage>(state, s, n, causal, with_backward);
+  } catch (const std::exception& e) {
+    state.SkipWithError(e.what());
+  }
 }
 
 #if defined(DILATED_BENCH_OPENBLAS)
@@ -230,20 +253,30 @@ void run_sgemm(benchmark::State& state, int size) {
 }
 #endif
 
-template <class Algorithm>
-void register_algorithm(const Settings& s, const std::string& prefix) {
-  for (bool with_backward : {false, true})
-    for (bool causal : {false, true})
+bool listed(const std::vector<std::string>& list, const char* item) {
+  return std::find(list.begin(), list.end(), item) != list.end();
+}
+
+template <class Algorithm, class Storage>
+void register_algorithm(const Settings& s, const std::string& prefix, const char* storage) {
+  for (bool with_backward : {false, true}) {
+    if (!listed(s.passes, with_backward ? "fwd_bwd" : "fwd")) continue;
+    for (bool causal : {false, true}) {
+      if (!listed(s.causal, causal ? "causal" : "full")) continue;
       for (int n : s.lengths) {
-        const std::string name = prefix + "/" + s.semantics + "/" + storage_name +
+        const std::string name = prefix + "/" + s.semantics + "/" + storage +
                                  (with_backward ? "/fwd_bwd" : "/fwd") +
                                  (causal ? "/causal" : "/full") + "/n:" + std::to_string(n);
-        benchmark::RegisterBenchmark(
-            name.c_str(),
-            [=](benchmark::State& st) { run<Algorithm>(st, s, n, causal, with_backward); })
+        benchmark::RegisterBenchmark(name.c_str(),
+                                     [=](benchmark::State& st) {
+                                       run_or_skip<Algorithm, Storage>(st, s, n, causal,
+                                                                       with_backward);
+                                     })
             ->UseManualTime()
             ->Unit(benchmark::kMillisecond);
       }
+    }
+  }
 }
 
 }  // namespace
@@ -255,16 +288,44 @@ int main(int argc, char* argv[]) {
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
   dilated::bench::add_context();
-  benchmark::AddCustomContext("storage", storage_name);
+  std::string storages;
+  for (const auto& dtype : s.dtypes)
+    storages += (storages.empty() ? "" : ",") + dtype;
+  benchmark::AddCustomContext("storage", storages);
   benchmark::AddCustomContext("semantics", s.semantics);
+  const auto join = [](const std::vector<int>& v) {
+    std::string text;
+    for (const int x : v)
+      text += (text.empty() ? "" : ",") + std::to_string(x);
+    return text;
+  };
+  benchmark::AddCustomContext("segment_lengths", join(s.segments));
+  benchmark::AddCustomContext("dilation_rates", join(s.dilations));
+  benchmark::AddCustomContext("batch", std::to_string(s.batch));
+  benchmark::AddCustomContext("heads", std::to_string(s.heads));
+  benchmark::AddCustomContext("head_dim", std::to_string(s.dim));
   for (const auto& algorithm : s.algorithms) {
-    if (algorithm == "original") {
-      register_algorithm<dilated::Original>(s, s.vendor_gemm ? "Original" : "Original-team");
-    } else if (algorithm == "improved") {
-      register_algorithm<dilated::Improved>(s, "Improved");
-    } else {
+    if (algorithm != "original" && algorithm != "improved") {
       std::fprintf(stderr, "unknown algorithm '%s' (original, improved)\n", algorithm.c_str());
       return 1;
+    }
+    for (const auto& dtype : s.dtypes) {
+      const bool known = dilated::bench::with_storage(dtype, [&](auto tag, const char* storage) {
+        using Storage = typename decltype(tag)::type;
+        if (algorithm == "original") {
+          register_algorithm<dilated::Original, Storage>(
+              s, s.vendor_gemm ? "Original" : "Original-team", storage);
+        } else {
+          register_algorithm<dilated::Improved, Storage>(s, "Improved", storage);
+        }
+      });
+      if (!known) {
+        std::fprintf(stderr,
+                     "unknown or unavailable dtype '%s' (fp16, bf16, fp32, fp64; a host-only "
+                     "Kokkos has no 16-bit type)\n",
+                     dtype.c_str());
+        return 1;
+      }
     }
   }
   // The sgemm baseline last: OpenBLAS' threads spin a while after each call.

@@ -7,8 +7,11 @@
 // gradients).
 //
 //   dilated_bench_layer --lengths=16384,65536,131072 --embed=768 --heads=12
-//       [--policies=original,improved] --benchmark_out=layer.json --benchmark_out_format=json
-// Storage is half on CUDA (fp16) and float on the host.
+//       [--policies=original,improved] [--dtypes=fp16,fp32] [--causal=full,causal]
+//       [--passes=fwd,fwd_bwd] --benchmark_out=layer.json --benchmark_out_format=json
+// Storage is half on CUDA (fp16) and float on the host unless --dtypes says otherwise; causal
+// runs get "/causal" in their names. A size that does not fit in memory is reported as a
+// skipped benchmark with the allocation error, and the other sizes still run.
 #include <DilatedAttention.hpp>
 #include <Dilated_BenchmarkContext.hpp>
 #include <Dilated_BenchmarkInputs.hpp>
@@ -17,6 +20,7 @@
 
 #include <benchmark/benchmark.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -26,14 +30,6 @@
 namespace {
 
 using Device = Kokkos::DefaultExecutionSpace;
-#if defined(KOKKOS_ENABLE_CUDA) && !DILATED_HALF_IS_FLOAT
-using Storage = Kokkos::Experimental::half_t;
-const char* storage_name = "fp16";
-#else
-using Storage = float;
-const char* storage_name = "fp32";
-#endif
-using View3 = Kokkos::View<Storage***, Kokkos::LayoutRight, Device::memory_space>;
 
 struct Settings {
   std::vector<int> lengths = {16384, 65536, 131072};
@@ -41,6 +37,9 @@ struct Settings {
   int batch = 1, embed = 768, heads = 12;
   std::string semantics = "grouped";
   std::vector<std::string> policies = {"original", "improved"};
+  std::vector<std::string> dtypes = {dilated::bench::default_storage()};
+  std::vector<std::string> causal = {"full"};
+  std::vector<std::string> passes = {"fwd", "fwd_bwd"};
 };
 
 Settings parse(int& argc, char* argv[]) {
@@ -67,6 +66,12 @@ Settings parse(int& argc, char* argv[]) {
       s.semantics = v;
     else if (const char* v = value("--policies="))
       s.policies = dilated::bench::split(v);
+    else if (const char* v = value("--dtypes="))
+      s.dtypes = dilated::bench::split(v);
+    else if (const char* v = value("--causal="))
+      s.causal = dilated::bench::split(v);
+    else if (const char* v = value("--passes="))
+      s.passes = dilated::bench::split(v);
     else
       argv[kept++] = argv[i];
   }
@@ -76,20 +81,22 @@ Settings parse(int& argc, char* argv[]) {
 
 // Useful FLOPs of one layer forward: the attention's 4 m^2 d per (batch, segment, head) of
 // every branch, plus four (M x E) x (E x E) projections (q, k, v, out).
-double layer_forward_flops(const dilated::Geometry& g, const Settings& s, int n) {
+double layer_forward_flops(const dilated::Geometry& g, const Settings& s, int n, bool causal) {
   double flops = 8.0 * s.batch * n * double(s.embed) * s.embed;
   const int d = s.embed / s.heads;
   for (const auto& block : g.head_blocks()) {
     for (int j = 0; j < g.num_segments(block.branch, n); ++j) {
       const double m = g.kept(block.branch, j, block.offset, n).count;
-      flops += 4.0 * m * m * d * block.num_heads() * s.batch;
+      const double pairs = causal ? m * (m + 1) / 2 : m * m;
+      flops += 4.0 * pairs * d * block.num_heads() * s.batch;
     }
   }
   return flops;
 }
 
-template <class Policy>
-void run(benchmark::State& state, const Settings& s, int n, bool with_backward) {
+template <class Policy, class Storage>
+void run(benchmark::State& state, const Settings& s, int n, bool causal, bool with_backward) {
+  using View3 = Kokkos::View<Storage***, Kokkos::LayoutRight, Device::memory_space>;
   const dilated::MultiheadDilatedAttention<Policy, Storage> layer(
       s.embed, s.heads, s.segments, s.dilations, 0.0, true, true, 1e-5, 1.0,
       dilated::semantics_from_string(s.semantics));
@@ -101,7 +108,7 @@ void run(benchmark::State& state, const Settings& s, int n, bool with_backward) 
   dilated::bench::fill_uniform(x, 1);
   dilated::bench::fill_uniform(dout, 2);
   const Device space;
-  const dilated::ForwardOptions call{false, false, 0};
+  const dilated::ForwardOptions call{causal, false, 0};
   space.fence();
   dilated::tools::MemoryTracker::reset();  // the layer's parameters, x, dout and out exist
   for (auto _ : state) {
@@ -119,7 +126,7 @@ void run(benchmark::State& state, const Settings& s, int n, bool with_backward) 
       state.SetIterationTime(timer.seconds());
     }
   }
-  const double fwd = layer_forward_flops(layer.geometry(), s, n);
+  const double fwd = layer_forward_flops(layer.geometry(), s, n, causal);
   const double flops = with_backward ? 3.0 * fwd : fwd;  // backward ~2x the forward's products
   using benchmark::Counter;
   constexpr double MiB = 1024.0 * 1024.0;
@@ -130,18 +137,42 @@ void run(benchmark::State& state, const Settings& s, int n, bool with_backward) 
   state.counters["n"] = n;
 }
 
-template <class Policy>
-void register_policy(const Settings& s, const std::string& prefix) {
-  for (bool with_backward : {false, true})
-    for (int n : s.lengths) {
-      const std::string name = prefix + "/" + s.semantics + "/" + storage_name +
-                               "/E:" + std::to_string(s.embed) + "/h:" + std::to_string(s.heads) +
-                               (with_backward ? "/fwd_bwd" : "/fwd") + "/n:" + std::to_string(n);
-      benchmark::RegisterBenchmark(
-          name.c_str(), [=](benchmark::State& st) { run<Policy>(st, s, n, with_backward); })
-          ->UseManualTime()
-          ->Unit(benchmark::kMillisecond);
+// An allocation that does not fit (or any other failure) skips this benchmark with its message.
+template <class Policy, class Storage>
+void run_or_skip(benchmark::State& state, const Settings& s, int n, bool causal,
+                 bool with_backward) {
+  try {
+    run<Policy, Storage>(state, s, n, causal, with_backward);
+  } catch (const std::exception& e) {
+    state.SkipWithError(e.what());
+  }
+}
+
+bool listed(const std::vector<std::string>& list, const char* item) {
+  return std::find(list.begin(), list.end(), item) != list.end();
+}
+
+template <class Policy, class Storage>
+void register_policy(const Settings& s, const std::string& prefix, const char* storage) {
+  for (bool with_backward : {false, true}) {
+    if (!listed(s.passes, with_backward ? "fwd_bwd" : "fwd")) continue;
+    for (bool causal : {false, true}) {
+      if (!listed(s.causal, causal ? "causal" : "full")) continue;
+      for (int n : s.lengths) {
+        const std::string name = prefix + "/" + s.semantics + "/" + storage +
+                                 "/E:" + std::to_string(s.embed) + "/h:" + std::to_string(s.heads) +
+                                 (with_backward ? "/fwd_bwd" : "/fwd") + (causal ? "/causal" : "") +
+                                 "/n:" + std::to_string(n);
+        benchmark::RegisterBenchmark(name.c_str(),
+                                     [=](benchmark::State& st) {
+                                       run_or_skip<Policy, Storage>(st, s, n, causal,
+                                                                    with_backward);
+                                     })
+            ->UseManualTime()
+            ->Unit(benchmark::kMillisecond);
+      }
     }
+  }
 }
 
 }  // namespace
@@ -153,16 +184,44 @@ int main(int argc, char* argv[]) {
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
   dilated::bench::add_context();
-  benchmark::AddCustomContext("storage", storage_name);
+  std::string storages;
+  for (const auto& dtype : s.dtypes)
+    storages += (storages.empty() ? "" : ",") + dtype;
+  benchmark::AddCustomContext("storage", storages);
   benchmark::AddCustomContext("semantics", s.semantics);
+  const auto join = [](const std::vector<int>& v) {
+    std::string text;
+    for (const int x : v)
+      text += (text.empty() ? "" : ",") + std::to_string(x);
+    return text;
+  };
+  benchmark::AddCustomContext("segment_lengths", join(s.segments));
+  benchmark::AddCustomContext("dilation_rates", join(s.dilations));
+  benchmark::AddCustomContext("batch", std::to_string(s.batch));
+  benchmark::AddCustomContext("heads", std::to_string(s.heads));
+  benchmark::AddCustomContext("embed_dim", std::to_string(s.embed));
   for (const auto& policy : s.policies) {
-    if (policy == "original") {
-      register_policy<dilated::Original>(s, "MultiheadDilatedAttention");
-    } else if (policy == "improved") {
-      register_policy<dilated::Improved>(s, "ImprovedMultiheadDilatedAttention");
-    } else {
+    if (policy != "original" && policy != "improved") {
       std::fprintf(stderr, "unknown policy '%s' (original, improved)\n", policy.c_str());
       return 1;
+    }
+    for (const auto& dtype : s.dtypes) {
+      const bool known = dilated::bench::with_storage(dtype, [&](auto tag, const char* storage) {
+        using Storage = typename decltype(tag)::type;
+        if (policy == "original") {
+          register_policy<dilated::Original, Storage>(s, "MultiheadDilatedAttention", storage);
+        } else {
+          register_policy<dilated::Improved, Storage>(s, "ImprovedMultiheadDilatedAttention",
+                                                      storage);
+        }
+      });
+      if (!known) {
+        std::fprintf(stderr,
+                     "unknown or unavailable dtype '%s' (fp16, bf16, fp32, fp64; a host-only "
+                     "Kokkos has no 16-bit type)\n",
+                     dtype.c_str());
+        return 1;
+      }
     }
   }
   benchmark::RunSpecifiedBenchmarks();

@@ -7,9 +7,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 build=${1:-build/cuda}
 rm -rf gpu-carry && mkdir -p gpu-carry/bin/lib
-cp "$build"/unit_tests/dilated_* "$build"/examples/dilated_check \
+cp "$build"/unit_tests/dilated_* "$build"/examples/dilated_check "$build"/examples/dilated_demo \
    "$build"/perf_tests/dilated_bench_* gpu-carry/bin/
-strip gpu-carry/bin/dilated_*
+[ -x "$build"/tools/dilated-attention ] && cp "$build"/tools/dilated-attention gpu-carry/bin/
+cp scripts/sweep.sh gpu-carry/
+strip gpu-carry/bin/dilated*
 cp /usr/lib/x86_64-linux-gnu/libbenchmark.so.1debian gpu-carry/bin/lib/
 tar cJf gpu-carry/bin.tar.xz -C gpu-carry bin && rm -rf gpu-carry/bin
 cp -r ../shared/golden gpu-carry/golden
