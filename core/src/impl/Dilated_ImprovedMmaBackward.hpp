@@ -25,15 +25,18 @@
 
 namespace dilated::Impl::mma {
 
-// Tiles of the backward passes at head_dim D (64): 64 rows per team (4 warps x 16), 64-row
-// streamed tiles, rows padded by 16 bytes. Shared memory: dq pass two K/V stages (36 KiB);
-// dkdv pass K, V, Q, dO tiles and L, D (36.5 KiB).
+// Tiles of the backward passes at head_dim D (64): 64 rows per team (4 warps x 16), rows
+// padded by 16 bytes. dq pass: 32-row K/V tiles, two stages (18 KiB; Q and dO pass through
+// them first): its registers hold Q, dO, dQ and two score tiles, and 64-key tiles spilled at
+// the 168-register cap. dkdv pass: 64-row K, V, Q, dO tiles and L, D (36.5 KiB).
 template <int D>
 struct BackwardTiles {
   static constexpr int rows = 64;
+  static constexpr int dq_key_rows = 32;
   static constexpr int ld = D + 8;
   static constexpr int tile_halves = rows * ld;
-  static constexpr int dq_scratch_bytes = 4 * tile_halves * 2;
+  static constexpr int dq_scratch_bytes = 4 * dq_key_rows * ld * 2;
+  static_assert(2 * tile_halves <= 4 * dq_key_rows * ld, "Q and dO fit the dq pass's stages");
   static constexpr int dkdv_scratch_bytes = 4 * tile_halves * 2 + 2 * rows * 4;
 };
 
@@ -63,21 +66,24 @@ struct DqKernel {
     const auto& br = set.launches[which].branch;
     const auto tile = set.launches[which].tile_at(rank - set.first_team[which], Tiles::rows);
     if (tile.count == 0) return;
-    constexpr int BC = Tiles::rows, LD = Tiles::ld;
+    constexpr int BC = Tiles::dq_key_rows, LD = Tiles::ld;
     const int b = tile.item.b, h = tile.item.head, rows = tile.count, t0 = tile.first;
     const KeptPositions kept = tile.item.kept;
     const int warp = team.team_rank(), lane = threadIdx.x, tid = warp * 32 + lane;
     const int g = lane / 4, t4 = lane % 4;
     using Half = std::uint16_t;
     Half* smem = aligned_scratch(team, Tiles::dq_scratch_bytes);
-    const auto K_stage = [&](int s) { return smem + 2 * s * Tiles::tile_halves; };
-    const auto V_stage = [&](int s) { return smem + (2 * s + 1) * Tiles::tile_halves; };
+    const auto K_stage = [&](int s) { return smem + 2 * s * BC * LD; };
+    const auto V_stage = [&](int s) { return smem + (2 * s + 1) * BC * LD; };
 
     // Q and dO tiles first (through both stages), into registers, then the K/V pipeline.
-    const TileLoader<D, LD, BC> q_loader(q, b, h, kept, tid), g_loader(dout, b, h, kept, tid),
-        k_loader(k, b, h, kept, tid), v_loader(v, b, h, kept, tid);
-    q_loader.load(t0, rows, K_stage(0));
-    g_loader.load(t0, rows, K_stage(1));
+    const TileLoader<D, LD, Tiles::rows> q_loader(q, b, h, kept, tid),
+        g_loader(dout, b, h, kept, tid);
+    const TileLoader<D, LD, BC> k_loader(k, b, h, kept, tid), v_loader(v, b, h, kept, tid);
+    Half* Qs = smem;
+    Half* Gs = smem + Tiles::tile_halves;
+    q_loader.load(t0, rows, Qs);
+    g_loader.load(t0, rows, Gs);
     commit();
     wait_groups<0>();
     __syncthreads();
@@ -85,8 +91,8 @@ struct DqKernel {
 #pragma unroll
     for (int kk = 0; kk < D / 16; ++kk) {
       const int r = warp * 16 + (lane % 8) + ((lane / 8) % 2) * 8, c = kk * 16 + (lane / 16) * 8;
-      ldmatrix_x4(qf[kk], K_stage(0) + r * LD + c);
-      ldmatrix_x4(gf[kk], K_stage(1) + r * LD + c);
+      ldmatrix_x4(qf[kk], Qs + r * LD + c);
+      ldmatrix_x4(gf[kk], Gs + r * LD + c);
     }
     __syncthreads();
 
