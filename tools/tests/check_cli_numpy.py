@@ -1,0 +1,96 @@
+"""The dilated-attention tool against NumPy: writes float16 / float64 q, k, v with numpy.save, runs
+the tool, reads its output and log-sum-exp with numpy.load and compares them with an independent
+NumPy implementation of the grouped semantics (the seed's PyTorch peers' algorithm: heads split
+into one group per branch, attention among each segment's kept positions, output divided by the
+number of groups). Usage: check_cli_numpy.py TOOL WORKDIR; exit status 0 when everything agrees.
+"""
+import os
+import subprocess
+import sys
+
+import numpy as np
+
+SEGMENTS, DILATIONS = [16, 32], [1, 2]
+
+
+def grouped_attention(q, k, v, causal):
+    """out (b, n, h, d) and lse (b, n, h) in float64; lse is -inf where no branch keeps a row."""
+    b, n, h, d = q.shape
+    groups = len(SEGMENTS)
+    out = np.zeros((b, n, h, d))
+    lse = np.full((b, n, h), -np.inf)
+    base, extra = divmod(h, groups)
+    begin = 0
+    for i, (s, r) in enumerate(zip(SEGMENTS, DILATIONS)):
+        end = begin + base + (1 if i < extra else 0)
+        offset = i % r
+        for start in range(0, n, s):
+            rows = np.arange(start + offset, min(start + s, n), r)
+            for head in range(begin, end):
+                qs, ks, vs = (x[:, rows, head, :].astype(np.float64) for x in (q, k, v))
+                scores = qs @ ks.transpose(0, 2, 1) / np.sqrt(d)
+                if causal:
+                    scores = np.where(np.tril(np.ones((len(rows), len(rows)), bool)), scores,
+                                      -np.inf)
+                top = scores.max(axis=-1, keepdims=True)
+                weights = np.exp(scores - top)
+                total = weights.sum(axis=-1, keepdims=True)
+                out[:, rows, head, :] = (weights / total) @ vs / groups
+                lse[:, rows, head] = (top + np.log(total))[..., 0]
+        begin = end
+    return out, lse
+
+
+def main():
+    tool, work = sys.argv[1], sys.argv[2]
+    os.makedirs(work, exist_ok=True)
+    rng = np.random.default_rng(7)
+    failures = 0
+    for input_dtype in (np.float16, np.float64):
+        q, k, v = (rng.standard_normal((2, 96, 4, 8)).astype(input_dtype) for _ in range(3))
+        paths = {}
+        for name, x in (("q", q), ("k", k), ("v", v)):
+            paths[name] = os.path.join(work, f"{name}_{np.dtype(input_dtype).name}.npy")
+            np.save(paths[name], x)
+        for algorithm in ("original", "improved"):
+            for causal in (False, True):
+                for dtype in ("float", "double"):
+                    out_path = os.path.join(work, "out.npy")
+                    lse_path = os.path.join(work, "lse.npy")
+                    command = [tool, "run", "--q", paths["q"], "--k", paths["k"], "--v", paths["v"],
+                               "--segments", ",".join(map(str, SEGMENTS)),
+                               "--dilations", ",".join(map(str, DILATIONS)),
+                               "--algorithm", algorithm, "--dtype", dtype,
+                               "--out", out_path, "--lse", lse_path, "--format", "json"]
+                    if causal:
+                        command.append("--causal")
+                    result = subprocess.run(command, capture_output=True, text=True)
+                    case = (f"{np.dtype(input_dtype).name} input, {algorithm}, {dtype}"
+                            f"{', causal' if causal else ''}")
+                    if result.returncode != 0:
+                        print(f"{case}: exit status {result.returncode}\n{result.stderr}")
+                        failures += 1
+                        continue
+                    out, lse = np.load(out_path), np.load(lse_path)
+                    # The tool rounds the inputs to --dtype first.
+                    rounded = [x.astype(np.float32 if dtype == "float" else np.float64)
+                               for x in (q, k, v)]
+                    expected_out, expected_lse = grouped_attention(*rounded, causal)
+                    expected_dtype = np.float32 if dtype == "float" else np.float64
+                    tol = 2e-5 if dtype == "float" else 1e-10
+                    kept = np.isfinite(expected_lse)
+                    errors = (np.abs(out - expected_out).max(),
+                              np.abs(lse[kept] - expected_lse[kept]).max())
+                    ok = (out.dtype == expected_dtype and lse.dtype == expected_dtype
+                          and out.shape == q.shape and lse.shape == q.shape[:3]
+                          and errors[0] <= tol and errors[1] <= tol * 10
+                          and np.all(np.isneginf(lse[~kept])))
+                    print(f"{case}: out {errors[0]:.2e}, lse {errors[1]:.2e}: "
+                          f"{'ok' if ok else 'FAIL'}")
+                    failures += not ok
+    print(f"{failures} failed")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
