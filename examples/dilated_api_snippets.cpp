@@ -1,0 +1,190 @@
+// The code snippets of docs/api.md, compiled and run: each lies between a comment line that
+// opens with "[snippet:" and names it, and one that says "[snippet-end]", and appears verbatim
+// (less its indentation) in docs/api.md, which
+// the ctest dilated_docs_api_snippets checks (cmake/DilatedAttention_CheckSnippets.cmake).
+// Exits non-zero when a result is wrong.
+#include <DilatedAttention.hpp>
+
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <string>
+
+namespace {
+
+int failures = 0;
+void expect(bool ok, const char* what) {
+  if (!ok) {
+    std::printf("FAIL: %s\n", what);
+    ++failures;
+  }
+}
+
+template <class View>
+void fill(const View& x, double phase) {
+  auto host = Kokkos::create_mirror_view(x);
+  for (std::size_t i = 0; i < host.size(); ++i)
+    host.data()[i] = static_cast<typename View::value_type>(std::sin(0.37 * i + phase));
+  Kokkos::deep_copy(x, host);
+}
+
+void attention_snippet() {
+  const int batch = 1, n = 1000, heads = 4, head_dim = 16;
+  // [snippet:attention]
+  using View4 = Kokkos::View<float****, Kokkos::LayoutRight>;  // (batch, seq, heads, head_dim)
+  View4 q("q", batch, n, heads, head_dim), k("k", batch, n, heads, head_dim),
+      v("v", batch, n, heads, head_dim), out("out", batch, n, heads, head_dim);
+  Kokkos::View<float***, Kokkos::LayoutRight> lse("lse", batch, n, heads);  // optional
+  // ... fill q, k, v ...
+
+  // The seed's DilatedAttention (Original) and ImprovedDilatedAttention (Improved): same
+  // function, different algorithm. Segments 128/256/512 with dilations 1/2/4.
+  const dilated::DilatedAttention<dilated::Improved> attention(
+      {128, 256, 512}, {1, 2, 4},
+      dilated::AttentionOptions().set_semantics(dilated::Semantics::grouped));
+  const dilated::ForwardOptions call{/*is_causal=*/true, /*training=*/false, /*seed=*/0};
+  attention.forward(Kokkos::DefaultExecutionSpace(), q, k, v, out, lse, call);
+
+  // Gradients of <out, dout>; the forward's lse spares the backward a recomputation.
+  View4 dout("dout", batch, n, heads, head_dim), dq("dq", batch, n, heads, head_dim),
+      dk("dk", batch, n, heads, head_dim), dv("dv", batch, n, heads, head_dim);
+  attention.backward(Kokkos::DefaultExecutionSpace(), q, k, v, out, lse, dout, dq, dk, dv, call);
+  // [snippet-end]
+  (void)q;
+}
+
+void attention_checked() {
+  using View4 = Kokkos::View<float****, Kokkos::LayoutRight>;
+  View4 q("q", 1, 200, 4, 8), k("k", 1, 200, 4, 8), v("v", 1, 200, 4, 8), out("out", 1, 200, 4, 8);
+  fill(q, 0.1);
+  fill(k, 0.2);
+  fill(v, 0.3);
+  const dilated::DilatedAttention<dilated::Original> attention({64, 128}, {1, 2});
+  attention.forward(q, k, v, out);
+  // [snippet:reference]
+  // The oracle: exact dilated attention in double on the host (O(n^2) per head: small n only).
+  Kokkos::View<double****, Kokkos::HostSpace> expected("expected", 1, 200, 4, 8);
+  const auto q_host = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), q);
+  const auto k_host = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), k);
+  const auto v_host = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), v);
+  dilated::reference(attention.geometry(/*num_heads=*/4), q_host, k_host, v_host, expected,
+                     dilated::ReferenceOptions{/*is_causal=*/false, /*softmax_scale=*/{}});
+  // [snippet-end]
+  const auto got = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), out);
+  double worst = 0;
+  for (std::size_t i = 0; i < got.size(); ++i)
+    worst = std::max(worst, std::abs(got.data()[i] - expected.data()[i]));
+  expect(worst < 1e-5, "DilatedAttention<Original> matches dilated::reference");
+}
+
+void geometry_snippet() {
+  Kokkos::View<float****, Kokkos::HostSpace> v("v", 1, 16, 4, 8);
+  // [snippet:geometry]
+  // Which positions each head keeps: segments 4/8/16, dilations 1/2/4, 4 heads, LongNet.
+  const dilated::Geometry g({4, 8, 16}, {1, 2, 4}, /*num_heads=*/4, dilated::Semantics::longnet);
+  const bool kept = g.keeps(/*branch=*/1, /*head=*/2, /*position=*/5, /*n=*/16);  // offset 1: yes
+  for (const dilated::HeadBlock& block : g.head_blocks()) {
+    // block.branch, heads [block.head_begin, block.head_end), block.offset
+    const dilated::KeptPositions p = g.kept(block.branch, /*segment=*/0, block.offset, 16);
+    (void)p;  // positions p.first, p.first + p.stride, ... (p.count of them)
+  }
+  // Segment 1 of branch 1 for heads 2-3 as a strided view of v: no copy.
+  const auto segment = dilated::segment_view(v, g, g.head_blocks()[2], /*segment=*/1);
+  // segment(b, t, j, c) is v(b, 9 + 2 t, 2 + j, c); segment.extent(1) == 4
+  // [snippet-end]
+  expect(kept, "Geometry::keeps");
+  expect(segment.extent(1) == 4 && segment.extent(2) == 2, "segment_view extents");
+  expect(&segment(0, 1, 1, 3) == &v(0, 11, 3, 3), "segment_view aliases v");
+}
+
+void npy_snippet(const std::string& dir) {
+  const std::string path = dir + "/x.npy";
+  // [snippet:npy]
+  // .npy files (numpy.save / numpy.load): float16/32/64 in, float32/64 out.
+  const std::vector<float> values = {1.0f, 2.0f, 3.0f, 4.0f, 5.0f, 6.0f};
+  dilated::npy::write(path, {2, 3}, values.data());
+  const dilated::npy::Array array = dilated::npy::read(path);  // throws npy::FormatError
+  // array.shape == {2, 3}, array.dtype == "<f4", array.to_double()[5] == 6.0
+  // [snippet-end]
+  expect(array.shape == std::vector<std::size_t>({2, 3}) && array.to_double()[5] == 6.0,
+         "npy round trip");
+}
+
+void layer_snippet(const std::string& dir) {
+  const int batch = 2, n = 300;
+  // [snippet:layer]
+  // The seed's MultiheadDilatedAttention (embed_dim 64, 4 heads) with the Improved algorithm
+  // (ImprovedMultiheadDilatedAttention), float on the default device.
+  using Layer = dilated::MultiheadDilatedAttention<dilated::Improved, float>;
+  Layer layer(/*embed_dim=*/64, /*num_heads=*/4, /*segment_lengths=*/{64, 128, 256},
+              /*dilation_rates=*/{1, 2, 4}, /*dropout=*/0.0, /*bias=*/true,
+              /*layer_norm=*/true, /*layer_norm_eps=*/1e-5, /*gamma_init=*/1.0,
+              dilated::Semantics::grouped, /*init_seed=*/42);
+  Kokkos::View<float***, Kokkos::LayoutRight> x("x", batch, n, 64), y("y", batch, n, 64),
+      dy("dy", batch, n, 64);
+  // ... fill x and dy ...
+  const dilated::ForwardOptions call{/*is_causal=*/true, /*training=*/false, /*seed=*/0};
+  Layer::Activations saved;                                                 // what backward needs
+  layer.forward(Kokkos::DefaultExecutionSpace(), x, x, x, y, saved, call);  // self-attention
+  const Layer::Gradients grads = layer.backward(x, x, x, dy, saved, call);
+  // grads.query: d<y, dy>/dx (self-attention: one input); grads.parameters: every weight's
+  for (const auto& tensor : grads.parameters.named_tensors()) {
+    // tensor.name ("q_proj.weight", ...), tensor.shape, tensor.values (a flat View)
+    std::printf("%s: %zu values\n", tensor.name.c_str(), tensor.values.size());
+  }
+  layer.save(dir);  // q_proj.weight.npy, ..., out_proj.bias.npy (PyTorch state_dict names)
+  layer.load(dir);
+  // [snippet-end]
+  expect(grads.self_attention && grads.query.extent(1) == std::size_t(n), "layer gradients");
+}
+
+void seed_names_snippet() {
+  // [snippet:seed-names]
+  // The seed's four class names.
+  const dilated::seed::DilatedAttention a({2048, 4096}, {1, 2});
+  const dilated::seed::ImprovedDilatedAttention b({2048, 4096}, {1, 2});
+  const dilated::seed::MultiheadDilatedAttention<float> c(768, 12, {2048, 4096}, {1, 2});
+  const dilated::seed::ImprovedMultiheadDilatedAttention<> d(768, 12, {2048, 4096}, {1, 2});
+  // [snippet-end]
+  expect(c.head_dim() == 64 && d.num_heads() == 12 && a.dilation_rates().size() == 2 &&
+             b.segment_lengths()[1] == 4096,
+         "seed names");
+}
+
+void options_snippet() {
+  // [snippet:options]
+  const auto options = dilated::AttentionOptions()
+                           .set_semantics(dilated::semantics_from_string("longnet"))
+                           .set_softmax_scale(0.125)          // default 1/sqrt(head_dim)
+                           .set_attention_dropout(0.1)        // applied when call.training
+                           .set_detach_branch_weights(false)  // longnet: gradients flow (default)
+                           .set_workspace_bytes(256 << 20)    // Original's score workspace
+                           .set_vendor_gemm(true);            // Original on CUDA: cuBLAS products
+  const dilated::DilatedAttention<dilated::Original> attention({2048, 4096}, {1, 2}, options);
+  // Bad arguments throw std::invalid_argument naming the function, argument and value.
+  try {
+    const dilated::DilatedAttention<> bad({2048, 4096}, {1, 0});
+  } catch (const std::invalid_argument& e) {
+    // e.what(): "dilated::DilatedAttention: dilation_rates[1] = 0 must be >= 1"
+  }
+  // [snippet-end]
+  expect(attention.options().semantics() == dilated::Semantics::longnet, "options");
+}
+
+}  // namespace
+
+int main(int argc, char* argv[]) {
+  Kokkos::ScopeGuard kokkos(argc, argv);
+  const std::string dir =
+      (std::filesystem::temp_directory_path() / "dilated_api_snippets").string();
+  std::filesystem::create_directories(dir);
+  attention_snippet();
+  attention_checked();
+  geometry_snippet();
+  npy_snippet(dir);
+  layer_snippet(dir);
+  seed_names_snippet();
+  options_snippet();
+  std::printf("%s\n", failures ? "FAIL" : "all snippets ran");
+  return failures ? 1 : 0;
+}
