@@ -4,7 +4,8 @@
 # benchmark JSON go to OUT_DIR; the last lines printed are a summary.
 #
 # Usage: scripts/device_suite.sh BIN_DIR OUT_DIR [GOLDEN_DIR] [BENCH_LENGTHS]
-# Environment: ONLY=<regex> runs only matching test executables; SKIP_CHECKS=1, SKIP_BENCH=1.
+# Environment: ONLY=<regex> runs only matching test executables; SKIP_CHECKS=1, SKIP_DEMO=1,
+# SKIP_BENCH=1; DEMO_ARGS replaces the demo's arguments (default --dtype half).
 set -u
 bin=$1
 out=$2
@@ -46,6 +47,18 @@ for algorithm in ${ALGORITHMS:-original improved}; do
     summary+=("$(printf 'check %-8s %d %-7s %s' "$algorithm" "$i" "$status" "$(head -1 "$log")")")
   done
 done
+
+# The demo: the seed's four variants, checked against the host (DEMO_ARGS replaces its arguments;
+# SKIP_DEMO=1 skips it).
+if [ -x "$bin/dilated_demo" ] && [ -z "${SKIP_DEMO:-}" ]; then
+  if "$bin/dilated_demo" ${DEMO_ARGS:---dtype half} --json "$out/demo.json" >"$out/demo.log" 2>&1; then
+    status=passed
+  else
+    status=FAILED
+    failed=1
+  fi
+  summary+=("demo $status" "$(grep -E '^\| ' "$out/demo.log")")
+fi
 
 # Benchmarks: both algorithms side by side (BENCH_ARGS adds flags, e.g. --benchmark_filter=).
 if [ -x "$bin/dilated_bench_attention" ] && [ -z "${SKIP_BENCH:-}" ]; then
