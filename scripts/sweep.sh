@@ -22,7 +22,7 @@
 #   --causal C1,C2        full, causal [full,causal]
 #   --passes P1,P2        fwd, fwd_bwd [fwd,fwd_bwd]
 #   --algorithms A1,A2    original, improved [original,improved]
-#   --no-layer            skip the multihead layer (E = heads x dim; its causal axis is "full")
+#   --no-layer            skip the multihead layer (embed_dim = heads x dim)
 #   --no-attention        skip the attention benchmark
 #   --min-time S          --benchmark_min_time per benchmark [0.2]
 #   --timeout S           wall-clock limit per run; a run that hits it ends its configuration [900]
@@ -162,9 +162,11 @@ for schedule in $schedules; do
           fi
           if [ "$do_layer" = 1 ]; then
             for algorithm in $(split "$algorithms"); do
-              run_lengths "layer_${semantics}_${tag}_E$((heads * d))_${dtype}_${algorithm}_${pass}" \
-                "$layer_bin" "${common[@]}" "--embed=$((heads * d))" "--policies=$algorithm" \
-                "--passes=$pass"
+              for causal in $(split "$causal_list"); do
+                run_lengths "layer_${semantics}_${tag}_E$((heads * d))_${dtype}_${algorithm}_${causal}_${pass}" \
+                  "$layer_bin" "${common[@]}" "--embed=$((heads * d))" "--policies=$algorithm" \
+                  "--causal=$causal" "--passes=$pass"
+              done
             done
           fi
         done
