@@ -1,7 +1,7 @@
 // Google Benchmark of MultiheadDilatedAttention (the whole layer: projections, dilated
 // attention, sub-LayerNorm, out projection) on the default Kokkos device, self-attention, both
 // policies, forward and forward+backward (gradients of the input and every parameter). Manual
-// time between fences; counters: tokens/s, TFLOP/s (attention plus projection FLOPs) and the
+// time between fences; counters: tokens/s, TFLOP/s (attention plus projection FLOPs), GB/s and the
 // peak device memory the call allocates beyond its input, output and dout (measured from Kokkos
 // allocations; for forward+backward it includes the saved activations and the returned
 // gradients).
@@ -135,6 +135,13 @@ void run(benchmark::State& state, const Settings& s, int n, bool causal, bool wi
   constexpr double MiB = 1024.0 * 1024.0;
   state.counters["tokens_per_s"] = Counter(double(s.batch) * n, Counter::kIsIterationInvariantRate);
   state.counters["TFLOP_per_s"] = Counter(flops * 1e-12, Counter::kIsIterationInvariantRate);
+  // GB/s of the layer's unavoidable traffic: input and output (forward), plus dout and the input
+  // gradient (backward), and the four E x E weights read once per pass.
+  const double activation_bytes = double(x.size()) * sizeof(Storage);
+  const double weight_bytes = 4.0 * s.embed * double(s.embed) * sizeof(Storage);
+  const double bytes =
+      with_backward ? 4 * activation_bytes + 2 * weight_bytes : 2 * activation_bytes + weight_bytes;
+  state.counters["GB_per_s"] = Counter(bytes * 1e-9, Counter::kIsIterationInvariantRate);
   state.counters["extra_MiB"] = dilated::tools::MemoryTracker::peak_extra() / MiB;
   state.counters["input_MiB"] = double(x.size()) * sizeof(Storage) / MiB;
   state.counters["n"] = n;
