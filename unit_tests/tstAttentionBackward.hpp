@@ -6,6 +6,7 @@
 #include <Dilated_AttentionTestUtils.hpp>
 #include <Dilated_BranchwiseReference.hpp>
 #include <Dilated_TestData.hpp>
+#include <Dilated_Tolerances.hpp>
 
 #include <catch2/catch_template_test_macros.hpp>
 #include <catch2/catch_test_macros.hpp>
@@ -244,5 +245,42 @@ TEMPLATE_TEST_CASE("Dropout: the documented mask, p = 0 is the identity, seeds r
     CAPTURE(kept, total, fraction);
     REQUIRE(total > 10000);
     REQUIRE(std::abs(fraction - 0.75) < 3 * sigma);
+  }
+}
+
+TEMPLATE_LIST_TEST_CASE("Improved backward equals Original backward",
+                        "[backward][improved]" TEST_CATEGORY, dilated::testing::StorageTypes) {
+  // Segments of 128-256 kept positions: several query and key tiles in both backward passes on
+  // every backend (the tensor-core dq and dk/dv passes for half/bf16 at d = 64 on CUDA), causal
+  // tile starts, partial last segments; gradients flow through the longnet weights.
+  const GradCase cases[] = {
+      {Semantics::grouped, {256, 512, 1024}, {1, 2, 4}, 1, 1500, 6, 64, false, false, 0.0},
+      {Semantics::grouped, {256, 512, 1024}, {1, 2, 4}, 1, 1500, 6, 64, true, false, 0.0},
+      {Semantics::longnet, {128, 256}, {1, 2}, 2, 600, 4, 64, true, false, 0.0},
+      {Semantics::longnet, {128, 256}, {1, 2}, 1, 400, 2, 64, false, true, 0.1},
+  };
+  std::uint64_t seed = 1300;
+  for (const auto& c : cases) {
+    CAPTURE(dilated::to_string(c.semantics), c.causal, c.detach, c.dropout);
+    seed += 10;
+    const auto q = dilated::testing::random_bnhd<double>("q", c.b, c.n, c.h, c.d, seed);
+    const auto k = dilated::testing::random_bnhd<double>("k", c.b, c.n, c.h, c.d, seed + 1);
+    const auto v = dilated::testing::random_bnhd<double>("v", c.b, c.n, c.h, c.d, seed + 2);
+    const auto r = dilated::testing::random_bnhd<double>("r", c.b, c.n, c.h, c.d, seed + 3);
+    const auto original =
+        run_backward<TestType>(c, q, k, v, r, seed, true, dilated::testing::Variant{false, true});
+    const auto improved =
+        run_backward<TestType>(c, q, k, v, r, seed, true, dilated::testing::Variant{true, false});
+    // Each side is within the storage type's error of the exact gradients; gradients sum up to
+    // a segment of O(1) terms twice (P, then dS), hence 4x the forward tolerance (the check tool's
+    // rule), and float's 1e-4 of the float-vs-double test.
+    using Tol = dilated::testing::Tolerance<TestType>;
+    const double rtol = std::max(4 * Tol::rtol, std::is_same_v<TestType, double> ? 0.0 : 1e-4);
+    const double atol = std::max(4 * Tol::atol, std::is_same_v<TestType, double> ? 0.0 : 1e-4);
+    DILATED_CHECK_ALLCLOSE(improved.out, dilated::testing::to_host_double(original.out), rtol,
+                           atol);
+    DILATED_CHECK_ALLCLOSE(improved.dq, dilated::testing::to_host_double(original.dq), rtol, atol);
+    DILATED_CHECK_ALLCLOSE(improved.dk, dilated::testing::to_host_double(original.dk), rtol, atol);
+    DILATED_CHECK_ALLCLOSE(improved.dv, dilated::testing::to_host_double(original.dv), rtol, atol);
   }
 }

@@ -3,9 +3,10 @@
 // D_t = g . out row products of the backward pass).
 //
 // Extra device memory (docs/algorithms.md): grouped writes the caller's out/lse (and dq, dk, dv)
-// directly, each row belonging to one branch: nothing beyond a (b, n, h) log-sum-exp in the
-// backward. longnet merges branches in place: in the caller's views when they are float/double,
-// else in a float accumulator of the output's shape, plus a float (b, n, h) log-sum-exp.
+// directly, each row belonging to one branch: nothing in the forward, and a float (b, n, h)
+// log-sum-exp L and row term D in the backward. longnet merges branches in place: in the
+// caller's views when they are float/double, else in a float accumulator of the output's
+// shape, plus a float (b, n, h) log-sum-exp.
 #ifndef DILATED_IMPL_IMPROVED_DRIVER_HPP
 #define DILATED_IMPL_IMPROVED_DRIVER_HPP
 
@@ -66,7 +67,7 @@ void zero_unkept_rows(const ExecSpace& space, const Geometry& g, const L* lse, c
     const int begin = group.first, heads = group.second - group.first, window = g.window(i, n),
               rate = g.dilation_rate(i);
     const int offset = g.offset(i, begin);
-    if (rate == 1 && offset == 0 && n % window == 0) continue;  // every row is kept
+    if (rate == 1) continue;  // every row is kept
     Kokkos::parallel_for(
         "dilated::improved::zero_unkept_rows",
         Kokkos::RangePolicy<ExecSpace>(space, 0, static_cast<long>(view.extent(0)) * n * heads * d),
@@ -164,8 +165,7 @@ void improved_backward_branches(const ExecSpace& space, const Geometry& g,
       for (int i = 0; i < g.num_branches(); ++i) {
         const auto launch = tiled_launch<ExecSpace>(g, i, base, q.extent(0));
         if (branch_deltas) branch_delta(launch);
-        mma::backward_branches<64>(space, {launch}, q, k, v, dout, lse, delta, dq, dk, dv,
-                                   accumulate);
+        mma::backward_branch<64>(space, launch, q, k, v, dout, lse, delta, dq, dk, dv, accumulate);
       }
       return;
     }

@@ -362,7 +362,10 @@ struct ImprovedDqKernel {
       const int pt = kept.position(tile.first + i);
       if (delta_mode) {
         Kokkos::single(Kokkos::PerThread(team), [&]() {
-          delta(b, pt, h) = static_cast<typename DeltaV::value_type>(sum_pzdp[i] / sum_p[i]);
+          // sum_p = exp(lse_i - L) underflows to 0 when the branch's weight does: then the
+          // branch contributes no gradient to the row, and D_t must not be 0/0.
+          const Acc d_t = sum_p[i] > Acc(0) ? sum_pzdp[i] / sum_p[i] : Acc(0);
+          delta(b, pt, h) = static_cast<typename DeltaV::value_type>(d_t);
         });
         return;
       }

@@ -49,7 +49,7 @@ struct DqKernel {
   using Tiles = BackwardTiles<D>;
   static constexpr bool bf16 = !std::is_same_v<T, Kokkos::Experimental::half_t>;
 
-  BranchSet<TiledLaunch<Kokkos::CudaSpace, float>, 1> set;  // one branch: see backward_branches
+  BranchSet<TiledLaunch<Kokkos::CudaSpace, float>, 1> set;  // one branch: see backward_branch
   QV q;
   KV k;
   VV v;
@@ -228,7 +228,7 @@ struct DkDvKernel {
   using Tiles = BackwardTiles<D>;
   static constexpr bool bf16 = !std::is_same_v<T, Kokkos::Experimental::half_t>;
 
-  BranchSet<TiledLaunch<Kokkos::CudaSpace, float>, 1> set;  // one branch: see backward_branches
+  BranchSet<TiledLaunch<Kokkos::CudaSpace, float>, 1> set;  // one branch: see backward_branch
   QV q;
   KV k;
   VV v;
@@ -391,37 +391,33 @@ struct DkDvKernel {
   }
 };
 
-// The dq and dk/dv passes of `launches` (branches), branch after branch (longnet: each adds into
-// the gradients). Grouped branches could share one launch as in the forward, but that measured
-// slower on the H100 (fwd+bwd at 64K: 10.4 ms against 8.5 ms): choosing the launch per team at
-// run time cost the register-bound backward kernels more than the tails it removed.
-// `delta` holds D_t for every row.
+// The dq and dk/dv passes of one branch (longnet: each branch adds into the gradients). Grouped
+// branches could share one launch as in the forward, but that measured slower on the H100 (fwd+bwd
+// at 64K: 10.4 ms against 8.5 ms): choosing the launch per team at run time cost the register-bound
+// backward kernels more than the tails it removed. `delta` holds D_t for every row.
 template <int D, class Q, class K, class V, class G, class LseV, class DeltaV, class DQ, class DK,
           class DV>
-void backward_branches(const Kokkos::Cuda& space,
-                       std::vector<TiledLaunch<Kokkos::CudaSpace, float>> launches, const Q& q,
-                       const K& k, const V& v, const G& dout, const LseV& lse, const DeltaV& delta,
-                       const DQ& dq, const DK& dk, const DV& dv, bool accumulate) {
+void backward_branch(const Kokkos::Cuda& space, TiledLaunch<Kokkos::CudaSpace, float> launch,
+                     const Q& q, const K& k, const V& v, const G& dout, const LseV& lse,
+                     const DeltaV& delta, const DQ& dq, const DK& dk, const DV& dv,
+                     bool accumulate) {
   using Tiles = BackwardTiles<D>;
   using Dq = DqKernel<D, Q, K, V, G, LseV, DeltaV, DQ>;
   using DkDv = DkDvKernel<D, Q, K, V, G, LseV, DeltaV, DK, DV>;
-  for (auto& launch : launches) {
-    launch.query_rows = launch.key_rows = Tiles::rows;
-    launch.tiles = (launch.branch.plan.max_kept + Tiles::rows - 1) / Tiles::rows;
-  }
-  for (const auto& set : branch_sets<TiledLaunch<Kokkos::CudaSpace, float>, 1>(launches, false)) {
-    const int league = static_cast<int>(set.teams());
-    Kokkos::TeamPolicy<Kokkos::Cuda, Kokkos::LaunchBounds<128, Dq::min_blocks>> dq_policy(
-        space, league, 4, 32);
-    dq_policy.set_scratch_size(0, Kokkos::PerTeam(Tiles::dq_scratch_bytes + 16));
-    Kokkos::parallel_for("dilated::improved::dq_mma", dq_policy,
-                         Dq{set, q, k, v, dout, lse, delta, dq, accumulate});
-    Kokkos::TeamPolicy<Kokkos::Cuda, Kokkos::LaunchBounds<128, DkDv::min_blocks>> dkdv_policy(
-        space, league, 4, 32);
-    dkdv_policy.set_scratch_size(0, Kokkos::PerTeam(Tiles::dkdv_scratch_bytes + 16));
-    Kokkos::parallel_for("dilated::improved::dkdv_mma", dkdv_policy,
-                         DkDv{set, q, k, v, dout, lse, delta, dk, dv, accumulate});
-  }
+  launch.query_rows = launch.key_rows = Tiles::rows;
+  launch.tiles = (launch.branch.plan.max_kept + Tiles::rows - 1) / Tiles::rows;
+  const auto set = branch_sets<TiledLaunch<Kokkos::CudaSpace, float>, 1>({launch}, false).front();
+  const int league = static_cast<int>(set.teams());
+  Kokkos::TeamPolicy<Kokkos::Cuda, Kokkos::LaunchBounds<128, Dq::min_blocks>> dq_policy(
+      space, league, 4, 32);
+  dq_policy.set_scratch_size(0, Kokkos::PerTeam(Tiles::dq_scratch_bytes + 16));
+  Kokkos::parallel_for("dilated::improved::dq_mma", dq_policy,
+                       Dq{set, q, k, v, dout, lse, delta, dq, accumulate});
+  Kokkos::TeamPolicy<Kokkos::Cuda, Kokkos::LaunchBounds<128, DkDv::min_blocks>> dkdv_policy(
+      space, league, 4, 32);
+  dkdv_policy.set_scratch_size(0, Kokkos::PerTeam(Tiles::dkdv_scratch_bytes + 16));
+  Kokkos::parallel_for("dilated::improved::dkdv_mma", dkdv_policy,
+                       DkDv{set, q, k, v, dout, lse, delta, dk, dv, accumulate});
 }
 
 }  // namespace dilated::Impl::mma

@@ -112,9 +112,10 @@ struct TileLoader {
   static constexpr int rows_per_pass = 128 / chunks;  // rows the team covers per pass
   static constexpr int passes = NROWS / rows_per_pass;
   static_assert(NROWS % rows_per_pass == 0, "tile rows must be a multiple of a pass");
-  const char* base;  // this thread's piece of kept row 0
-  long row_step;     // bytes between consecutive kept rows
-  int row0, dst0;    // this thread's first tile row and its shared-memory offset (halves)
+  const char* base;    // this thread's piece of its first tile row (row0) of kept row 0's tile
+  const char* origin;  // kept row 0 itself: the (unread) source of zero-filled rows
+  long row_step;       // bytes between consecutive kept rows
+  int row0, dst0;      // this thread's first tile row and its shared-memory offset (halves)
 
   template <class View>
   __device__ __forceinline__ TileLoader(const View& x, int b, int h, const KeptPositions& kept,
@@ -122,10 +123,10 @@ struct TileLoader {
     row0 = tid / chunks;
     const int piece = tid % chunks;
     row_step = 2L * kept.stride * x.stride(1);
-    base = reinterpret_cast<const char*>(x.data()) +
-           2 * (static_cast<long>(b) * x.stride(0) + static_cast<long>(h) * x.stride(2) +
-                static_cast<long>(kept.first) * x.stride(1) + piece * 8) +
-           row0 * row_step;
+    origin = reinterpret_cast<const char*>(x.data()) +
+             2 * (static_cast<long>(b) * x.stride(0) + static_cast<long>(h) * x.stride(2) +
+                  static_cast<long>(kept.first) * x.stride(1) + piece * 8);
+    base = origin + row0 * row_step;
     dst0 = row0 * LD + piece * 8;
   }
   // Kept rows [first, first + count) (count <= NROWS) into dst.
@@ -134,8 +135,8 @@ struct TileLoader {
 #pragma unroll
     for (int i = 0; i < passes; ++i) {
       const bool valid = row0 + i * rows_per_pass < count;
-      copy16(dst + dst0 + i * rows_per_pass * LD, valid ? src + i * rows_per_pass * row_step : base,
-             valid);
+      copy16(dst + dst0 + i * rows_per_pass * LD,
+             valid ? src + i * rows_per_pass * row_step : origin, valid);
     }
   }
 };
