@@ -251,7 +251,8 @@ struct ForwardKernel {
     float previous[2] = {-INFINITY, -INFINITY};
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
-      if (br.longnet && my_t[r] < t0 + rows) previous[r] = lse(b, kept.position(my_t[r]), h);
+      if (br.longnet && my_t[r] < t0 + rows)
+        previous[r] = static_cast<float>(lse(b, kept.position(my_t[r]), h));
     }
     __syncwarp();  // every lane of the quad has read the old lse before one lane replaces it
 #pragma unroll
