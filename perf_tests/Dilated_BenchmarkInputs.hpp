@@ -7,10 +7,15 @@
 #include <impl/Dilated_Dropout.hpp>
 
 #include <Kokkos_Core.hpp>
+#include <benchmark/benchmark.h>
+
+#include <algorithm>
+#include <exception>
 
 #include <cstdint>
 #include <sstream>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 namespace dilated::bench {
@@ -87,6 +92,61 @@ void fill_uniform(const View& x, std::uint64_t seed) {
         data[i] = static_cast<T>(static_cast<float>(bits >> 40) / 8388608.0f - 1.0f);
       });
   Space().fence();
+}
+
+inline bool listed(const std::vector<std::string>& list, const char* item) {
+  return std::find(list.begin(), list.end(), item) != list.end();
+}
+
+// Registers one benchmark per (pass, mask, length) the lists select (`passes`: fwd, fwd_bwd;
+// `masks`: full, causal), named name(with_backward, causal, n), running
+// run(state, n, causal, with_backward) with manual time in milliseconds. A run that throws (an
+// allocation that does not fit) is skipped with its message; the others still run.
+template <class Name, class Run>
+void register_runs(const std::vector<std::string>& passes, const std::vector<std::string>& masks,
+                   const std::vector<int>& lengths, Name&& name, Run run) {
+  for (bool with_backward : {false, true}) {
+    if (!listed(passes, with_backward ? "fwd_bwd" : "fwd")) continue;
+    for (bool causal : {false, true}) {
+      if (!listed(masks, causal ? "causal" : "full")) continue;
+      for (int n : lengths) {
+        benchmark::RegisterBenchmark(name(with_backward, causal, n).c_str(),
+                                     [=](benchmark::State& state) {
+                                       try {
+                                         run(state, n, causal, with_backward);
+                                       } catch (const std::exception& e) {
+                                         state.SkipWithError(e.what());
+                                       }
+                                     })
+            ->UseManualTime()
+            ->Unit(benchmark::kMillisecond);
+      }
+    }
+  }
+}
+
+// The problem shape every benchmark JSON records beside the Kokkos configuration.
+inline void add_shape_context(const std::vector<std::string>& dtypes, const std::string& semantics,
+                              const std::vector<int>& segments, const std::vector<int>& dilations,
+                              int batch, int heads) {
+  const auto join = [](const auto& list) {
+    std::string text;
+    for (const auto& x : list) {
+      if (!text.empty()) text += ",";
+      if constexpr (std::is_same_v<std::decay_t<decltype(x)>, int>) {
+        text += std::to_string(x);
+      } else {
+        text += x;
+      }
+    }
+    return text;
+  };
+  benchmark::AddCustomContext("storage", join(dtypes));
+  benchmark::AddCustomContext("semantics", semantics);
+  benchmark::AddCustomContext("segment_lengths", join(segments));
+  benchmark::AddCustomContext("dilation_rates", join(dilations));
+  benchmark::AddCustomContext("batch", std::to_string(batch));
+  benchmark::AddCustomContext("heads", std::to_string(heads));
 }
 
 }  // namespace dilated::bench

@@ -180,18 +180,6 @@ void run(benchmark::State& state, const Settings& s, int n, bool causal, bool wi
       (tensor_bytes + double(lse.size()) * sizeof(typename decltype(lse)::value_type)) / MiB;
 }
 
-// An allocation that does not fit (or any other failure) skips this benchmark with its message;
-// the other benchmarks still run.
-template <class Algorithm, class Storage>
-void run_or_skip(benchmark::State& state, const Settings& s, int n, bool causal,
-                 bool with_backward) {
-  try {
-    run<Algorithm, Storage>(state, s, n, causal, with_backward);
-  } catch (const std::exception& e) {
-    state.SkipWithError(e.what());
-  }
-}
-
 #if defined(DILATED_BENCH_OPENBLAS)
 // Gives OpenBLAS as many threads as the Kokkos host space, on the same cores. With
 // OMP_PROC_BIND set, the OpenMP runtime binds this thread to one core when it loads, before
@@ -256,30 +244,17 @@ void run_sgemm(benchmark::State& state, int size) {
 }
 #endif
 
-bool listed(const std::vector<std::string>& list, const char* item) {
-  return std::find(list.begin(), list.end(), item) != list.end();
-}
-
 template <class Algorithm, class Storage>
 void register_algorithm(const Settings& s, const std::string& prefix, const char* storage) {
-  for (bool with_backward : {false, true}) {
-    if (!listed(s.passes, with_backward ? "fwd_bwd" : "fwd")) continue;
-    for (bool causal : {false, true}) {
-      if (!listed(s.causal, causal ? "causal" : "full")) continue;
-      for (int n : s.lengths) {
-        const std::string name = prefix + "/" + s.semantics + "/" + storage +
-                                 (with_backward ? "/fwd_bwd" : "/fwd") +
-                                 (causal ? "/causal" : "/full") + "/n:" + std::to_string(n);
-        benchmark::RegisterBenchmark(name.c_str(),
-                                     [=](benchmark::State& st) {
-                                       run_or_skip<Algorithm, Storage>(st, s, n, causal,
-                                                                       with_backward);
-                                     })
-            ->UseManualTime()
-            ->Unit(benchmark::kMillisecond);
-      }
-    }
-  }
+  dilated::bench::register_runs(
+      s.passes, s.causal, s.lengths,
+      [&](bool with_backward, bool causal, int n) {
+        return prefix + "/" + s.semantics + "/" + storage + (with_backward ? "/fwd_bwd" : "/fwd") +
+               (causal ? "/causal" : "/full") + "/n:" + std::to_string(n);
+      },
+      [s](benchmark::State& state, int n, bool causal, bool with_backward) {
+        run<Algorithm, Storage>(state, s, n, causal, with_backward);
+      });
 }
 
 }  // namespace
@@ -291,21 +266,8 @@ int main(int argc, char* argv[]) {
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
   dilated::bench::add_context();
-  std::string storages;
-  for (const auto& dtype : s.dtypes)
-    storages += (storages.empty() ? "" : ",") + dtype;
-  benchmark::AddCustomContext("storage", storages);
-  benchmark::AddCustomContext("semantics", s.semantics);
-  const auto join = [](const std::vector<int>& v) {
-    std::string text;
-    for (const int x : v)
-      text += (text.empty() ? "" : ",") + std::to_string(x);
-    return text;
-  };
-  benchmark::AddCustomContext("segment_lengths", join(s.segments));
-  benchmark::AddCustomContext("dilation_rates", join(s.dilations));
-  benchmark::AddCustomContext("batch", std::to_string(s.batch));
-  benchmark::AddCustomContext("heads", std::to_string(s.heads));
+  dilated::bench::add_shape_context(s.dtypes, s.semantics, s.segments, s.dilations, s.batch,
+                                    s.heads);
   benchmark::AddCustomContext("head_dim", std::to_string(s.dim));
   for (const auto& algorithm : s.algorithms) {
     if (algorithm != "original" && algorithm != "improved") {
