@@ -94,6 +94,28 @@ void fill_uniform(const View& x, std::uint64_t seed) {
   Space().fence();
 }
 
+// Calls f(ExecSpace()) for the backend named: "default" (the default device: CUDA in a CUDA
+// build), "host" (the default host space: OpenMP when enabled) or "serial". False when the
+// name is unknown or the backend is not enabled in this Kokkos.
+template <class F>
+bool with_backend(const std::string& name, F&& f) {
+  if (name == "default") {
+    f(Kokkos::DefaultExecutionSpace());
+    return true;
+  }
+  if (name == "host") {
+    f(Kokkos::DefaultHostExecutionSpace());
+    return true;
+  }
+#if defined(KOKKOS_ENABLE_SERIAL)
+  if (name == "serial") {
+    f(Kokkos::Serial());
+    return true;
+  }
+#endif
+  return false;
+}
+
 inline bool listed(const std::vector<std::string>& list, const char* item) {
   return std::find(list.begin(), list.end(), item) != list.end();
 }

@@ -1,11 +1,13 @@
-// Google Benchmark of DilatedAttention on the default Kokkos device: both algorithms
+// Google Benchmark of DilatedAttention on the default Kokkos device (--backend=host or serial for
+// the host backends of the same build): both algorithms
 // (Original, Improved), forward and forward+backward, causal and not, over sequence lengths.
 // Manual time between fences; counters: tokens/s, TFLOP/s and GFLOP/s (useful attention
 // FLOPs), GB/s of the q/k/v/out traffic. Built with OpenBLAS, the same binary times the host's
 // cblas_sgemm (float, M = N = K) with the same FLOP counters, as a baseline on the same cores.
 //
 //   dilated_bench_attention --lengths=16384,65536 --semantics=grouped [--vendor_gemm=0]
-//       [--algorithms=original,improved] [--dtypes=fp16,bf16,fp32] [--causal=full,causal]
+//       [--algorithms=original,improved] [--backend=default|host|serial]
+//       [--dtypes=fp16,bf16,fp32] [--causal=full,causal]
 //       [--passes=fwd,fwd_bwd] [--sgemm_sizes=1024,2048]
 //       --benchmark_out=attention.json --benchmark_out_format=json
 // Storage is half on CUDA (fp16, as the PyTorch peers are measured) and float on the host unless
@@ -38,15 +40,16 @@
 namespace {
 
 using Device = Kokkos::DefaultExecutionSpace;
-template <class Storage>
-using View4 = Kokkos::View<Storage****, Kokkos::LayoutRight, Device::memory_space>;
+template <class Storage, class Space>
+using View4 = Kokkos::View<Storage****, Kokkos::LayoutRight, typename Space::memory_space>;
 
 struct Settings {
   std::vector<int> lengths = {16384, 65536};
   std::vector<int> segments = {2048, 4096, 8192}, dilations = {1, 2, 4};
   int batch = 1, heads = 12, dim = 64;
   std::string semantics = "grouped";
-  bool vendor_gemm = true;  // Original on CUDA: cuBLAS products (1) or the team kernel (0)
+  std::string backend = "default";  // default (device), host or serial
+  bool vendor_gemm = true;          // Original on CUDA: cuBLAS products (1) or the team kernel (0)
   std::vector<std::string> algorithms = {"original", "improved"};
   std::vector<std::string> dtypes = {dilated::bench::default_storage()};
   std::vector<std::string> causal = {"full", "causal"};
@@ -93,6 +96,8 @@ Settings parse(int& argc, char* argv[]) {
       s.causal = split(v);
     else if (const char* v = value("--passes="))
       s.passes = split(v);
+    else if (const char* v = value("--backend="))
+      s.backend = v;
     else if (const char* v = value("--sgemm_sizes="))
       s.sgemm_sizes = parse_list(v);
     else
@@ -102,10 +107,11 @@ Settings parse(int& argc, char* argv[]) {
   return s;
 }
 
-template <class Storage>
-View4<Storage> random_input(const char* label, const Settings& s, int n, std::uint64_t seed) {
-  View4<Storage> x(Kokkos::view_alloc(Kokkos::WithoutInitializing, std::string(label)), s.batch, n,
-                   s.heads, s.dim);
+template <class Storage, class Space>
+View4<Storage, Space> random_input(const char* label, const Settings& s, int n,
+                                   std::uint64_t seed) {
+  View4<Storage, Space> x(Kokkos::view_alloc(Kokkos::WithoutInitializing, std::string(label)),
+                          s.batch, n, s.heads, s.dim);
   dilated::bench::fill_uniform(x, seed);
   return x;
 }
@@ -124,18 +130,18 @@ double forward_flops(const dilated::Geometry& g, int batch, int n, int d, bool c
   return flops;
 }
 
-template <class Algorithm, class Storage>
+template <class Space, class Algorithm, class Storage>
 void run(benchmark::State& state, const Settings& s, int n, bool causal, bool with_backward) {
-  using View4 = ::View4<Storage>;
+  using View4 = ::View4<Storage, Space>;
   const dilated::DilatedAttention<Algorithm> attention(
       s.segments, s.dilations,
       dilated::AttentionOptions()
           .set_semantics(dilated::semantics_from_string(s.semantics))
           .set_vendor_gemm(s.vendor_gemm));
-  const auto q = random_input<Storage>("dilated::bench::q", s, n, 1);
-  const auto k = random_input<Storage>("dilated::bench::k", s, n, 2);
-  const auto v = random_input<Storage>("dilated::bench::v", s, n, 3);
-  const auto dout = random_input<Storage>("dilated::bench::dout", s, n, 4);
+  const auto q = random_input<Storage, Space>("dilated::bench::q", s, n, 1);
+  const auto k = random_input<Storage, Space>("dilated::bench::k", s, n, 2);
+  const auto v = random_input<Storage, Space>("dilated::bench::v", s, n, 3);
+  const auto dout = random_input<Storage, Space>("dilated::bench::dout", s, n, 4);
   View4 out("dilated::bench::out", s.batch, n, s.heads, s.dim);
   View4 dq, dk, dv;
   if (with_backward) {
@@ -143,10 +149,10 @@ void run(benchmark::State& state, const Settings& s, int n, bool causal, bool wi
     dk = View4("dilated::bench::dk", s.batch, n, s.heads, s.dim);
     dv = View4("dilated::bench::dv", s.batch, n, s.heads, s.dim);
   }
-  Kokkos::View<dilated::Impl::accumulation_t<Storage>***, Device::memory_space> lse(
+  Kokkos::View<dilated::Impl::accumulation_t<Storage>***, typename Space::memory_space> lse(
       "dilated::bench::lse", s.batch, n, s.heads);
   const dilated::ForwardOptions call{causal, false, 0};
-  const Device space;
+  const Space space;
   const auto step = [&] {
     attention.forward(space, q, k, v, out, lse, call);
     if (with_backward) attention.backward(space, q, k, v, out, lse, dout, dq, dk, dv, call);
@@ -244,7 +250,7 @@ void run_sgemm(benchmark::State& state, int size) {
 }
 #endif
 
-template <class Algorithm, class Storage>
+template <class Space, class Algorithm, class Storage>
 void register_algorithm(const Settings& s, const std::string& prefix, const char* storage) {
   dilated::bench::register_runs(
       s.passes, s.causal, s.lengths,
@@ -253,7 +259,7 @@ void register_algorithm(const Settings& s, const std::string& prefix, const char
                (causal ? "/causal" : "/full") + "/n:" + std::to_string(n);
       },
       [s](benchmark::State& state, int n, bool causal, bool with_backward) {
-        run<Algorithm, Storage>(state, s, n, causal, with_backward);
+        run<Space, Algorithm, Storage>(state, s, n, causal, with_backward);
       });
 }
 
@@ -261,38 +267,49 @@ void register_algorithm(const Settings& s, const std::string& prefix, const char
 
 int main(int argc, char* argv[]) {
   Kokkos::ScopeGuard kokkos(argc, argv);
-  dilated::tools::MemoryTracker::install(Device::memory_space::name());
   const Settings s = parse(argc, argv);
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
-  dilated::bench::add_context();
+  bool dtypes_known = true, algorithms_known = true;
+  const bool backend_known = dilated::bench::with_backend(s.backend, [&](auto backend) {
+    using Space = decltype(backend);
+    dilated::tools::MemoryTracker::install(Space::memory_space::name());
+    dilated::bench::add_context(Space::name());
+    for (const auto& algorithm : s.algorithms) {
+      if (algorithm != "original" && algorithm != "improved") {
+        std::fprintf(stderr, "unknown algorithm '%s' (original, improved)\n", algorithm.c_str());
+        algorithms_known = false;
+        return;
+      }
+      for (const auto& dtype : s.dtypes) {
+        dtypes_known =
+            dtypes_known && dilated::bench::with_storage(dtype, [&](auto tag, const char* storage) {
+              using Storage = typename decltype(tag)::type;
+              if (algorithm == "original") {
+                register_algorithm<Space, dilated::Original, Storage>(
+                    s, s.vendor_gemm ? "Original" : "Original-team", storage);
+              } else {
+                register_algorithm<Space, dilated::Improved, Storage>(s, "Improved", storage);
+              }
+            });
+      }
+    }
+  });
+  if (!backend_known) {
+    std::fprintf(stderr, "unknown or disabled backend '%s' (default, host, serial)\n",
+                 s.backend.c_str());
+    return 1;
+  }
+  if (!algorithms_known) return 1;
+  if (!dtypes_known) {
+    std::fprintf(stderr,
+                 "unknown or unavailable dtype in --dtypes (fp16, bf16, fp32, fp64; a host-only "
+                 "Kokkos has no 16-bit type)\n");
+    return 1;
+  }
   dilated::bench::add_shape_context(s.dtypes, s.semantics, s.segments, s.dilations, s.batch,
                                     s.heads);
   benchmark::AddCustomContext("head_dim", std::to_string(s.dim));
-  for (const auto& algorithm : s.algorithms) {
-    if (algorithm != "original" && algorithm != "improved") {
-      std::fprintf(stderr, "unknown algorithm '%s' (original, improved)\n", algorithm.c_str());
-      return 1;
-    }
-    for (const auto& dtype : s.dtypes) {
-      const bool known = dilated::bench::with_storage(dtype, [&](auto tag, const char* storage) {
-        using Storage = typename decltype(tag)::type;
-        if (algorithm == "original") {
-          register_algorithm<dilated::Original, Storage>(
-              s, s.vendor_gemm ? "Original" : "Original-team", storage);
-        } else {
-          register_algorithm<dilated::Improved, Storage>(s, "Improved", storage);
-        }
-      });
-      if (!known) {
-        std::fprintf(stderr,
-                     "unknown or unavailable dtype '%s' (fp16, bf16, fp32, fp64; a host-only "
-                     "Kokkos has no 16-bit type)\n",
-                     dtype.c_str());
-        return 1;
-      }
-    }
-  }
   // The sgemm baseline last: OpenBLAS' threads spin a while after each call.
 #if defined(DILATED_BENCH_OPENBLAS)
   if (!s.sgemm_sizes.empty()) openblas_use_host_space_cores();

@@ -7,7 +7,8 @@
 // gradients).
 //
 //   dilated_bench_layer --lengths=16384,65536,131072 --embed=768 --heads=12
-//       [--policies=original,improved] [--dtypes=fp16,fp32] [--causal=full,causal]
+//       [--policies=original,improved] [--backend=default|host|serial] [--dtypes=fp16,fp32]
+//       [--causal=full,causal]
 //       [--passes=fwd,fwd_bwd] --benchmark_out=layer.json --benchmark_out_format=json
 // Storage is half on CUDA (fp16) and float on the host unless --dtypes says otherwise; causal
 // runs get "/causal" in their names. A size that does not fit in memory is reported as a
@@ -29,13 +30,12 @@
 
 namespace {
 
-using Device = Kokkos::DefaultExecutionSpace;
-
 struct Settings {
   std::vector<int> lengths = {16384, 65536, 131072};
   std::vector<int> segments = {2048, 4096, 8192}, dilations = {1, 2, 4};
   int batch = 1, embed = 768, heads = 12;
   std::string semantics = "grouped";
+  std::string backend = "default";  // default (device), host or serial
   std::vector<std::string> policies = {"original", "improved"};
   std::vector<std::string> dtypes = {dilated::bench::default_storage()};
   std::vector<std::string> causal = {"full"};
@@ -64,6 +64,8 @@ Settings parse(int& argc, char* argv[]) {
       s.batch = std::atoi(v);
     else if (const char* v = value("--semantics="))
       s.semantics = v;
+    else if (const char* v = value("--backend="))
+      s.backend = v;
     else if (const char* v = value("--policies="))
       s.policies = dilated::bench::split(v);
     else if (const char* v = value("--dtypes="))
@@ -94,12 +96,13 @@ double layer_forward_flops(const dilated::Geometry& g, const Settings& s, int n,
   return flops;
 }
 
-template <class Policy, class Storage>
+template <class Space, class Policy, class Storage>
 void run(benchmark::State& state, const Settings& s, int n, bool causal, bool with_backward) {
-  using View3 = Kokkos::View<Storage***, Kokkos::LayoutRight, Device::memory_space>;
-  const dilated::MultiheadDilatedAttention<Policy, Storage> layer(
-      s.embed, s.heads, s.segments, s.dilations, 0.0, true, true, 1e-5, 1.0,
-      dilated::semantics_from_string(s.semantics));
+  using MemorySpace = typename Space::memory_space;
+  using Layer = dilated::MultiheadDilatedAttention<Policy, Storage, MemorySpace>;
+  using View3 = Kokkos::View<Storage***, Kokkos::LayoutRight, MemorySpace>;
+  const Layer layer(s.embed, s.heads, s.segments, s.dilations, 0.0, true, true, 1e-5, 1.0,
+                    dilated::semantics_from_string(s.semantics));
   View3 x(Kokkos::view_alloc(Kokkos::WithoutInitializing, "dilated::bench::x"), s.batch, n,
           s.embed);
   View3 dout(Kokkos::view_alloc(Kokkos::WithoutInitializing, "dilated::bench::dout"), s.batch, n,
@@ -107,11 +110,11 @@ void run(benchmark::State& state, const Settings& s, int n, bool causal, bool wi
   View3 out("dilated::bench::out", s.batch, n, s.embed);
   dilated::bench::fill_uniform(x, 1);
   dilated::bench::fill_uniform(dout, 2);
-  const Device space;
+  const Space space;
   const dilated::ForwardOptions call{causal, false, 0};
   const auto step = [&] {
     if (with_backward) {
-      typename dilated::MultiheadDilatedAttention<Policy, Storage>::Activations saved;
+      typename Layer::Activations saved;
       layer.forward(space, x, x, x, out, saved, call);
       const auto grads = layer.backward(space, x, x, x, dout, saved, call);
     } else {
@@ -147,7 +150,7 @@ void run(benchmark::State& state, const Settings& s, int n, bool causal, bool wi
   state.counters["n"] = n;
 }
 
-template <class Policy, class Storage>
+template <class Space, class Policy, class Storage>
 void register_policy(const Settings& s, const std::string& prefix, const char* storage) {
   dilated::bench::register_runs(
       s.passes, s.causal, s.lengths,
@@ -157,7 +160,7 @@ void register_policy(const Settings& s, const std::string& prefix, const char* s
                (causal ? "/causal" : "") + "/n:" + std::to_string(n);
       },
       [s](benchmark::State& state, int n, bool causal, bool with_backward) {
-        run<Policy, Storage>(state, s, n, causal, with_backward);
+        run<Space, Policy, Storage>(state, s, n, causal, with_backward);
       });
 }
 
@@ -165,38 +168,50 @@ void register_policy(const Settings& s, const std::string& prefix, const char* s
 
 int main(int argc, char* argv[]) {
   Kokkos::ScopeGuard kokkos(argc, argv);
-  dilated::tools::MemoryTracker::install(Device::memory_space::name());
   const Settings s = parse(argc, argv);
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
-  dilated::bench::add_context();
+  bool dtypes_known = true, policies_known = true;
+  const bool backend_known = dilated::bench::with_backend(s.backend, [&](auto backend) {
+    using Space = decltype(backend);
+    dilated::tools::MemoryTracker::install(Space::memory_space::name());
+    dilated::bench::add_context(Space::name());
+    for (const auto& policy : s.policies) {
+      if (policy != "original" && policy != "improved") {
+        std::fprintf(stderr, "unknown policy '%s' (original, improved)\n", policy.c_str());
+        policies_known = false;
+        return;
+      }
+      for (const auto& dtype : s.dtypes) {
+        dtypes_known =
+            dtypes_known && dilated::bench::with_storage(dtype, [&](auto tag, const char* storage) {
+              using Storage = typename decltype(tag)::type;
+              if (policy == "original") {
+                register_policy<Space, dilated::Original, Storage>(s, "MultiheadDilatedAttention",
+                                                                   storage);
+              } else {
+                register_policy<Space, dilated::Improved, Storage>(
+                    s, "ImprovedMultiheadDilatedAttention", storage);
+              }
+            });
+      }
+    }
+  });
+  if (!backend_known) {
+    std::fprintf(stderr, "unknown or disabled backend '%s' (default, host, serial)\n",
+                 s.backend.c_str());
+    return 1;
+  }
+  if (!policies_known) return 1;
+  if (!dtypes_known) {
+    std::fprintf(stderr,
+                 "unknown or unavailable dtype in --dtypes (fp16, bf16, fp32, fp64; a host-only "
+                 "Kokkos has no 16-bit type)\n");
+    return 1;
+  }
   dilated::bench::add_shape_context(s.dtypes, s.semantics, s.segments, s.dilations, s.batch,
                                     s.heads);
   benchmark::AddCustomContext("embed_dim", std::to_string(s.embed));
-  for (const auto& policy : s.policies) {
-    if (policy != "original" && policy != "improved") {
-      std::fprintf(stderr, "unknown policy '%s' (original, improved)\n", policy.c_str());
-      return 1;
-    }
-    for (const auto& dtype : s.dtypes) {
-      const bool known = dilated::bench::with_storage(dtype, [&](auto tag, const char* storage) {
-        using Storage = typename decltype(tag)::type;
-        if (policy == "original") {
-          register_policy<dilated::Original, Storage>(s, "MultiheadDilatedAttention", storage);
-        } else {
-          register_policy<dilated::Improved, Storage>(s, "ImprovedMultiheadDilatedAttention",
-                                                      storage);
-        }
-      });
-      if (!known) {
-        std::fprintf(stderr,
-                     "unknown or unavailable dtype '%s' (fp16, bf16, fp32, fp64; a host-only "
-                     "Kokkos has no 16-bit type)\n",
-                     dtype.c_str());
-        return 1;
-      }
-    }
-  }
   benchmark::RunSpecifiedBenchmarks();
   benchmark::Shutdown();
   return 0;
