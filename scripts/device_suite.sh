@@ -23,12 +23,21 @@ only=${ONLY:-}  # a regular expression: run only the matching executables
 for exe in "$bin"/dilated_*; do
   [ -z "$only" ] || [[ "$(basename "$exe")" =~ $only ]] || continue
   name=$(basename "$exe")
-  case "$name" in dilated_check | dilated_demo | dilated_bench_* | dilated_pattern) continue ;; esac
+  case "$name" in dilated_check | dilated_demo | dilated_bench_* | dilated_pattern | dilated_transformer_block) continue ;; esac
   start=$(date +%s%N)
   if "$exe" >"$out/$name.log" 2>&1; then status=passed; else status=FAILED; failed=1; fi
   ms=$((($(date +%s%N) - start) / 1000000))
   summary+=("$(printf '%-36s %-7s %7d ms  %s' "$name" "$status" "$ms" "$(grep -E '^(All tests passed|test cases:)' "$out/$name.log" | tail -1)")")
 done
+
+# The pre-LN transformer block on the layer, trained a few steps, both policies.
+if [ -x "$bin/dilated_transformer_block" ] && [ -z "${SKIP_CHECKS:-}" ]; then
+  for algorithm in original improved; do
+    log="$out/transformer_block_$algorithm.log"
+    if "$bin/dilated_transformer_block" --algorithm "$algorithm" >"$log" 2>&1; then status=passed; else status=FAILED; failed=1; fi
+    summary+=("$(printf 'transformer block %-8s %s' "$algorithm" "$status")")
+  done
+fi
 
 # The device against the host: forward vs the exact reference, backward vs the host in double.
 checks=(

@@ -8,6 +8,7 @@ cd "$(dirname "$0")/.."
 build=${1:-build/cuda}
 rm -rf gpu-carry && mkdir -p gpu-carry/bin/lib
 cp "$build"/unit_tests/dilated_* "$build"/examples/dilated_check "$build"/examples/dilated_demo \
+   "$build"/examples/dilated_transformer_block \
    "$build"/perf_tests/dilated_bench_* gpu-carry/bin/
 [ -x "$build"/tools/dilated-attention ] && cp "$build"/tools/dilated-attention gpu-carry/bin/
 cp scripts/sweep.sh gpu-carry/
