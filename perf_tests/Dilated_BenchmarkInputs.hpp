@@ -4,6 +4,9 @@
 #define DILATED_BENCHMARK_INPUTS_HPP
 
 #include <Dilated_Compat.hpp>
+#include <Dilated_AlgorithmPolicies.hpp>
+#include <Dilated_BenchmarkContext.hpp>
+#include <Dilated_MemoryTracker.hpp>
 #include <impl/Dilated_Dropout.hpp>
 
 #include <Kokkos_Core.hpp>
@@ -13,6 +16,7 @@
 #include <exception>
 
 #include <cstdint>
+#include <cstdio>
 #include <sstream>
 #include <string>
 #include <type_traits>
@@ -114,6 +118,49 @@ bool with_backend(const std::string& name, F&& f) {
   }
 #endif
   return false;
+}
+
+// Everything a driver registers for one run: on the backend named (see with_backend), the
+// memory tracker and the JSON context are set up, then add(space, algorithm, storage_tag,
+// storage_name) is called for every algorithm ("original" -> dilated::Original, "improved" ->
+// dilated::Improved) and dtype of the lists. Prints what is unknown and returns false.
+template <class Add>
+bool register_variants(const std::string& backend, const std::vector<std::string>& algorithms,
+                       const std::vector<std::string>& dtypes, Add&& add) {
+  bool algorithms_known = true, dtypes_known = true;
+  const bool backend_known = with_backend(backend, [&](auto space) {
+    using Space = decltype(space);
+    dilated::tools::MemoryTracker::install(Space::memory_space::name());
+    add_context(Space::name());
+    for (const auto& algorithm : algorithms) {
+      if (algorithm != "original" && algorithm != "improved") {
+        std::fprintf(stderr, "unknown algorithm '%s' (original, improved)\n", algorithm.c_str());
+        algorithms_known = false;
+        continue;
+      }
+      for (const auto& dtype : dtypes) {
+        dtypes_known = with_storage(dtype,
+                                    [&](auto tag, const char* storage) {
+                                      if (algorithm == "original") {
+                                        add(space, dilated::Original(), tag, storage);
+                                      } else {
+                                        add(space, dilated::Improved(), tag, storage);
+                                      }
+                                    }) &&
+                       dtypes_known;
+      }
+    }
+  });
+  if (!backend_known) {
+    std::fprintf(stderr, "unknown or disabled backend '%s' (default, host, serial)\n",
+                 backend.c_str());
+  }
+  if (!dtypes_known) {
+    std::fprintf(stderr,
+                 "unknown or unavailable dtype in --dtypes (fp16, bf16, fp32, fp64; a host-only "
+                 "Kokkos has no 16-bit type)\n");
+  }
+  return backend_known && algorithms_known && dtypes_known;
 }
 
 inline bool listed(const std::vector<std::string>& list, const char* item) {

@@ -35,6 +35,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 namespace {
@@ -270,43 +271,17 @@ int main(int argc, char* argv[]) {
   const Settings s = parse(argc, argv);
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
-  bool dtypes_known = true, algorithms_known = true;
-  const bool backend_known = dilated::bench::with_backend(s.backend, [&](auto backend) {
-    using Space = decltype(backend);
-    dilated::tools::MemoryTracker::install(Space::memory_space::name());
-    dilated::bench::add_context(Space::name());
-    for (const auto& algorithm : s.algorithms) {
-      if (algorithm != "original" && algorithm != "improved") {
-        std::fprintf(stderr, "unknown algorithm '%s' (original, improved)\n", algorithm.c_str());
-        algorithms_known = false;
-        return;
-      }
-      for (const auto& dtype : s.dtypes) {
-        dtypes_known =
-            dtypes_known && dilated::bench::with_storage(dtype, [&](auto tag, const char* storage) {
-              using Storage = typename decltype(tag)::type;
-              if (algorithm == "original") {
-                register_algorithm<Space, dilated::Original, Storage>(
-                    s, s.vendor_gemm ? "Original" : "Original-team", storage);
-              } else {
-                register_algorithm<Space, dilated::Improved, Storage>(s, "Improved", storage);
-              }
-            });
-      }
-    }
-  });
-  if (!backend_known) {
-    std::fprintf(stderr, "unknown or disabled backend '%s' (default, host, serial)\n",
-                 s.backend.c_str());
-    return 1;
-  }
-  if (!algorithms_known) return 1;
-  if (!dtypes_known) {
-    std::fprintf(stderr,
-                 "unknown or unavailable dtype in --dtypes (fp16, bf16, fp32, fp64; a host-only "
-                 "Kokkos has no 16-bit type)\n");
-    return 1;
-  }
+  const bool known = dilated::bench::register_variants(
+      s.backend, s.algorithms, s.dtypes,
+      [&](auto space, auto algorithm, auto tag, const char* storage) {
+        using Algorithm = decltype(algorithm);
+        const char* name = !std::is_same_v<Algorithm, dilated::Original> ? "Improved"
+                           : s.vendor_gemm                               ? "Original"
+                                                                         : "Original-team";
+        register_algorithm<decltype(space), Algorithm, typename decltype(tag)::type>(s, name,
+                                                                                     storage);
+      });
+  if (!known) return 1;
   dilated::bench::add_shape_context(s.dtypes, s.semantics, s.segments, s.dilations, s.batch,
                                     s.heads);
   benchmark::AddCustomContext("head_dim", std::to_string(s.dim));

@@ -26,6 +26,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 namespace {
@@ -171,44 +172,15 @@ int main(int argc, char* argv[]) {
   const Settings s = parse(argc, argv);
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
-  bool dtypes_known = true, policies_known = true;
-  const bool backend_known = dilated::bench::with_backend(s.backend, [&](auto backend) {
-    using Space = decltype(backend);
-    dilated::tools::MemoryTracker::install(Space::memory_space::name());
-    dilated::bench::add_context(Space::name());
-    for (const auto& policy : s.policies) {
-      if (policy != "original" && policy != "improved") {
-        std::fprintf(stderr, "unknown policy '%s' (original, improved)\n", policy.c_str());
-        policies_known = false;
-        return;
-      }
-      for (const auto& dtype : s.dtypes) {
-        dtypes_known =
-            dtypes_known && dilated::bench::with_storage(dtype, [&](auto tag, const char* storage) {
-              using Storage = typename decltype(tag)::type;
-              if (policy == "original") {
-                register_policy<Space, dilated::Original, Storage>(s, "MultiheadDilatedAttention",
-                                                                   storage);
-              } else {
-                register_policy<Space, dilated::Improved, Storage>(
-                    s, "ImprovedMultiheadDilatedAttention", storage);
-              }
-            });
-      }
-    }
-  });
-  if (!backend_known) {
-    std::fprintf(stderr, "unknown or disabled backend '%s' (default, host, serial)\n",
-                 s.backend.c_str());
-    return 1;
-  }
-  if (!policies_known) return 1;
-  if (!dtypes_known) {
-    std::fprintf(stderr,
-                 "unknown or unavailable dtype in --dtypes (fp16, bf16, fp32, fp64; a host-only "
-                 "Kokkos has no 16-bit type)\n");
-    return 1;
-  }
+  const bool known = dilated::bench::register_variants(
+      s.backend, s.policies, s.dtypes, [&](auto space, auto policy, auto tag, const char* storage) {
+        using Policy = decltype(policy);
+        constexpr bool original = std::is_same_v<Policy, dilated::Original>;
+        register_policy<decltype(space), Policy, typename decltype(tag)::type>(
+            s, original ? "MultiheadDilatedAttention" : "ImprovedMultiheadDilatedAttention",
+            storage);
+      });
+  if (!known) return 1;
   dilated::bench::add_shape_context(s.dtypes, s.semantics, s.segments, s.dilations, s.batch,
                                     s.heads);
   benchmark::AddCustomContext("embed_dim", std::to_string(s.embed));
