@@ -11,6 +11,8 @@
 #include <catch2/matchers/catch_matchers_string.hpp>
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
+#include <cmath>
 #include <fstream>
 #include <optional>
 #include <string>
@@ -41,17 +43,14 @@ const std::vector<ForwardCase> forward_cases = {
 
 // Runs forward for T and compares out and lse with the double reference of the T-rounded
 // inputs, to the tolerance of T.
-template <class T, class Attention>
-void check_forward(const Attention& attention, const ForwardCase& c, bool causal,
-                   std::uint64_t seed) {
+template <class T, class Attention, class HostView>
+void check_forward_of(const Attention& attention, const ForwardCase& c, bool causal,
+                      const HostView& q0, const HostView& k0, const HostView& v0) {
   CAPTURE(dilated::to_string(c.semantics), c.b, c.n, c.h, c.d, causal);
   const auto options = attention.options();
-  const auto q = dilated::testing::to_storage<T, MemSpace>(
-      dilated::testing::random_bnhd<double>("q", c.b, c.n, c.h, c.d, seed), "q");
-  const auto k = dilated::testing::to_storage<T, MemSpace>(
-      dilated::testing::random_bnhd<double>("k", c.b, c.n, c.h, c.d, seed + 1), "k");
-  const auto v = dilated::testing::to_storage<T, MemSpace>(
-      dilated::testing::random_bnhd<double>("v", c.b, c.n, c.h, c.d, seed + 2), "v");
+  const auto q = dilated::testing::to_storage<T, MemSpace>(q0, "q");
+  const auto k = dilated::testing::to_storage<T, MemSpace>(k0, "k");
+  const auto v = dilated::testing::to_storage<T, MemSpace>(v0, "v");
   dilated::testing::Device4<T, MemSpace> out("out", c.b, c.n, c.h, c.d);
   Kokkos::View<float***, MemSpace> lse("lse", c.b, c.n, c.h);
   attention.forward(ExecSpace(), q, k, v, out, lse, {causal, false, 0});
@@ -66,6 +65,15 @@ void check_forward(const Attention& attention, const ForwardCase& c, bool causal
   DILATED_CHECK_ALLCLOSE(out, expected, Tol::rtol, Tol::atol);
   // lse is stored as float: its own rounding (u = 6e-8 relative) adds to T's.
   DILATED_CHECK_ALLCLOSE(lse, expected_lse, std::max(Tol::rtol, 1e-6), Tol::atol);
+}
+
+template <class T, class Attention>
+void check_forward(const Attention& attention, const ForwardCase& c, bool causal,
+                   std::uint64_t seed) {
+  check_forward_of<T>(attention, c, causal,
+                      dilated::testing::random_bnhd<double>("q", c.b, c.n, c.h, c.d, seed),
+                      dilated::testing::random_bnhd<double>("k", c.b, c.n, c.h, c.d, seed + 1),
+                      dilated::testing::random_bnhd<double>("v", c.b, c.n, c.h, c.d, seed + 2));
 }
 
 }  // namespace
@@ -109,7 +117,7 @@ TEMPLATE_LIST_TEST_CASE("Improved equals Original within the precision's toleran
   // Both algorithms on identical inputs, outputs and log-sum-exp compared with each other
   // (not only each with the reference): same function, only the order of summation differs.
   // Segments keep 128-256 positions, several query and key tiles on every backend (host 64,
-  // CUDA generic 32, tensor cores 64 x 64 at d = 64 and 64 x 32 at d = 128), with partial last
+  // CUDA generic 32, tensor cores 128 x 64 at d = 64 and 64 x 32 at d = 128), with partial last
   // segments: the streaming, the online rescaling and the tile-edge masks all run.
   const ForwardCase cases[] = {
       {Semantics::grouped, {256, 512, 1024}, {1, 2, 4}, 1, 1500, 6, 64},
@@ -137,6 +145,55 @@ TEMPLATE_LIST_TEST_CASE("Improved equals Original within the precision's toleran
                              2 * Tol::atol);
       DILATED_CHECK_ALLCLOSE(lse_i, Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), lse_o),
                              std::max(2 * Tol::rtol, 2e-6), 2 * Tol::atol);
+    }
+  }
+}
+
+TEMPLATE_LIST_TEST_CASE("Forward: scores that grow or shrink along the keys",
+                        "[forward]" TEST_CATEGORY, dilated::testing::StorageTypes) {
+  // Keys carry a ramp along the sequence (rising for even heads, falling for odd ones) and
+  // queries a positive mean, so a row's scores span `range` (natural units) across the longest
+  // segment. The online softmax then meets a running maximum that keeps moving: by less than the
+  // tensor-core kernels' rescaling threshold (range 3: they keep their first bias and sum
+  // probabilities up to e^3) and by far more (range 120: the bias moves again and again, and
+  // whole tiles underflow beside a row's new maximum).
+  // Scores this large amplify any rounding of the scores themselves (a relative error u of a
+  // score of 100 is an error 100 u in every probability), which no kernel can avoid and the
+  // precision's tolerance does not cover. So the inputs are exact in every storage type and
+  // their products and sums exact in float: q in multiples of 1/2 (0..2), k in multiples of
+  // 1/4 (|k| < 64: at most 8 significant bits, bf16's), scale 1/16.
+  const ForwardCase cases[] = {
+      {Semantics::grouped, {256, 512, 1024}, {1, 2, 4}, 1, 1500, 6, 64},
+      {Semantics::longnet, {128, 256, 512}, {1, 2, 4}, 1, 600, 4, 128},
+  };
+  constexpr double scale = 1.0 / 16;
+  for (const auto& variant : dilated::testing::variants<ExecSpace>()) {
+    CAPTURE(variant.name());
+    for (const auto& c : cases) {
+      for (const double range : {3.0, 120.0}) {
+        CAPTURE(range);
+        auto q = dilated::testing::random_bnhd<double>("q", c.b, c.n, c.h, c.d, 31);
+        auto k = dilated::testing::random_bnhd<double>("k", c.b, c.n, c.h, c.d, 32);
+        const auto v = dilated::testing::random_bnhd<double>("v", c.b, c.n, c.h, c.d, 33);
+        // score ~ scale * d * mean(q) * ramp difference: range over the longest segment.
+        const double slope = range / (scale * c.d * c.segs.back());
+        for (int b = 0; b < c.b; ++b)
+          for (int p = 0; p < c.n; ++p)
+            for (int h = 0; h < c.h; ++h)
+              for (int x = 0; x < c.d; ++x) {
+                const double ramp = slope * (h % 2 == 0 ? 1 : -1) * (p - c.n / 2);
+                q(b, p, h, x) = 0.5 * std::clamp(std::round(2 + 1.2 * q(b, p, h, x)), 0.0, 4.0);
+                k(b, p, h, x) = 0.25 * std::round(4 * (0.3 * k(b, p, h, x) + ramp));
+              }
+        const auto options =
+            dilated::AttentionOptions().set_semantics(c.semantics).set_softmax_scale(scale);
+        for (bool causal : {false, true}) {
+          dilated::testing::with_attention(
+              variant, c.segs, c.dils, options, [&](const auto& attention) {
+                check_forward_of<TestType>(attention, c, causal, q, k, v);
+              });
+        }
+      }
     }
   }
 }

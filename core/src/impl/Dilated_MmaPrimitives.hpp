@@ -60,19 +60,18 @@ __device__ __forceinline__ void ldmatrix_x4_trans(std::uint32_t (&r)[4], const v
                : "r"(smem_address(p)));
 }
 
-// c += a b for one 16x8x16 tile; Bf16 selects the bf16 instruction.
+// c += a b for one 16x8x16 tile; Bf16 selects the bf16 instruction. Not volatile: a pure
+// function of its registers, which the compiler may schedule around other work.
 template <bool Bf16>
 __device__ __forceinline__ void mma16816(float (&c)[4], const std::uint32_t (&a)[4],
                                          std::uint32_t b0, std::uint32_t b1) {
   if constexpr (Bf16) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
         "{%8,%9}, {%0,%1,%2,%3};\n"
         : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
   } else {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
         "{%8,%9}, {%0,%1,%2,%3};\n"
         : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
@@ -90,6 +89,21 @@ __device__ __forceinline__ std::uint32_t pack2(float lo, float hi) {
   }
   return r;
 }
+
+// The two 16-bit values of a register as floats (lo first).
+template <bool Bf16>
+__device__ __forceinline__ void unpack2(std::uint32_t r, float (&x)[2]) {
+  if constexpr (Bf16) {
+    x[0] = __uint_as_float(r << 16);
+    x[1] = __uint_as_float(r & 0xffff0000u);
+  } else {
+    asm("{\n .reg .f16 lo, hi;\n mov.b32 {lo, hi}, %2;\n cvt.f32.f16 %0, lo;\n"
+        " cvt.f32.f16 %1, hi;\n}\n"
+        : "=f"(x[0]), "=f"(x[1])
+        : "r"(r));
+  }
+}
+
 #endif  // __CUDA_ARCH__
 
 #if defined(__CUDA_ARCH__)
@@ -148,6 +162,7 @@ __device__ __forceinline__ float fast_exp2(float x) {
   asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
   return y;
 }
+
 #endif  // __CUDA_ARCH__
 
 // The tiles of several branches in one launch: team r works on launch find(r), tile
