@@ -352,9 +352,7 @@ class DilatedAttention {
     if (!branch_deltas) Impl::row_deltas(space, dout, out, delta, g.output_scale());
     if (!longnet) {
       const auto* no_lse = static_cast<const NoLse<ExecSpace>*>(nullptr);
-      Impl::zero_unkept_rows(space, g, no_lse, dq);
-      Impl::zero_unkept_rows(space, g, no_lse, dk);
-      Impl::zero_unkept_rows(space, g, no_lse, dv);
+      Impl::zero_unkept_rows(space, g, no_lse, dq, dk, dv);
       Impl::improved_backward_branches(space, g, base, q, k, v, dout, lse_acc, delta, false, dq, dk,
                                        dv, false);
     } else if constexpr (std::is_same_v<T, Acc>) {

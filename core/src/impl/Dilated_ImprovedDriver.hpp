@@ -23,6 +23,10 @@
 #include <Kokkos_Core.hpp>
 
 #include <algorithm>
+#include <cstdint>
+#include <limits>
+#include <stdexcept>
+#include <string>
 #include <type_traits>
 #include <vector>
 
@@ -54,57 +58,193 @@ void launch_tiles(const ExecSpace& space, const char* label, Kernel kernel, int 
   }
 }
 
-// grouped: rows (b, p, h) that the head's branch does not keep get 0 in `view` ((b, n, h, d))
-// and -inf in `lse` when there is one. Kept rows are left to the kernels. One launch per
-// branch over its heads, one element per thread with the last index fastest (coalesced).
-template <class ExecSpace, class L, class View>
-void zero_unkept_rows(const ExecSpace& space, const Geometry& g, const L* lse, const View& view) {
+// Row kernels over (b, n, h, d) views. With rows contiguous and 16-byte aligned (the usual
+// case) a row moves in 16-byte pieces, one per vector lane: consecutive team threads take
+// consecutive rows, so a warp covers whole rows of contiguous memory (coalesced, full sectors);
+// otherwise a row per thread, element by element. Measured on the H100 (64K tokens, 12 heads,
+// d = 64, fp16): D_t = dout . out took 507 us with 2-byte loads and a thread per row, 230-370
+// us with a row's columns over a warp's lanes (index arithmetic on every lane, a thread's rows
+// one after the other), 149 us with a thread per row in 16-byte pieces (DRAM 77 % busy but
+// twice the bytes: half-sector accesses); zeroing one gradient's unkept rows 36-150 us.
+template <class T>
+struct alignas(16) Piece16 {
+  T v[16 / sizeof(T)];
+};
+
+template <class View>
+bool rows_in_pieces(const View& x) {
+  using T = typename View::non_const_value_type;
+  const auto bytes = [](long stride) { return stride * static_cast<long>(sizeof(T)) % 16 == 0; };
+  return 16 % sizeof(T) == 0 && x.stride(3) == 1 && bytes(x.extent(3)) && bytes(x.stride(0)) &&
+         bytes(x.stride(1)) && bytes(x.stride(2)) &&
+         reinterpret_cast<std::uintptr_t>(x.data()) % 16 == 0;
+}
+
+// Calls f(team, b, p, h) for every row of (batch, n, heads) rows: a team thread per row, its
+// vector lanes (up to `lanes`, a power of two) for the row's pieces.
+template <class ExecSpace, class RowFunctor>
+void for_each_row(const ExecSpace& space, const char* label, int batch, int n, int heads, int lanes,
+                  const RowFunctor& f) {
+  using Policy = Kokkos::TeamPolicy<ExecSpace>;
+  using Member = typename Policy::member_type;
+  constexpr int rows_per_team = 64;
+  const long rows = static_cast<long>(batch) * n * heads;
+  if (rows > static_cast<long>(std::numeric_limits<int>::max()))
+    throw std::length_error(std::string(label) + ": batch x sequence x heads exceeds one launch");
+  const int vector = std::min(lanes, LaunchPolicy<ExecSpace>::vector_length);
+  const int league = static_cast<int>((rows + rows_per_team - 1) / rows_per_team);
+  Kokkos::parallel_for(
+      label, Policy(space, league, Kokkos::AUTO, vector), KOKKOS_LAMBDA(const Member& team) {
+        Kokkos::parallel_for(Kokkos::TeamThreadRange(team, rows_per_team), [&](int i) {
+          const int r = team.league_rank() * rows_per_team + i;
+          if (r >= rows) return;
+          const int h = r % heads, position = r / heads;
+          f(team, position / n, position % n, h);
+        });
+      });
+}
+
+// The smallest power of two >= x (vector lengths).
+inline int power_of_two_at_least(int x) {
+  int p = 1;
+  while (p < x)
+    p *= 2;
+  return p;
+}
+
+// Row (b, p, h) of x set to zero 16 bytes per vector lane (rows_in_pieces(x) holds).
+template <class Member, class View>
+KOKKOS_INLINE_FUNCTION void zero_row_pieces(const Member& team, const View& x, int b, int p, int h,
+                                            int d) {
+  using T = typename View::non_const_value_type;
+  constexpr int per = 16 / sizeof(T);
+  auto* row = reinterpret_cast<Piece16<T>*>(&x(b, p, h, 0));
+  Kokkos::parallel_for(Kokkos::ThreadVectorRange(team, d / per), [&](int i) {
+    Piece16<T> zeros;
+    for (int e = 0; e < per; ++e)
+      zeros.v[e] = T(0);
+    row[i] = zeros;
+  });
+}
+
+// Several (b, n, h, d) views as one value that a device lambda can capture (extended lambdas
+// cannot capture the elements of a parameter pack).
+template <class View, class... More>
+struct ViewPack {
+  View first;
+  ViewPack<More...> rest;
+  KOKKOS_INLINE_FUNCTION void zero(int b, int p, int h, int c) const {
+    first(b, p, h, c) = 0;
+    rest.zero(b, p, h, c);
+  }
+  template <class Member>
+  KOKKOS_INLINE_FUNCTION void zero_pieces(const Member& team, int b, int p, int h, int d) const {
+    zero_row_pieces(team, first, b, p, h, d);
+    rest.zero_pieces(team, b, p, h, d);
+  }
+};
+template <class View>
+struct ViewPack<View> {
+  View first;
+  KOKKOS_INLINE_FUNCTION void zero(int b, int p, int h, int c) const { first(b, p, h, c) = 0; }
+  template <class Member>
+  KOKKOS_INLINE_FUNCTION void zero_pieces(const Member& team, int b, int p, int h, int d) const {
+    zero_row_pieces(team, first, b, p, h, d);
+  }
+};
+template <class View, class... More>
+ViewPack<View, More...> make_view_pack(const View& view, const More&... more) {
+  if constexpr (sizeof...(More) == 0) {
+    return {view};
+  } else {
+    return {view, make_view_pack(more...)};
+  }
+}
+
+// grouped: rows (b, p, h) that the head's branch does not keep get 0 in every view ((b, n, h,
+// d), e.g. dq, dk and dv in one launch) and -inf in `lse` when there is one. Kept rows are left
+// to the kernels. One launch per branch with dilation > 1, over its heads.
+template <class ExecSpace, class L, class View, class... More>
+void zero_unkept_rows(const ExecSpace& space, const Geometry& g, const L* lse, const View& view,
+                      const More&... more) {
   const int n = view.extent(1), d = view.extent(3);
   const bool with_lse = lse != nullptr;
   const L lse_view = lse ? *lse : L();
+  const auto views = make_view_pack(view, more...);
+  const bool pieces = (rows_in_pieces(view) && ... && rows_in_pieces(more));
   for (int i = 0; i < g.num_branches(); ++i) {
     const auto group = g.group_heads(i);  // (no structured binding: lambdas capture it)
     const int begin = group.first, heads = group.second - group.first, window = g.window(i, n),
               rate = g.dilation_rate(i);
     const int offset = g.offset(i, begin);
     if (rate == 1) continue;  // every row is kept
-    Kokkos::parallel_for(
-        "dilated::improved::zero_unkept_rows",
-        Kokkos::RangePolicy<ExecSpace>(space, 0, static_cast<long>(view.extent(0)) * n * heads * d),
-        KOKKOS_LAMBDA(long e) {
-          const int c = static_cast<int>(e % d);
-          const long row = e / d;
-          const int h = begin + static_cast<int>(row % heads);
-          const int p = static_cast<int>((row / heads) % n);
+    using Member = typename Kokkos::TeamPolicy<ExecSpace>::member_type;
+    using T = typename View::non_const_value_type;
+    const int lanes = pieces ? power_of_two_at_least(d * int(sizeof(T)) / 16) : 1;
+    for_each_row(
+        space, "dilated::improved::zero_unkept_rows", view.extent(0), n, heads, lanes,
+        KOKKOS_LAMBDA(const Member& team, int b, int p, int hh) {
           if ((p % window) % rate == offset) return;
-          const int b = static_cast<int>(row / (static_cast<long>(heads) * n));
-          view(b, p, h, c) = 0;
-          if (with_lse && c == 0) {
-            using T = typename L::value_type;
-            lse_view(b, p, h) = static_cast<T>(-math::infinity<accumulation_t<T>>());
+          const int h = begin + hh;
+          if (pieces) {
+            views.zero_pieces(team, b, p, h, d);
+          } else {
+            Kokkos::single(Kokkos::PerThread(team), [&] {
+              for (int c = 0; c < d; ++c)
+                views.zero(b, p, h, c);
+            });
+          }
+          if (with_lse) {
+            Kokkos::single(Kokkos::PerThread(team), [&] {
+              using TL = typename L::value_type;
+              lse_view(b, p, h) = static_cast<TL>(-math::infinity<accumulation_t<TL>>());
+            });
           }
         });
   }
 }
 
-// delta(b, p, h) = (dout . out) / output_scale: D_t of every branch when gradients flow
-// through the longnet weights (output_scale 1), and G (dout . out) = dout . o_i for grouped.
+// delta(b, p, h) = (dout . out)(b, p, h) / output_scale: the D_t of the backward pass.
 template <class ExecSpace, class G, class O, class Delta>
 void row_deltas(const ExecSpace& space, const G& dout, const O& out, const Delta& delta,
                 double output_scale) {
   using Acc = typename Delta::value_type;
+  using TG = typename G::non_const_value_type;
+  using TO = typename O::non_const_value_type;
+  using Member = typename Kokkos::TeamPolicy<ExecSpace>::member_type;
   const int n = out.extent(1), heads = out.extent(2), d = out.extent(3);
   const Acc inv = static_cast<Acc>(1.0 / output_scale);
-  Kokkos::parallel_for(
-      "dilated::improved::row_deltas",
-      Kokkos::RangePolicy<ExecSpace>(space, 0, static_cast<long>(out.extent(0)) * n * heads),
-      KOKKOS_LAMBDA(long r) {
-        const int h = static_cast<int>(r % heads), p = static_cast<int>((r / heads) % n);
-        const int b = static_cast<int>(r / (static_cast<long>(heads) * n));
+  if constexpr (std::is_same_v<TG, TO>) {
+    if (rows_in_pieces(dout) && rows_in_pieces(out)) {
+      constexpr int per = 16 / sizeof(TO);
+      for_each_row(
+          space, "dilated::improved::row_deltas", out.extent(0), n, heads,
+          power_of_two_at_least(d / per), KOKKOS_LAMBDA(const Member& team, int b, int p, int h) {
+            const auto* g = reinterpret_cast<const Piece16<TG>*>(&dout(b, p, h, 0));
+            const auto* o = reinterpret_cast<const Piece16<TO>*>(&out(b, p, h, 0));
+            Acc s = 0;
+            Kokkos::parallel_reduce(
+                Kokkos::ThreadVectorRange(team, d / per),
+                [&](int i, Acc& sum) {
+                  const Piece16<TG> x = g[i];
+                  const Piece16<TO> y = o[i];
+                  for (int e = 0; e < per; ++e)
+                    sum += Acc(x.v[e]) * Acc(y.v[e]);
+                },
+                s);
+            Kokkos::single(Kokkos::PerThread(team), [&] { delta(b, p, h) = s * inv; });
+          });
+      return;
+    }
+  }
+  for_each_row(
+      space, "dilated::improved::row_deltas", out.extent(0), n, heads, 1,
+      KOKKOS_LAMBDA(const Member& team, int b, int p, int h) {
         Acc s = 0;
-        for (int c = 0; c < d; ++c)
-          s += Acc(dout(b, p, h, c)) * Acc(out(b, p, h, c));
-        delta(b, p, h) = s * inv;
+        Kokkos::parallel_reduce(
+            Kokkos::ThreadVectorRange(team, d),
+            [&](int c, Acc& sum) { sum += Acc(dout(b, p, h, c)) * Acc(out(b, p, h, c)); }, s);
+        Kokkos::single(Kokkos::PerThread(team), [&] { delta(b, p, h) = s * inv; });
       });
 }
 

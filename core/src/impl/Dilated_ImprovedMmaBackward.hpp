@@ -40,7 +40,10 @@ struct BackwardTiles {
   static constexpr int dkdv_scratch_bytes = 4 * tile_halves * 2 + 2 * rows * 4;
 };
 
-template <int D, class QV, class KV, class VV, class GV, class LseV, class DeltaV, class GradV>
+// Dropout is a compile-time choice in both passes, as in the forward: its hashing lives only in
+// the kernels that apply it.
+template <int D, bool Dropout, class QV, class KV, class VV, class GV, class LseV, class DeltaV,
+          class GradV>
 struct DqKernel {
   // 3 teams (12 warps) per multiprocessor: caps registers at 168 per thread.
   static constexpr unsigned min_blocks = 3;
@@ -98,14 +101,15 @@ struct DqKernel {
 
     constexpr float log2e = 1.4426950408889634f;
     const float scale_log2 = static_cast<float>(br.scale) * log2e;
-    const float os = static_cast<float>(br.output_scale);
+    const float log2_os = log2f(static_cast<float>(br.output_scale));
     const int my_t[2] = {t0 + warp * 16 + g, t0 + warp * 16 + g + 8};
     float L2[2], Dt[2];
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
       const bool valid = my_t[r] < t0 + rows;
       const int pt = kept.position(valid ? my_t[r] : t0);
-      L2[r] = valid ? static_cast<float>(lse(b, pt, h)) * log2e : 0.f;
+      // output_scale folds into the exponent: os 2^(x - L2) = 2^(x - (L2 - log2 os)).
+      L2[r] = (valid ? static_cast<float>(lse(b, pt, h)) * log2e : 0.f) - log2_os;
       Dt[r] = valid ? static_cast<float>(delta(b, pt, h)) : 0.f;
     }
     float acc[D / 8][4];
@@ -168,12 +172,11 @@ struct DqKernel {
             const bool visible = !masked || (u < key_end && !(br.causal && u > my_t[r]));
             float ds = 0.f;
             if (visible) {
-              const float p = os * fast_exp2(fmaf(s[j][e], scale_log2, -L2[r]));
-              const float z =
-                  br.dropout.active()
-                      ? static_cast<float>(br.dropout.factor(
-                            br.plan.branch, b, h, kept.position(my_t[r]), kept.position(u)))
-                      : 1.f;
+              const float p = fast_exp2(fmaf(s[j][e], scale_log2, -L2[r]));
+              float z = 1.f;
+              if constexpr (Dropout)
+                z = static_cast<float>(br.dropout.factor(br.plan.branch, b, h,
+                                                         kept.position(my_t[r]), kept.position(u)));
               ds = p * (z * dp[j][e] - Dt[r]);
             }
             s[j][e] = ds;
@@ -219,8 +222,8 @@ struct DqKernel {
   }
 };
 
-template <int D, class QV, class KV, class VV, class GV, class LseV, class DeltaV, class DKV,
-          class DVV>
+template <int D, bool Dropout, class QV, class KV, class VV, class GV, class LseV, class DeltaV,
+          class DKV, class DVV>
 struct DkDvKernel {
   static constexpr unsigned min_blocks = 3;  // as DqKernel
   using T = typename QV::non_const_value_type;
@@ -268,7 +271,7 @@ struct DkDvKernel {
 
     constexpr float log2e = 1.4426950408889634f;
     const float scale_log2 = static_cast<float>(br.scale) * log2e;
-    const float os = static_cast<float>(br.output_scale);
+    const float log2_os = log2f(static_cast<float>(br.output_scale));
     const int my_u[2] = {u0 + warp * 16 + g, u0 + warp * 16 + g + 8};
     const int warp_first = u0 + warp * 16;
     float dk_acc[D / 8][4], dv_acc[D / 8][4];
@@ -287,7 +290,7 @@ struct DkDvKernel {
       if (tid < BR) {
         const bool valid = tid < rows;
         const int pt = kept.position(valid ? t0 + tid : t0);
-        L2s[tid] = valid ? static_cast<float>(lse(b, pt, h)) * log2e : 0.f;
+        L2s[tid] = (valid ? static_cast<float>(lse(b, pt, h)) * log2e : 0.f) - log2_os;
         Ds[tid] = valid ? static_cast<float>(delta(b, pt, h)) : 0.f;
       }
       wait_groups<0>();
@@ -331,12 +334,11 @@ struct DkDvKernel {
           const bool visible = !masked || !(my_u[r] > tq);
           float pz = 0.f, ds = 0.f;
           if (visible) {
-            const float p = os * fast_exp2(fmaf(st[j][e], scale_log2, -L2s[i]));
-            const float z =
-                br.dropout.active()
-                    ? static_cast<float>(br.dropout.factor(br.plan.branch, b, h, kept.position(tq),
-                                                           kept.position(my_u[r])))
-                    : 1.f;
+            const float p = fast_exp2(fmaf(st[j][e], scale_log2, -L2s[i]));
+            float z = 1.f;
+            if constexpr (Dropout)
+              z = static_cast<float>(br.dropout.factor(br.plan.branch, b, h, kept.position(tq),
+                                                       kept.position(my_u[r])));
             pz = p * z;
             ds = p * (z * dpt[j][e] - Ds[i]);
           }
@@ -402,22 +404,30 @@ void backward_branch(const Kokkos::Cuda& space, TiledLaunch<Kokkos::CudaSpace, f
                      const DeltaV& delta, const DQ& dq, const DK& dk, const DV& dv,
                      bool accumulate) {
   using Tiles = BackwardTiles<D>;
-  using Dq = DqKernel<D, Q, K, V, G, LseV, DeltaV, DQ>;
-  using DkDv = DkDvKernel<D, Q, K, V, G, LseV, DeltaV, DK, DV>;
   launch.query_rows = launch.key_rows = Tiles::rows;
   launch.tiles = (launch.branch.plan.max_kept + Tiles::rows - 1) / Tiles::rows;
   const auto set = branch_sets<TiledLaunch<Kokkos::CudaSpace, float>, 1>({launch}, false).front();
   const int league = static_cast<int>(set.teams());
-  Kokkos::TeamPolicy<Kokkos::Cuda, Kokkos::LaunchBounds<128, Dq::min_blocks>> dq_policy(
-      space, league, 4, 32);
-  dq_policy.set_scratch_size(0, Kokkos::PerTeam(Tiles::dq_scratch_bytes + 16));
-  Kokkos::parallel_for("dilated::improved::dq_mma", dq_policy,
-                       Dq{set, q, k, v, dout, lse, delta, dq, accumulate});
-  Kokkos::TeamPolicy<Kokkos::Cuda, Kokkos::LaunchBounds<128, DkDv::min_blocks>> dkdv_policy(
-      space, league, 4, 32);
-  dkdv_policy.set_scratch_size(0, Kokkos::PerTeam(Tiles::dkdv_scratch_bytes + 16));
-  Kokkos::parallel_for("dilated::improved::dkdv_mma", dkdv_policy,
-                       DkDv{set, q, k, v, dout, lse, delta, dk, dv, accumulate});
+  const auto run = [&](auto dropout) {
+    constexpr bool with_dropout = decltype(dropout)::value;
+    using Dq = DqKernel<D, with_dropout, Q, K, V, G, LseV, DeltaV, DQ>;
+    using DkDv = DkDvKernel<D, with_dropout, Q, K, V, G, LseV, DeltaV, DK, DV>;
+    Kokkos::TeamPolicy<Kokkos::Cuda, Kokkos::LaunchBounds<128, Dq::min_blocks>> dq_policy(
+        space, league, 4, 32);
+    dq_policy.set_scratch_size(0, Kokkos::PerTeam(Tiles::dq_scratch_bytes + 16));
+    Kokkos::parallel_for("dilated::improved::dq_mma", dq_policy,
+                         Dq{set, q, k, v, dout, lse, delta, dq, accumulate});
+    Kokkos::TeamPolicy<Kokkos::Cuda, Kokkos::LaunchBounds<128, DkDv::min_blocks>> dkdv_policy(
+        space, league, 4, 32);
+    dkdv_policy.set_scratch_size(0, Kokkos::PerTeam(Tiles::dkdv_scratch_bytes + 16));
+    Kokkos::parallel_for("dilated::improved::dkdv_mma", dkdv_policy,
+                         DkDv{set, q, k, v, dout, lse, delta, dk, dv, accumulate});
+  };
+  if (launch.branch.dropout.active()) {
+    run(std::true_type{});
+  } else {
+    run(std::false_type{});
+  }
 }
 
 }  // namespace dilated::Impl::mma
