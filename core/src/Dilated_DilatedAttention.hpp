@@ -211,12 +211,12 @@ class DilatedAttention {
     const int batch = q.extent(0), n = q.extent(1), heads = q.extent(2), d = q.extent(3);
     const auto base = Impl::make_launch<ExecSpace, Acc>(g, options_, call, n, d);
     if (g.semantics() == Semantics::grouped) {
-      Impl::zero_unkept_rows(space, g, lse, out);
+      // Rows a head's branch does not keep are zero (lse -inf): zeroed by the forward kernels.
       if (lse) {
-        Impl::improved_forward_branches(space, g, base, q, k, v, out, *lse, true, true);
+        Impl::improved_forward_branches(space, g, base, q, k, v, out, *lse, true, true, true);
       } else {
         Impl::improved_forward_branches(space, g, base, q, k, v, out, NoLse<ExecSpace>(), true,
-                                        false);
+                                        false, true);
       }
       return;
     }
@@ -333,8 +333,15 @@ class DilatedAttention {
     using T = typename Q::non_const_value_type;
     using Acc = Impl::accumulation_t<T>;
     const int batch = q.extent(0), n = q.extent(1), heads = q.extent(2), d = q.extent(3);
-    const bool longnet = g.semantics() == Semantics::longnet;
     const auto base = Impl::make_launch<ExecSpace, Acc>(g, options_, call, n, d);
+    // The merged log-sum-exp the passes read: the caller's when it already holds Acc (no copy,
+    // no allocation), else a converted copy, or recomputed when none is given.
+    if constexpr (std::is_same_v<typename L::non_const_value_type, Acc>) {
+      if (lse) {
+        improved_backward_passes(space, g, base, q, k, v, out, *lse, dout, dq, dk, dv);
+        return;
+      }
+    }
     Impl::Accumulator3<ExecSpace, Acc> lse_acc(
         Kokkos::view_alloc(Kokkos::WithoutInitializing, "dilated::improved::lse"), batch, n, heads);
     if (lse) {
@@ -344,6 +351,19 @@ class DilatedAttention {
       Impl::improved_forward_branches(space, g, base, q, k, v, Impl::Accumulator4<ExecSpace, Acc>(),
                                       lse_acc, false, true);
     }
+    improved_backward_passes(space, g, base, q, k, v, out, lse_acc, dout, dq, dk, dv);
+  }
+
+  // The dq and dk/dv passes of the fused backward from the merged log-sum-exp `lse_acc`.
+  template <class ExecSpace, class Launch, class Q, class K, class V, class O, class LV, class G,
+            class DQ, class DK, class DV>
+  void improved_backward_passes(const ExecSpace& space, const Geometry& g, const Launch& base,
+                                const Q& q, const K& k, const V& v, const O& out, const LV& lse_acc,
+                                const G& dout, const DQ& dq, const DK& dk, const DV& dv) const {
+    using T = typename Q::non_const_value_type;
+    using Acc = Impl::accumulation_t<T>;
+    const int batch = q.extent(0), n = q.extent(1), heads = q.extent(2), d = q.extent(3);
+    const bool longnet = g.semantics() == Semantics::longnet;
     // D_t: one per row from dout . out, or per branch (detached longnet weights).
     const bool branch_deltas = longnet && options_.detach_branch_weights();
     Impl::Accumulator3<ExecSpace, Acc> delta(

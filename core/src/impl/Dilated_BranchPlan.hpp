@@ -38,9 +38,12 @@ struct BranchPlan {
     int b, segment, head;
     KeptPositions kept;
   };
-  KOKKOS_INLINE_FUNCTION Item item(long index, int n) const {
+  // Index: long in general; the tensor-core kernels pass int (their launches stay below 2^31
+  // teams), whose divisions cost a fraction of 64-bit ones.
+  template <class Index>
+  KOKKOS_INLINE_FUNCTION Item item(Index index, int n) const {
     const int slot = static_cast<int>(index % num_heads);
-    const long rest = index / num_heads;
+    const Index rest = index / num_heads;
     const int segment = static_cast<int>(rest % num_segments);
     const int head = head_begin + slot;
     return {static_cast<int>(rest / num_segments), segment, head,

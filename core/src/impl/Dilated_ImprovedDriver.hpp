@@ -18,6 +18,7 @@
 #include <impl/Dilated_ImprovedKernels.hpp>
 #include <impl/Dilated_ImprovedMmaBackward.hpp>
 #include <impl/Dilated_ImprovedMmaForward.hpp>
+#include <impl/Dilated_RowPieces.hpp>
 #include <impl/Dilated_OriginalDriver.hpp>
 
 #include <Kokkos_Core.hpp>
@@ -66,20 +67,6 @@ void launch_tiles(const ExecSpace& space, const char* label, Kernel kernel, int 
 // us with a row's columns over a warp's lanes (index arithmetic on every lane, a thread's rows
 // one after the other), 149 us with a thread per row in 16-byte pieces (DRAM 77 % busy but
 // twice the bytes: half-sector accesses); zeroing one gradient's unkept rows 36-150 us.
-template <class T>
-struct alignas(16) Piece16 {
-  T v[16 / sizeof(T)];
-};
-
-template <class View>
-bool rows_in_pieces(const View& x) {
-  using T = typename View::non_const_value_type;
-  const auto bytes = [](long stride) { return stride * static_cast<long>(sizeof(T)) % 16 == 0; };
-  return 16 % sizeof(T) == 0 && x.stride(3) == 1 && bytes(x.extent(3)) && bytes(x.stride(0)) &&
-         bytes(x.stride(1)) && bytes(x.stride(2)) &&
-         reinterpret_cast<std::uintptr_t>(x.data()) % 16 == 0;
-}
-
 // Calls f(team, b, p, h) for every row of (batch, n, heads) rows: a team thread per row, its
 // vector lanes (up to `lanes`, a power of two) for the row's pieces.
 template <class ExecSpace, class RowFunctor>
@@ -255,7 +242,7 @@ void improved_forward_branches(const ExecSpace& space, const Geometry& g,
                                const BranchLaunch<typename ExecSpace::memory_space,
                                                   accumulation_t<typename Q::value_type>>& base,
                                const Q& q, const K& k, const V& v, const OutV& out, const LseV& lse,
-                               bool with_output, bool with_lse) {
+                               bool with_output, bool with_lse, bool zero_unkept = false) {
 #if defined(KOKKOS_ENABLE_CUDA)
   // Tensor cores where the storage and layout allow (half/bf16, d = 64 or 128, aligned rows).
   if constexpr (std::is_same_v<ExecSpace, Kokkos::Cuda> &&
@@ -263,14 +250,15 @@ void improved_forward_branches(const ExecSpace& space, const Geometry& g,
     const int d = q.extent(3);
     if (with_output && base.scale > 0 && mma::applies(d, q, k, v)) {
       if (d == 64) {
-        mma::forward_branches<64>(space, g, base, q, k, v, out, lse, with_lse);
+        mma::forward_branches<64>(space, g, base, q, k, v, out, lse, with_lse, zero_unkept);
       } else {
-        mma::forward_branches<128>(space, g, base, q, k, v, out, lse, with_lse);
+        mma::forward_branches<128>(space, g, base, q, k, v, out, lse, with_lse, zero_unkept);
       }
       return;
     }
   }
 #endif
+  if (zero_unkept) zero_unkept_rows(space, g, with_lse ? &lse : nullptr, out);
   using Kernel = ImprovedForwardKernel<ExecSpace, Q, K, V, OutV, LseV>;
   for (int i = 0; i < g.num_branches(); ++i) {
     Kernel kernel{

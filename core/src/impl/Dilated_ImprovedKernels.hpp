@@ -42,8 +42,10 @@ struct TiledLaunch {
   KOKKOS_INLINE_FUNCTION Tile tile(const Member& team, int rows) const {
     return tile_at(branch.item_begin + team.league_rank(), rows);
   }
-  // Tile `index` of the launch (item index / tiles, tile index % tiles).
-  KOKKOS_INLINE_FUNCTION Tile tile_at(long index, int rows) const {
+  // Tile `index` of the launch (item index / tiles, tile index % tiles); Index as in
+  // BranchPlan::item.
+  template <class Index>
+  KOKKOS_INLINE_FUNCTION Tile tile_at(Index index, int rows) const {
     const auto it = branch.plan.item(index / tiles, branch.n);
     const int first = static_cast<int>(index % tiles) * rows;
     const int count = it.kept.count - first < rows ? it.kept.count - first : rows;

@@ -17,6 +17,7 @@
 
 #include <impl/Dilated_ImprovedKernels.hpp>
 #include <impl/Dilated_MmaPrimitives.hpp>
+#include <impl/Dilated_RowPieces.hpp>
 
 #include <algorithm>
 #include <cmath>
@@ -61,13 +62,15 @@ struct DqKernel {
   DeltaV delta;
   GradV dq;
   bool accumulate = false;
+  bool in_pieces = false;  // rows_in_pieces(dq): rows written as 4-byte pairs
 
   KOKKOS_FUNCTION void operator()(const Member& team) const {
 #if defined(__CUDA_ARCH__)
-    const long rank = team.league_rank();
+    const int rank = team.league_rank();
     const int which = set.find(rank);
     const auto& br = set.launches[which].branch;
-    const auto tile = set.launches[which].tile_at(rank - set.first_team[which], Tiles::rows);
+    const auto tile =
+        set.launches[which].tile_at(rank - static_cast<int>(set.first_team[which]), Tiles::rows);
     if (tile.count == 0) return;
     constexpr int BC = Tiles::dq_key_rows, LD = Tiles::ld;
     const int b = tile.item.b, h = tile.item.head, rows = tile.count, t0 = tile.first;
@@ -207,6 +210,17 @@ struct DqKernel {
     for (int r = 0; r < 2; ++r) {
       if (my_t[r] >= t0 + rows) continue;
       const int pt = kept.position(my_t[r]);
+      // Written, not accumulated, into half/bf16 rows: each lane's two adjacent columns as one
+      // 4-byte store (same rounding as the conversion below).
+      if constexpr (std::is_same_v<TG, T>) {
+        if (!accumulate && in_pieces) {
+#pragma unroll
+          for (int n = 0; n < D / 8; ++n)
+            *reinterpret_cast<std::uint32_t*>(&dq(b, pt, h, n * 8 + 2 * t4)) =
+                pack2<bf16>(scale * acc[n][2 * r], scale * acc[n][2 * r + 1]);
+          continue;
+        }
+      }
 #pragma unroll
       for (int n = 0; n < D / 8; ++n)
 #pragma unroll
@@ -241,13 +255,15 @@ struct DkDvKernel {
   DKV dk;
   DVV dv;
   bool accumulate = false;
+  bool in_pieces = false;  // rows_in_pieces(dk) and (dv): rows written as 4-byte pairs
 
   KOKKOS_FUNCTION void operator()(const Member& team) const {
 #if defined(__CUDA_ARCH__)
-    const long rank = team.league_rank();
+    const int rank = team.league_rank();
     const int which = set.find(rank);
     const auto& br = set.launches[which].branch;
-    const auto tile = set.launches[which].tile_at(rank - set.first_team[which], Tiles::rows);
+    const auto tile =
+        set.launches[which].tile_at(rank - static_cast<int>(set.first_team[which]), Tiles::rows);
     if (tile.count == 0) return;
     constexpr int BR = Tiles::rows, LD = Tiles::ld;
     const int b = tile.item.b, h = tile.item.head, cols = tile.count, u0 = tile.first;
@@ -377,6 +393,19 @@ struct DkDvKernel {
     for (int r = 0; r < 2; ++r) {
       if (my_u[r] >= u0 + cols) continue;
       const int pu = kept.position(my_u[r]);
+      if constexpr (std::is_same_v<TK, T> && std::is_same_v<TV, T>) {
+        if (!accumulate && in_pieces) {
+#pragma unroll
+          for (int n = 0; n < D / 8; ++n) {
+            const int c = n * 8 + 2 * t4;
+            *reinterpret_cast<std::uint32_t*>(&dk(b, pu, h, c)) =
+                pack2<bf16>(scale * dk_acc[n][2 * r], scale * dk_acc[n][2 * r + 1]);
+            *reinterpret_cast<std::uint32_t*>(&dv(b, pu, h, c)) =
+                pack2<bf16>(dv_acc[n][2 * r], dv_acc[n][2 * r + 1]);
+          }
+          continue;
+        }
+      }
 #pragma unroll
       for (int n = 0; n < D / 8; ++n)
 #pragma unroll
@@ -408,6 +437,7 @@ void backward_branch(const Kokkos::Cuda& space, TiledLaunch<Kokkos::CudaSpace, f
   launch.tiles = (launch.branch.plan.max_kept + Tiles::rows - 1) / Tiles::rows;
   const auto set = branch_sets<TiledLaunch<Kokkos::CudaSpace, float>, 1>({launch}, false).front();
   const int league = static_cast<int>(set.teams());
+  const bool dq_pieces = rows_in_pieces(dq), dkdv_pieces = rows_in_pieces(dk) && rows_in_pieces(dv);
   const auto run = [&](auto dropout) {
     constexpr bool with_dropout = decltype(dropout)::value;
     using Dq = DqKernel<D, with_dropout, Q, K, V, G, LseV, DeltaV, DQ>;
@@ -416,12 +446,12 @@ void backward_branch(const Kokkos::Cuda& space, TiledLaunch<Kokkos::CudaSpace, f
         space, league, 4, 32);
     dq_policy.set_scratch_size(0, Kokkos::PerTeam(Tiles::dq_scratch_bytes + 16));
     Kokkos::parallel_for("dilated::improved::dq_mma", dq_policy,
-                         Dq{set, q, k, v, dout, lse, delta, dq, accumulate});
+                         Dq{set, q, k, v, dout, lse, delta, dq, accumulate, dq_pieces});
     Kokkos::TeamPolicy<Kokkos::Cuda, Kokkos::LaunchBounds<128, DkDv::min_blocks>> dkdv_policy(
         space, league, 4, 32);
     dkdv_policy.set_scratch_size(0, Kokkos::PerTeam(Tiles::dkdv_scratch_bytes + 16));
     Kokkos::parallel_for("dilated::improved::dkdv_mma", dkdv_policy,
-                         DkDv{set, q, k, v, dout, lse, delta, dk, dv, accumulate});
+                         DkDv{set, q, k, v, dout, lse, delta, dk, dv, accumulate, dkdv_pieces});
   };
   if (launch.branch.dropout.active()) {
     run(std::true_type{});

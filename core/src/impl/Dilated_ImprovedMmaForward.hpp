@@ -19,6 +19,7 @@
 #include <Dilated_TilePolicies.hpp>
 #include <impl/Dilated_ImprovedKernels.hpp>
 #include <impl/Dilated_MmaPrimitives.hpp>
+#include <impl/Dilated_RowPieces.hpp>
 
 #include <algorithm>
 #include <cmath>
@@ -85,13 +86,42 @@ struct ForwardKernel {
   OutV out;
   LseV lse;
   bool with_lse = true;
+  // grouped: the rows a branch with dilation > 1 does not keep get 0 (and lse -inf) here, in
+  // the epilogue, instead of in a separate pass over the output (~55 us at 64K on the H100).
+  bool zero_unkept = false;
+  bool out_in_pieces = false;  // rows_in_pieces(out): zero rows 16 bytes at a time
 
   KOKKOS_FUNCTION void operator()(const Member& team) const {
 #if defined(__CUDA_ARCH__)
-    const long rank = team.league_rank();
+    const int rank = team.league_rank();
     const int which = set.find(rank);
     const auto& br = set.launches[which].branch;
-    const auto tile = set.launches[which].tile_at(rank - set.first_team[which], Tiles::query_rows);
+    const auto tile = set.launches[which].tile_at(rank - static_cast<int>(set.first_team[which]),
+                                                  Tiles::query_rows);
+    const bool zero_gaps = zero_unkept && !br.longnet && tile.item.kept.stride > 1;
+    using TO = typename OutV::value_type;
+    // Row q of head h set to zero (lse -inf) by `lanes` threads, this one being `lane`.
+    const auto zero_row = [&](int q, int lane_in, int lanes) {
+      const int b = tile.item.b, h = tile.item.head;
+      if (out_in_pieces) {
+        auto* row = reinterpret_cast<uint4*>(&out(b, q, h, 0));
+        for (int i = lane_in; i < D * int(sizeof(TO)) / 16; i += lanes)
+          row[i] = make_uint4(0u, 0u, 0u, 0u);
+      } else {
+        for (int c = lane_in; c < D; c += lanes)
+          out(b, q, h, c) = TO(0);
+      }
+      if (with_lse && lane_in == 0) lse(b, q, h) = -INFINITY;
+    };
+    // The rows of the team's segment before its first kept row (all of them when it keeps none):
+    // zeroed by the segment's first tile, a warp per row.
+    const int seg_begin = tile.item.segment * br.plan.window;
+    const int seg_end = seg_begin + br.plan.window < br.n ? seg_begin + br.plan.window : br.n;
+    if (zero_gaps && tile.first == 0) {
+      const int lead_end = tile.item.kept.count > 0 ? tile.item.kept.first : seg_end;
+      for (int q = seg_begin + team.team_rank(); q < lead_end; q += team.team_size())
+        zero_row(q, threadIdx.x, 32);
+    }
     if (tile.count == 0) return;
     constexpr int BC = Tiles::key_rows, LD = Tiles::ld, MT = Tiles::m_tiles, WR = 16 * MT;
     const int b = tile.item.b, h = tile.item.head, rows = tile.count, t0 = tile.first;
@@ -357,7 +387,6 @@ struct ForwardKernel {
 
     // Finish: rows, log-sum-exp and the longnet merge.
     constexpr float ln2 = 0.6931471805599453f;
-    using TO = typename OutV::value_type;
 #pragma unroll
     for (int m = 0; m < MT; ++m) {
       float previous[2] = {-INFINITY, -INFINITY};
@@ -381,17 +410,45 @@ struct ForwardKernel {
           weight = mw.weight;
         }
         const float w = weight / sum;
+        // grouped into the caller's half/bf16 rows: each lane's two adjacent columns as one
+        // 4-byte store (same rounding as the conversion below), no read of the old row.
+        bool stored = false;
+        if constexpr (std::is_same_v<TO, T>) {
+          if (!br.longnet && out_in_pieces) {
 #pragma unroll
-        for (int n = 0; n < D / 8; ++n) {
+            for (int n = 0; n < D / 8; ++n)
+              *reinterpret_cast<std::uint32_t*>(&out(b, pt, h, n * 8 + 2 * t4)) =
+                  pack2<bf16>(w * o[m][n][2 * r], w * o[m][n][2 * r + 1]);
+            stored = true;
+          }
+        }
+        if (!stored) {
 #pragma unroll
-          for (int e = 0; e < 2; ++e) {
-            const int c = n * 8 + 2 * t4 + e;
-            const float old = keep_old != 0.f ? keep_old * float(out(b, pt, h, c)) : 0.f;
-            out(b, pt, h, c) = static_cast<TO>(old + w * o[m][n][2 * r + e]);
+          for (int n = 0; n < D / 8; ++n) {
+#pragma unroll
+            for (int e = 0; e < 2; ++e) {
+              const int c = n * 8 + 2 * t4 + e;
+              const float old = keep_old != 0.f ? keep_old * float(out(b, pt, h, c)) : 0.f;
+              out(b, pt, h, c) = static_cast<TO>(old + w * o[m][n][2 * r + e]);
+            }
           }
         }
         if (with_lse && t4 == 0) lse(b, pt, h) = static_cast<typename LseV::value_type>(merged);
       }
+    }
+    // The rows after each kept row up to the next one (or the segment's end): with the rows
+    // before the first kept row these are exactly the segment's unkept rows. A quad per row.
+    if (zero_gaps) {
+#pragma unroll
+      for (int m = 0; m < MT; ++m)
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+          if (my_t(m, r) >= t0 + rows) continue;
+          const int pt = kept.position(my_t(m, r));
+          const int next = pt + kept.stride < seg_end ? pt + kept.stride : seg_end;
+          for (int q = pt + 1; q < next; ++q)
+            zero_row(q, t4, 4);
+        }
     }
 #else
     (void)team;
@@ -400,11 +457,13 @@ struct ForwardKernel {
 };
 
 // The forward of every branch: all in one launch for grouped semantics (disjoint heads),
-// branch after branch for longnet (each merges into what the previous ones left).
+// branch after branch for longnet (each merges into what the previous ones left). zero_unkept
+// (grouped): the kernel also zeroes the rows no branch keeps (see ForwardKernel).
 template <int D, class Q, class K, class V, class OutV, class LseV>
 void forward_branches(const Kokkos::Cuda& space, const Geometry& g,
                       const BranchLaunch<Kokkos::CudaSpace, float>& base, const Q& q, const K& k,
-                      const V& v, const OutV& out, const LseV& lse, bool with_lse) {
+                      const V& v, const OutV& out, const LseV& lse, bool with_lse,
+                      bool zero_unkept) {
   using Tiles = MmaTiles<D>;
   std::vector<TiledLaunch<Kokkos::CudaSpace, float>> launches;
   for (int i = 0; i < g.num_branches(); ++i) {
@@ -414,6 +473,7 @@ void forward_branches(const Kokkos::Cuda& space, const Geometry& g,
     launch.tiles = (launch.branch.plan.max_kept + Tiles::query_rows - 1) / Tiles::query_rows;
     launches.push_back(launch);
   }
+  const bool pieces = rows_in_pieces(out);
   const auto run = [&](auto dropout) {
     using Kernel = ForwardKernel<D, decltype(dropout)::value, Q, K, V, OutV, LseV>;
     for (const auto& set : branch_sets(launches, !base.longnet)) {
@@ -421,7 +481,7 @@ void forward_branches(const Kokkos::Cuda& space, const Geometry& g,
           space, static_cast<int>(set.teams()), 4, 32);
       policy.set_scratch_size(0, Kokkos::PerTeam(Tiles::scratch_bytes + 16));
       Kokkos::parallel_for("dilated::improved::forward_mma", policy,
-                           Kernel{set, q, k, v, out, lse, with_lse});
+                           Kernel{set, q, k, v, out, lse, with_lse, zero_unkept, pieces});
     }
   };
   if (base.dropout.active()) {

@@ -1,0 +1,27 @@
+// Rows of (b, n, h, d) views moved 16 bytes at a time: the piece type and whether a view's
+// rows allow it (contiguous, 16-byte aligned, whole pieces). Used by the row kernels and by the
+// tensor-core forward's fused zeroing.
+#ifndef DILATED_IMPL_ROW_PIECES_HPP
+#define DILATED_IMPL_ROW_PIECES_HPP
+
+#include <cstdint>
+
+namespace dilated::Impl {
+
+template <class T>
+struct alignas(16) Piece16 {
+  T v[16 / sizeof(T)];
+};
+
+template <class View>
+bool rows_in_pieces(const View& x) {
+  using T = typename View::non_const_value_type;
+  const auto bytes = [](long stride) { return stride * static_cast<long>(sizeof(T)) % 16 == 0; };
+  return 16 % sizeof(T) == 0 && x.stride(3) == 1 && bytes(x.extent(3)) && bytes(x.stride(0)) &&
+         bytes(x.stride(1)) && bytes(x.stride(2)) &&
+         reinterpret_cast<std::uintptr_t>(x.data()) % 16 == 0;
+}
+
+}  // namespace dilated::Impl
+
+#endif  // DILATED_IMPL_ROW_PIECES_HPP
