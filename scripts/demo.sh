@@ -7,13 +7,8 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here"
-prefix=$(bash scripts/setup.sh)
-export CMAKE_PREFIX_PATH="$prefix${CMAKE_PREFIX_PATH:+:$CMAKE_PREFIX_PATH}"
-jobs=$(nproc)
-echo "[demo] configure (Kokkos from $prefix)" >&2
-cmake --preset demo >/dev/null
-echo "[demo] build ($jobs jobs)" >&2
-cmake --build --preset demo -j "$jobs" --target dilated_demo
+source scripts/preset_build.sh
+preset_build demo demo --target dilated_demo
 # OpenMP: every core, one thread each, unless the caller chose otherwise.
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$jobs} OMP_PROC_BIND=${OMP_PROC_BIND:-spread}
 export OMP_PLACES=${OMP_PLACES:-threads}

@@ -25,6 +25,8 @@ import re
 import statistics
 import sys
 
+import plot_common
+
 SEED_NAMES = {
     "Original": "DilatedAttention",
     "Original-team": "DilatedAttention (team kernel)",
@@ -37,17 +39,7 @@ PASSES = [("fwd", "forward"), ("fwd_bwd", "forward + backward")]
 
 
 def import_pyplot():
-    try:
-        import matplotlib
-    except ImportError:
-        system = "/usr/bin/python3"
-        if os.path.exists(system) and os.path.realpath(sys.executable) != os.path.realpath(system):
-            os.execv(system, [system] + sys.argv)
-        sys.exit("plot_benchmarks: needs matplotlib (Debian: apt-get install python3-matplotlib)")
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    return plot_common.import_pyplot("plot_benchmarks")
 
 
 def json_files(paths):

@@ -20,21 +20,13 @@ import re
 import subprocess
 import sys
 
+import plot_common
+
 LINE = re.compile(r"branch (\d+) \(s=(\d+), r=(\d+)\) head (\d+)(?: offset (\d+))?: (.*)$")
 
 
 def import_pyplot():
-    try:
-        import matplotlib
-    except ImportError:
-        system = "/usr/bin/python3"
-        if os.path.exists(system) and os.path.realpath(sys.executable) != os.path.realpath(system):
-            os.execv(system, [system] + sys.argv)
-        sys.exit("plot_pattern: needs matplotlib (Debian: apt-get install python3-matplotlib)")
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    return plot_common.import_pyplot("plot_pattern")
 
 
 def pattern(tool, semantics, args):

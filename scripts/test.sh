@@ -4,12 +4,7 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here"
-prefix=$(bash scripts/setup.sh)
-export CMAKE_PREFIX_PATH="$prefix${CMAKE_PREFIX_PATH:+:$CMAKE_PREFIX_PATH}"
-jobs=$(nproc)
-echo "[test] configure (Kokkos from $prefix)" >&2
-cmake --preset tests >/dev/null
-echo "[test] build ($jobs jobs)" >&2
-cmake --build --preset tests -j "$jobs"
+source scripts/preset_build.sh
+preset_build test tests
 echo "[test] ctest" >&2
 ctest --preset tests "$@"

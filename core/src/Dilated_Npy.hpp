@@ -116,6 +116,33 @@ inline std::vector<std::size_t> parse_shape(const std::string& text, const std::
   return shape;
 }
 
+// A format 1.0 file: the header dictionary `dict` (padded so that the data starts at a multiple
+// of 64 bytes) and `bytes` raw data bytes. write() builds the dictionary; tests write malformed
+// ones through this too.
+inline void write_format1(const std::string& path, std::string dict, const void* data,
+                          std::size_t bytes) {
+  // magic (6) + version (2) + length (2) + dict + padding + '\n' is a multiple of 64.
+  const std::size_t unpadded = 10 + dict.size() + 1;
+  dict.append((64 - unpadded % 64) % 64, ' ');
+  dict += '\n';
+  std::ofstream out(path, std::ios::binary);
+  if (!out) throw FormatError(path + ": cannot open for writing");
+  const unsigned char preamble[10] = {0x93,
+                                      'N',
+                                      'U',
+                                      'M',
+                                      'P',
+                                      'Y',
+                                      1,
+                                      0,
+                                      static_cast<unsigned char>(dict.size() & 0xff),
+                                      static_cast<unsigned char>(dict.size() >> 8)};
+  out.write(reinterpret_cast<const char*>(preamble), 10);
+  out.write(dict.data(), static_cast<std::streamsize>(dict.size()));
+  out.write(static_cast<const char*>(data), static_cast<std::streamsize>(bytes));
+  if (!out) throw FormatError(path + ": write failed");
+}
+
 }  // namespace Impl
 
 inline std::vector<double> Array::to_double() const {
@@ -215,28 +242,9 @@ void write(const std::string& path, const std::vector<std::size_t>& shape, const
     dict += (i > 0 ? ", " : "") + std::to_string(shape[i]);
   }
   dict += shape.size() == 1 ? ",), }" : "), }";  // a 1-tuple needs its comma
-  // magic (6) + version (2) + length (2) + dict + padding + '\n' is a multiple of 64.
-  const std::size_t unpadded = 10 + dict.size() + 1;
-  dict.append((64 - unpadded % 64) % 64, ' ');
-  dict += '\n';
-  std::ofstream out(path, std::ios::binary);
-  if (!out) throw FormatError(path + ": cannot open for writing");
-  const unsigned char preamble[10] = {0x93,
-                                      'N',
-                                      'U',
-                                      'M',
-                                      'P',
-                                      'Y',
-                                      1,
-                                      0,
-                                      static_cast<unsigned char>(dict.size() & 0xff),
-                                      static_cast<unsigned char>(dict.size() >> 8)};
-  out.write(reinterpret_cast<const char*>(preamble), 10);
-  out.write(dict.data(), static_cast<std::streamsize>(dict.size()));
   const std::size_t count =
       std::accumulate(shape.begin(), shape.end(), std::size_t{1}, std::multiplies<>());
-  out.write(reinterpret_cast<const char*>(data), static_cast<std::streamsize>(count * sizeof(T)));
-  if (!out) throw FormatError(path + ": write failed");
+  Impl::write_format1(path, dict, data, count * sizeof(T));
 }
 
 }  // namespace dilated::npy

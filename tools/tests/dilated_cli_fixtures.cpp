@@ -45,24 +45,7 @@ std::size_t count_of(const std::vector<std::size_t>& shape) {
 // A .npy file with any header dictionary and raw data bytes (for the malformed cases).
 void write_raw(const fs::path& path, const std::string& dictionary, const void* data,
                std::size_t bytes) {
-  std::string dict = dictionary;
-  const std::size_t unpadded = 10 + dict.size() + 1;
-  dict.append((64 - unpadded % 64) % 64, ' ');
-  dict += '\n';
-  std::ofstream out(path, std::ios::binary);
-  const unsigned char preamble[10] = {0x93,
-                                      'N',
-                                      'U',
-                                      'M',
-                                      'P',
-                                      'Y',
-                                      1,
-                                      0,
-                                      static_cast<unsigned char>(dict.size() & 0xff),
-                                      static_cast<unsigned char>(dict.size() >> 8)};
-  out.write(reinterpret_cast<const char*>(preamble), 10);
-  out.write(dict.data(), static_cast<std::streamsize>(dict.size()));
-  out.write(static_cast<const char*>(data), static_cast<std::streamsize>(bytes));
+  dilated::npy::Impl::write_format1(path.string(), dictionary, data, bytes);
 }
 
 std::string shape_text(const std::vector<std::size_t>& shape) {
