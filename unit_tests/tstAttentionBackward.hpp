@@ -100,6 +100,9 @@ Gradients run_backward(const GradCase& c, const HostView4& qh, const HostView4& 
   Kokkos::View<T***, MemSpace> lse("lse", c.b, c.n, c.h);
   const dilated::ForwardOptions call{c.causal, true, seed};
   dilated::testing::with_attention(variant, c.segs, c.dils, options, [&](const auto& attention) {
+    // Stale values, not Kokkos' zeros: every row of the outputs must be written.
+    for (const auto& x : {out, dq, dk, dv})
+      Kokkos::deep_copy(x, T(7));
     attention.forward(ExecSpace(), q, k, v, out, lse, call);
     if (pass_lse) {
       attention.backward(ExecSpace(), q, k, v, out, lse, dout, dq, dk, dv, call);

@@ -57,6 +57,9 @@ void check_forward_of(const Attention& attention, const ForwardCase& c, bool cau
   const auto v = dilated::testing::to_storage<T, MemSpace>(v0, "v");
   dilated::testing::Device4<T, MemSpace> out("out", c.b, c.n, c.h, c.d);
   Kokkos::View<float***, MemSpace> lse("lse", c.b, c.n, c.h);
+  // Stale values, not Kokkos' zeros: every row (kept by no branch too) must be written.
+  Kokkos::deep_copy(out, T(7));
+  Kokkos::deep_copy(lse, 7.f);
   attention.forward(ExecSpace(), q, k, v, out, lse, {causal, false, 0});
 
   const auto qh = dilated::testing::to_host_double(q), kh = dilated::testing::to_host_double(k),
@@ -142,6 +145,10 @@ TEMPLATE_LIST_TEST_CASE("Improved equals Original within the precision's toleran
       dilated::testing::Device4<TestType, MemSpace> out_o("out_o", c.b, c.n, c.h, c.d),
           out_i("out_i", c.b, c.n, c.h, c.d);
       Kokkos::View<float***, MemSpace> lse_o("lse_o", c.b, c.n, c.h), lse_i("lse_i", c.b, c.n, c.h);
+      for (const auto& x : {out_o, out_i})
+        Kokkos::deep_copy(x, TestType(7));  // stale values: every row must be written
+      for (const auto& x : {lse_o, lse_i})
+        Kokkos::deep_copy(x, 7.f);
       original.forward(ExecSpace(), q, k, v, out_o, lse_o, {causal, false, 0});
       improved.forward(ExecSpace(), q, k, v, out_i, lse_i, {causal, false, 0});
       using Tol = dilated::testing::Tolerance<TestType>;

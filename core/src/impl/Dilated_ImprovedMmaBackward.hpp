@@ -216,8 +216,8 @@ struct DqKernel {
         if (!accumulate && in_pieces) {
 #pragma unroll
           for (int n = 0; n < D / 8; ++n)
-            *reinterpret_cast<std::uint32_t*>(&dq(b, pt, h, n * 8 + 2 * t4)) =
-                pack2<bf16>(scale * acc[n][2 * r], scale * acc[n][2 * r + 1]);
+            store_pair<bf16>(dq, b, pt, h, n * 8 + 2 * t4, scale * acc[n][2 * r],
+                             scale * acc[n][2 * r + 1]);
           continue;
         }
       }
@@ -398,10 +398,9 @@ struct DkDvKernel {
 #pragma unroll
           for (int n = 0; n < D / 8; ++n) {
             const int c = n * 8 + 2 * t4;
-            *reinterpret_cast<std::uint32_t*>(&dk(b, pu, h, c)) =
-                pack2<bf16>(scale * dk_acc[n][2 * r], scale * dk_acc[n][2 * r + 1]);
-            *reinterpret_cast<std::uint32_t*>(&dv(b, pu, h, c)) =
-                pack2<bf16>(dv_acc[n][2 * r], dv_acc[n][2 * r + 1]);
+            store_pair<bf16>(dk, b, pu, h, c, scale * dk_acc[n][2 * r],
+                             scale * dk_acc[n][2 * r + 1]);
+            store_pair<bf16>(dv, b, pu, h, c, dv_acc[n][2 * r], dv_acc[n][2 * r + 1]);
           }
           continue;
         }

@@ -28,28 +28,25 @@
 
 namespace dilated::Impl::mma {
 
-// Per head_dim: query rows per warp (16-row m-tiles), key tile rows, where the Q tile lives and
-// teams per multiprocessor; scratch must fit the level-0 scratch Kokkos grants a team (48 KiB
-// less its reserve, about 40 KiB). d = 64 gives each warp two m-tiles (32 rows, 128 per team):
-// every K and V fragment read from shared memory feeds two mma instead of one, and the per-tile
-// overhead is spread over twice the work. Its Q tile stays in shared memory (its fragments are
-// read again per key tile) and key tiles are 32 rows, which keeps the kernel within 168
-// registers: 3 teams (12 warps) per multiprocessor to hide the latencies of the softmax
-// chain. d = 128 keeps one m-tile per warp and Q in registers (its output tile alone is 64
-// registers; Q would not fit beside the key stages).
+// Per head_dim: query rows per warp (16-row m-tiles), key tile rows and teams per
+// multiprocessor; two stages of K and V tiles must fit the level-0 scratch Kokkos grants a team
+// (48 KiB less its reserve, about 40 KiB). d = 64 gives each warp two m-tiles (32 rows, 128 per
+// team) and 64-key tiles: every K and V fragment read from shared memory feeds two mma instead of
+// one and the per-tile overhead is spread over twice the work; the registers this needs (two
+// score and two output tiles, Q's fragments) allow 2 teams (255 registers) per multiprocessor.
+// d = 128 keeps one m-tile per warp and 32-key tiles at 3 teams (168 registers; its output
+// tile alone is 64 registers). Q's fragments live in registers, its tile passes through the
+// second stage first. (Measured alternatives, slower: docs/performance-notes.md.)
 template <int D>
 struct MmaTiles {
   static constexpr int m_tiles = D <= 64 ? 2 : 1;  // 16-row m-tiles per warp
   static constexpr int query_rows = 4 * 16 * m_tiles;
   static constexpr int key_rows = D <= 64 ? 64 : 32;
-  static constexpr bool q_in_smem = false;
   static constexpr int ld = D + 8;  // halves per scratch row: 16 bytes of padding, no conflicts
   static constexpr int stage_halves = 2 * key_rows * ld;  // K and V of one stage
-  static constexpr int q_halves = q_in_smem ? query_rows * ld : 0;
-  static constexpr int scratch_bytes = (q_halves + 2 * stage_halves) * 2;
+  static constexpr int scratch_bytes = 2 * stage_halves * 2;
   static constexpr unsigned min_blocks = m_tiles == 2 ? 2 : 3;
-  static_assert(q_in_smem || query_rows * ld <= stage_halves,
-                "a Q tile held in registers is staged in the second stage");
+  static_assert(query_rows * ld <= stage_halves, "the Q tile is staged in the second stage");
   static_assert(scratch_bytes <= 40 * 1024, "beyond Kokkos' level-0 team scratch");
 };
 
@@ -70,8 +67,7 @@ __device__ __forceinline__ void mma16816_first(float (&c)[4], const std::uint32_
 template <int D, bool Dropout, class QV, class KV, class VV, class OutV, class LseV>
 struct ForwardKernel {
   using Tiles = MmaTiles<D>;
-  // Register cap 168 at 3 teams per multiprocessor (at 4 teams the 128-register cap spilled:
-  // ncu/SASS on the H100 showed local loads in the key loop).
+  // Teams per multiprocessor, hence the register cap: see MmaTiles.
   static constexpr unsigned min_blocks = Tiles::min_blocks;
   using T = typename QV::non_const_value_type;
   using Acc = float;
@@ -130,12 +126,9 @@ struct ForwardKernel {
     const int g = lane / 4, t4 = lane % 4;  // mma fragment coordinates
     using Half = std::uint16_t;
     Half* smem = aligned_scratch(team, Tiles::scratch_bytes);
-    const auto K_stage = [&](int s) { return smem + Tiles::q_halves + s * Tiles::stage_halves; };
-    const auto V_stage = [&](int s) {
-      return smem + Tiles::q_halves + s * Tiles::stage_halves + BC * LD;
-    };
-    // The Q tile: its own region, or (held in registers) stage 1 until the fragments are read.
-    Half* Qs = Tiles::q_in_smem ? smem : K_stage(1);
+    const auto K_stage = [&](int s) { return smem + s * Tiles::stage_halves; };
+    const auto V_stage = [&](int s) { return smem + s * Tiles::stage_halves + BC * LD; };
+    Half* Qs = K_stage(1);  // the Q tile borrows stage 1 until its fragments are in registers
 
     const TileLoader<D, LD, Tiles::query_rows> q_loader(q, b, h, kept, tid);
     const TileLoader<D, LD, BC> k_loader(k, b, h, kept, tid), v_loader(v, b, h, kept, tid);
@@ -147,19 +140,15 @@ struct ForwardKernel {
     commit();
     wait_groups<0>();
     __syncthreads();
-    // Q fragments (A of S = Q K^T) of this warp's m-tile m, k-step kk: from shared memory, or
-    // read once into registers.
+    // Q fragments (A of S = Q K^T) of this warp's m-tile m, k-step kk, read once.
     const Half* Qw = Qs + (warp * WR + (lane % 8) + ((lane / 8) % 2) * 8) * LD + (lane / 16) * 8;
-    constexpr int QM = Tiles::q_in_smem ? 1 : MT, QK = Tiles::q_in_smem ? 1 : D / 16;
-    std::uint32_t qf[QM][QK][4];
-    if constexpr (!Tiles::q_in_smem) {
+    std::uint32_t qf[MT][D / 16][4];
 #pragma unroll
-      for (int m = 0; m < MT; ++m)
+    for (int m = 0; m < MT; ++m)
 #pragma unroll
-        for (int kk = 0; kk < D / 16; ++kk)
-          ldmatrix_x4(qf[m][kk], Qw + m * 16 * LD + kk * 16);
-      __syncthreads();  // stage 1 is free for the K/V pipeline
-    }
+      for (int kk = 0; kk < D / 16; ++kk)
+        ldmatrix_x4(qf[m][kk], Qw + m * 16 * LD + kk * 16);
+    __syncthreads();  // stage 1 is free for the K/V pipeline
     // This lane's ldmatrix offsets: K as B of S = Q K^T, V (transposed) as B of O = P V.
     const int mi = lane / 8;
     const int k_off = ((mi / 2) * 8 + lane % 8) * LD + (mi % 2) * 8;
@@ -194,25 +183,14 @@ struct ForwardKernel {
     const int warp_first = t0 + warp * WR, warp_last = warp_first + WR - 1;
 
     // One key tile of this warp's rows. `edge` (a compile-time flag) selects the version with
-    // the key/causal mask and dropout; the common version has one branch (the rare rescale)
-    // between its first mma and its last, so ptxas can interleave one m-tile's softmax with
-    // the other's mma.
+    // the key/causal mask (dropout is the kernel's own compile-time choice); the common version
+    // has one branch (the rare rescale) between its first mma and its last, so ptxas can
+    // interleave one m-tile's softmax with the other's mma.
     const auto step = [&](const int u0, const Half* Ks, const Half* Vs, auto edge) {
       // S = Q K^T: each K fragment feeds every m-tile.
       float s[MT][BC / 8][4];
 #pragma unroll
       for (int kk = 0; kk < D / 16; ++kk) {
-        std::uint32_t qa[MT][4];
-#pragma unroll
-        for (int m = 0; m < MT; ++m) {
-          if constexpr (Tiles::q_in_smem) {
-            ldmatrix_x4(qa[m], Qw + m * 16 * LD + kk * 16);
-          } else {
-#pragma unroll
-            for (int i = 0; i < 4; ++i)
-              qa[m][i] = qf[m][kk][i];
-          }
-        }
 #pragma unroll
         for (int j = 0; j < BC / 8; j += 2) {
           std::uint32_t kf[4];
@@ -220,11 +198,11 @@ struct ForwardKernel {
 #pragma unroll
           for (int m = 0; m < MT; ++m) {
             if (kk == 0) {
-              mma16816_first<bf16>(s[m][j], qa[m], kf[0], kf[1]);
-              mma16816_first<bf16>(s[m][j + 1], qa[m], kf[2], kf[3]);
+              mma16816_first<bf16>(s[m][j], qf[m][kk], kf[0], kf[1]);
+              mma16816_first<bf16>(s[m][j + 1], qf[m][kk], kf[2], kf[3]);
             } else {
-              mma16816<bf16>(s[m][j], qa[m], kf[0], kf[1]);
-              mma16816<bf16>(s[m][j + 1], qa[m], kf[2], kf[3]);
+              mma16816<bf16>(s[m][j], qf[m][kk], kf[0], kf[1]);
+              mma16816<bf16>(s[m][j + 1], qf[m][kk], kf[2], kf[3]);
             }
           }
         }
@@ -247,18 +225,6 @@ struct ForwardKernel {
       // half, bf16 or the float accumulators); the final division by l normalises them. Then
       // P = 2^(s scale_log2 - bias), packed in the A-operand layout of P V (p[m][j] holds row
       // g's and row g + 8's columns j * 8 + 2 t4, +1).
-      std::uint32_t p[MT][BC / 8][2];
-      const auto exponentials = [&] {
-#pragma unroll
-        for (int m = 0; m < MT; ++m)
-#pragma unroll
-          for (int j = 0; j < BC / 8; ++j)
-#pragma unroll
-            for (int r = 0; r < 2; ++r)
-              p[m][j][r] =
-                  pack2<bf16>(fast_exp2(fmaf(s[m][j][2 * r], scale_log2, -bias[m][r])),
-                              fast_exp2(fmaf(s[m][j][2 * r + 1], scale_log2, -bias[m][r])));
-      };
       float lane_max[MT][2];
       bool grow = false;
 #pragma unroll
@@ -307,8 +273,16 @@ struct ForwardKernel {
           l[m][3] *= fix[1];
         }
       }
-      exponentials();
-      // l += P 1, and with dropout the sums stay those of the undropped probabilities.
+      std::uint32_t p[MT][BC / 8][2];
+#pragma unroll
+      for (int m = 0; m < MT; ++m)
+#pragma unroll
+        for (int j = 0; j < BC / 8; ++j)
+#pragma unroll
+          for (int r = 0; r < 2; ++r)
+            p[m][j][r] = pack2<bf16>(fast_exp2(fmaf(s[m][j][2 * r], scale_log2, -bias[m][r])),
+                                     fast_exp2(fmaf(s[m][j][2 * r + 1], scale_log2, -bias[m][r])));
+            // l += P 1, and with dropout the sums stay those of the undropped probabilities.
 #pragma unroll
       for (int kk = 0; kk < BC / 16; ++kk)
 #pragma unroll
@@ -375,7 +349,7 @@ struct ForwardKernel {
       if (!(br.causal && u0 > warp_last) && warp * WR < rows) {
         const Half* Ks = K_stage(it & 1) + k_off;
         const Half* Vs = V_stage(it & 1) + v_off;
-        const bool edge = Dropout || u0 + BC > key_end || (br.causal && u0 + BC - 1 > warp_first);
+        const bool edge = u0 + BC > key_end || (br.causal && u0 + BC - 1 > warp_first);
         if (edge) {
           step(u0, Ks, Vs, std::true_type{});
         } else {
@@ -412,25 +386,23 @@ struct ForwardKernel {
         const float w = weight / sum;
         // grouped into the caller's half/bf16 rows: each lane's two adjacent columns as one
         // 4-byte store (same rounding as the conversion below), no read of the old row.
-        bool stored = false;
         if constexpr (std::is_same_v<TO, T>) {
           if (!br.longnet && out_in_pieces) {
 #pragma unroll
             for (int n = 0; n < D / 8; ++n)
-              *reinterpret_cast<std::uint32_t*>(&out(b, pt, h, n * 8 + 2 * t4)) =
-                  pack2<bf16>(w * o[m][n][2 * r], w * o[m][n][2 * r + 1]);
-            stored = true;
+              store_pair<bf16>(out, b, pt, h, n * 8 + 2 * t4, w * o[m][n][2 * r],
+                               w * o[m][n][2 * r + 1]);
+            if (with_lse && t4 == 0) lse(b, pt, h) = static_cast<typename LseV::value_type>(merged);
+            continue;
           }
         }
-        if (!stored) {
 #pragma unroll
-          for (int n = 0; n < D / 8; ++n) {
+        for (int n = 0; n < D / 8; ++n) {
 #pragma unroll
-            for (int e = 0; e < 2; ++e) {
-              const int c = n * 8 + 2 * t4 + e;
-              const float old = keep_old != 0.f ? keep_old * float(out(b, pt, h, c)) : 0.f;
-              out(b, pt, h, c) = static_cast<TO>(old + w * o[m][n][2 * r + e]);
-            }
+          for (int e = 0; e < 2; ++e) {
+            const int c = n * 8 + 2 * t4 + e;
+            const float old = keep_old != 0.f ? keep_old * float(out(b, pt, h, c)) : 0.f;
+            out(b, pt, h, c) = static_cast<TO>(old + w * o[m][n][2 * r + e]);
           }
         }
         if (with_lse && t4 == 0) lse(b, pt, h) = static_cast<typename LseV::value_type>(merged);

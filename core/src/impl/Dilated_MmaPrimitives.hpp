@@ -90,6 +90,14 @@ __device__ __forceinline__ std::uint32_t pack2(float lo, float hi) {
   return r;
 }
 
+// x(b, p, h, c) = lo and x(b, p, h, c + 1) = hi, rounded to half/bf16 and stored as one 4-byte
+// word (c even; rows contiguous and 4-byte aligned, e.g. rows_in_pieces(x)).
+template <bool Bf16, class View>
+__device__ __forceinline__ void store_pair(const View& x, int b, int p, int h, int c, float lo,
+                                           float hi) {
+  *reinterpret_cast<std::uint32_t*>(&x(b, p, h, c)) = pack2<Bf16>(lo, hi);
+}
+
 // The two 16-bit values of a register as floats (lo first).
 template <bool Bf16>
 __device__ __forceinline__ void unpack2(std::uint32_t r, float (&x)[2]) {
