@@ -29,6 +29,9 @@ struct GradCase {
   bool causal;
   bool detach;
   double dropout;
+  // out as a strided view whose rows the tensor cores cannot read (row stride d + 1): the
+  // backward then computes D_t in its own pass instead of inside the dq kernel.
+  bool strided_out = false;
 };
 
 // sum(out * r) for the forward the case describes, in double on the host. Without dropout and
@@ -95,25 +98,36 @@ Gradients run_backward(const GradCase& c, const HostView4& qh, const HostView4& 
   const auto k = dilated::testing::to_storage<T, MemSpace>(kh, "k");
   const auto v = dilated::testing::to_storage<T, MemSpace>(vh, "v");
   const auto dout = dilated::testing::to_storage<T, MemSpace>(rh, "dout");
-  dilated::testing::Device4<T, MemSpace> out("out", c.b, c.n, c.h, c.d),
-      dq("dq", c.b, c.n, c.h, c.d), dk("dk", c.b, c.n, c.h, c.d), dv("dv", c.b, c.n, c.h, c.d);
+  dilated::testing::Device4<T, MemSpace> dq("dq", c.b, c.n, c.h, c.d), dk("dk", c.b, c.n, c.h, c.d),
+      dv("dv", c.b, c.n, c.h, c.d);
+  dilated::testing::Device4<T, MemSpace> out_rows("out", c.b, c.n, c.h,
+                                                  c.strided_out ? c.d + 1 : c.d);
+  const auto strided_out =
+      Kokkos::subview(out_rows, Kokkos::ALL, Kokkos::ALL, Kokkos::ALL, std::make_pair(0, c.d));
   Kokkos::View<T***, MemSpace> lse("lse", c.b, c.n, c.h);
   const dilated::ForwardOptions call{c.causal, true, seed};
-  dilated::testing::with_attention(variant, c.segs, c.dils, options, [&](const auto& attention) {
-    // Stale values, not Kokkos' zeros: every row of the outputs must be written.
-    for (const auto& x : {out, dq, dk, dv})
-      Kokkos::deep_copy(x, T(7));
-    attention.forward(ExecSpace(), q, k, v, out, lse, call);
-    if (pass_lse) {
-      attention.backward(ExecSpace(), q, k, v, out, lse, dout, dq, dk, dv, call);
-    } else {
-      attention.backward(ExecSpace(), q, k, v, out, dout, dq, dk, dv, call);
-    }
-  });
   const auto as_double = [](const auto& x) {
     return dilated::testing::to_storage<double, MemSpace>(dilated::testing::to_host_double(x), "g");
   };
-  return {as_double(dq), as_double(dk), as_double(dv), as_double(out)};
+  const auto run = [&](const auto& out) {
+    dilated::testing::with_attention(variant, c.segs, c.dils, options, [&](const auto& attention) {
+      // Stale values, not Kokkos' zeros: every row of the outputs must be written.
+      Kokkos::deep_copy(out, T(7));
+      for (const auto& x : {dq, dk, dv})
+        Kokkos::deep_copy(x, T(7));
+      attention.forward(ExecSpace(), q, k, v, out, lse, call);
+      if (pass_lse) {
+        attention.backward(ExecSpace(), q, k, v, out, lse, dout, dq, dk, dv, call);
+      } else {
+        attention.backward(ExecSpace(), q, k, v, out, dout, dq, dk, dv, call);
+      }
+    });
+    // Contiguous first: Kokkos copies a non-contiguous view to the host only through one.
+    dilated::testing::Device4<T, MemSpace> out_copy("out", c.b, c.n, c.h, c.d);
+    Kokkos::deep_copy(out_copy, out);
+    return Gradients{as_double(dq), as_double(dk), as_double(dv), as_double(out_copy)};
+  };
+  return c.strided_out ? run(strided_out) : run(out_rows);
 }
 
 const std::vector<GradCase> grad_cases = {
@@ -261,10 +275,15 @@ TEMPLATE_LIST_TEST_CASE("Improved backward equals Original backward",
       {Semantics::grouped, {256, 512, 1024}, {1, 2, 4}, 1, 1500, 6, 64, true, false, 0.0},
       {Semantics::longnet, {128, 256}, {1, 2}, 2, 600, 4, 64, true, false, 0.0},
       {Semantics::longnet, {128, 256}, {1, 2}, 1, 400, 2, 64, false, true, 0.1},
+      // Grouped branches share the tensor-core launches: dropout must still hash each
+      // branch's own index; an out the tensor cores cannot read (D_t in its own pass).
+      {Semantics::grouped, {256, 512, 1024}, {1, 2, 4}, 1, 1500, 6, 64, true, false, 0.1},
+      {Semantics::grouped, {256, 512, 1024}, {1, 2, 4}, 1, 700, 3, 64, false, false, 0.0, true},
+      {Semantics::longnet, {128, 256}, {1, 2}, 1, 400, 2, 64, true, false, 0.0, true},
   };
   std::uint64_t seed = 1300;
   for (const auto& c : cases) {
-    CAPTURE(dilated::to_string(c.semantics), c.causal, c.detach, c.dropout);
+    CAPTURE(dilated::to_string(c.semantics), c.causal, c.detach, c.dropout, c.strided_out);
     seed += 10;
     const auto q = dilated::testing::random_bnhd<double>("q", c.b, c.n, c.h, c.d, seed);
     const auto k = dilated::testing::random_bnhd<double>("k", c.b, c.n, c.h, c.d, seed + 1);

@@ -97,7 +97,9 @@ class DilatedAttention {
   }
 
   // out = dilated attention of q, k, v; lse (b, n, h) receives the merged log-sum-exp
-  // (-inf where no branch keeps the position), which backward can reuse.
+  // (-inf where no branch keeps the position), which backward can reuse. Like a Kokkos kernel the
+  // call may return before its work on `space` is done (it fences only to release temporaries):
+  // fence `space` before reading the results from another space.
   template <class ExecSpace, class Q, class K, class V, class O, class L,
             std::enable_if_t<Impl::is_execution_space_v<ExecSpace> && Impl::is_view_v<L>, int> = 0>
   void forward(const ExecSpace& space, const Q& q, const K& k, const V& v, const O& out,
@@ -173,7 +175,6 @@ class DilatedAttention {
     } else {
       original_forward(space, g, q, k, v, out, lse, call);
     }
-    Impl::fence(space, "dilated::DilatedAttention::forward: temporaries go out of scope");
   }
 
   template <class ExecSpace, class Q, class K, class V, class O, class L>
@@ -199,10 +200,12 @@ class DilatedAttention {
     }
     Impl::convert_rows(space, "dilated::original::store_out", out_acc, out);
     if (lse) Impl::convert_rows(space, "dilated::original::store_lse", lse_acc, *lse);
+    Impl::fence(space, "dilated::DilatedAttention::forward: temporaries go out of scope");
   }
 
-  // The fused forward: grouped writes the caller's views directly; longnet merges branch by
-  // branch in the caller's out when it is float/double, else in a float accumulator.
+  // The fused forward: grouped writes the caller's views directly (no temporaries, so no fence:
+  // the call stays asynchronous on `space`); longnet merges branch by branch in the caller's out
+  // when it is float/double, else in a float accumulator.
   template <class ExecSpace, class Q, class K, class V, class O, class L>
   void improved_forward(const ExecSpace& space, const Geometry& g, const Q& q, const K& k,
                         const V& v, const O& out, const L* lse, const ForwardOptions& call) const {
@@ -233,6 +236,7 @@ class DilatedAttention {
       Impl::convert_rows(space, "dilated::improved::store_out", out_acc, out);
     }
     if (lse) Impl::convert_rows(space, "dilated::improved::store_lse", lse_acc, *lse);
+    Impl::fence(space, "dilated::DilatedAttention::forward: temporaries go out of scope");
   }
 
   template <class ExecSpace, class Q, class K, class V, class O, class L, class G, class DQ,
@@ -259,7 +263,6 @@ class DilatedAttention {
     } else {
       original_backward(space, g, q, k, v, out, lse, dout, dq, dk, dv, call);
     }
-    Impl::fence(space, "dilated::DilatedAttention::backward: temporaries go out of scope");
   }
 
   template <class ExecSpace, class Q, class K, class V, class O, class L, class G, class DQ,
@@ -321,6 +324,7 @@ class DilatedAttention {
     Impl::convert_rows(space, "dilated::original::store_dq", dq_acc, dq);
     Impl::convert_rows(space, "dilated::original::store_dk", dk_acc, dk);
     Impl::convert_rows(space, "dilated::original::store_dv", dv_acc, dv);
+    Impl::fence(space, "dilated::DilatedAttention::backward: temporaries go out of scope");
   }
 
   // The fused backward (FlashAttention-2 style): probabilities are recomputed from the merged
@@ -369,28 +373,28 @@ class DilatedAttention {
     Impl::Accumulator3<ExecSpace, Acc> delta(
         Kokkos::view_alloc(Kokkos::WithoutInitializing, "dilated::improved::delta"), batch, n,
         heads);
-    if (!branch_deltas) Impl::row_deltas(space, dout, out, delta, g.output_scale());
     if (!longnet) {
       const auto* no_lse = static_cast<const NoLse<ExecSpace>*>(nullptr);
       Impl::zero_unkept_rows(space, g, no_lse, dq, dk, dv);
-      Impl::improved_backward_branches(space, g, base, q, k, v, dout, lse_acc, delta, false, dq, dk,
-                                       dv, false);
+      Impl::improved_backward_branches(space, g, base, q, k, v, out, dout, lse_acc, delta, false,
+                                       dq, dk, dv, false);
     } else if constexpr (std::is_same_v<T, Acc>) {
       Impl::fill(space, dq, T(0));
       Impl::fill(space, dk, T(0));
       Impl::fill(space, dv, T(0));
-      Impl::improved_backward_branches(space, g, base, q, k, v, dout, lse_acc, delta, branch_deltas,
-                                       dq, dk, dv, true);
+      Impl::improved_backward_branches(space, g, base, q, k, v, out, dout, lse_acc, delta,
+                                       branch_deltas, dq, dk, dv, true);
     } else {
       Impl::Accumulator4<ExecSpace, Acc> dq_acc("dilated::improved::dq", batch, n, heads, d),
           dk_acc("dilated::improved::dk", batch, n, heads, d),
           dv_acc("dilated::improved::dv", batch, n, heads, d);
-      Impl::improved_backward_branches(space, g, base, q, k, v, dout, lse_acc, delta, branch_deltas,
-                                       dq_acc, dk_acc, dv_acc, true);
+      Impl::improved_backward_branches(space, g, base, q, k, v, out, dout, lse_acc, delta,
+                                       branch_deltas, dq_acc, dk_acc, dv_acc, true);
       Impl::convert_rows(space, "dilated::improved::store_dq", dq_acc, dq);
       Impl::convert_rows(space, "dilated::improved::store_dk", dk_acc, dk);
       Impl::convert_rows(space, "dilated::improved::store_dv", dv_acc, dv);
     }
+    Impl::fence(space, "dilated::DilatedAttention::backward: temporaries go out of scope");
   }
 
   // The cuBLAS path of the Original algorithm: CUDA, asked for, contiguous head_dim.

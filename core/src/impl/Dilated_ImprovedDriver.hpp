@@ -268,15 +268,16 @@ void improved_forward_branches(const ExecSpace& space, const Geometry& g,
 }
 
 // The backward of every branch: dq (and, for detached longnet weights, first the branch's D_t)
-// then dk/dv. `lse` is the merged log-sum-exp; `delta` holds D_t unless `branch_deltas`.
-template <class ExecSpace, class Q, class K, class V, class G, class LseV, class DeltaV, class DQ,
-          class DK, class DV>
+// then dk/dv. `lse` is the merged log-sum-exp; `delta` is the D_t workspace: filled here from
+// dout . out (by the tensor-core dq passes themselves where they run) unless `branch_deltas`.
+template <class ExecSpace, class Q, class K, class V, class O, class G, class LseV, class DeltaV,
+          class DQ, class DK, class DV>
 void improved_backward_branches(const ExecSpace& space, const Geometry& g,
                                 const BranchLaunch<typename ExecSpace::memory_space,
                                                    accumulation_t<typename Q::value_type>>& base,
-                                const Q& q, const K& k, const V& v, const G& dout, const LseV& lse,
-                                const DeltaV& delta, bool branch_deltas, const DQ& dq, const DK& dk,
-                                const DV& dv, bool accumulate) {
+                                const Q& q, const K& k, const V& v, const O& out, const G& dout,
+                                const LseV& lse, const DeltaV& delta, bool branch_deltas,
+                                const DQ& dq, const DK& dk, const DV& dv, bool accumulate) {
   using Tiles = ImprovedTiles<ExecSpace>;
   using DqKernel = ImprovedDqKernel<ExecSpace, Q, K, V, G, LseV, DeltaV, DQ>;
   using DkDvKernel = ImprovedDkDvKernel<ExecSpace, Q, K, V, G, LseV, DeltaV, DK, DV>;
@@ -290,15 +291,29 @@ void improved_backward_branches(const ExecSpace& space, const Geometry& g,
   if constexpr (std::is_same_v<ExecSpace, Kokkos::Cuda> &&
                 mma::is_mma_type_v<typename Q::non_const_value_type>) {
     if (q.extent(3) == 64 && mma::applies(64, q, k, v, dout)) {
-      for (int i = 0; i < g.num_branches(); ++i) {
-        const auto launch = tiled_launch<ExecSpace>(g, i, base, q.extent(0));
-        if (branch_deltas) branch_delta(launch);
-        mma::backward_branch<64>(space, launch, q, k, v, dout, lse, delta, dq, dk, dv, accumulate);
+      std::vector<TiledLaunch<Kokkos::CudaSpace, float>> launches;
+      for (int i = 0; i < g.num_branches(); ++i)
+        launches.push_back(tiled_launch<ExecSpace>(g, i, base, q.extent(0)));
+      if (branch_deltas) {
+        for (const auto& launch : launches) {
+          branch_delta(launch);
+          mma::backward_branches<64>(space, {launch}, false, q, k, v, dout,
+                                     static_cast<const O*>(nullptr), lse, delta, dq, dk, dv,
+                                     accumulate);
+        }
+        return;
       }
+      // The dq passes write the D_t of the rows their dk/dv passes read (longnet branches
+      // rewrite the same values for rows they share).
+      const bool fused_deltas = mma::applies(64, out);
+      if (!fused_deltas) row_deltas(space, dout, out, delta, g.output_scale());
+      mma::backward_branches<64>(space, launches, !base.longnet, q, k, v, dout,
+                                 fused_deltas ? &out : nullptr, lse, delta, dq, dk, dv, accumulate);
       return;
     }
   }
 #endif
+  if (!branch_deltas) row_deltas(space, dout, out, delta, g.output_scale());
   for (int i = 0; i < g.num_branches(); ++i) {
     const auto launch = tiled_launch<ExecSpace>(g, i, base, q.extent(0));
     if (branch_deltas) branch_delta(launch);

@@ -22,7 +22,9 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <stdexcept>
 #include <type_traits>
+#include <vector>
 
 namespace dilated::Impl::mma {
 
@@ -43,8 +45,8 @@ struct BackwardTiles {
 
 // Dropout is a compile-time choice in both passes, as in the forward: its hashing lives only in
 // the kernels that apply it.
-template <int D, bool Dropout, class QV, class KV, class VV, class GV, class LseV, class DeltaV,
-          class GradV>
+template <int D, bool Dropout, class QV, class KV, class VV, class GV, class OV, class LseV,
+          class DeltaV, class GradV>
 struct DqKernel {
   // 3 teams (12 warps) per multiprocessor: caps registers at 168 per thread.
   static constexpr unsigned min_blocks = 3;
@@ -53,22 +55,31 @@ struct DqKernel {
   using Tiles = BackwardTiles<D>;
   static constexpr bool bf16 = !std::is_same_v<T, Kokkos::Experimental::half_t>;
 
-  BranchSet<TiledLaunch<Kokkos::CudaSpace, float>, 1> set;  // one branch: see backward_branch
+  BranchSet<TiledLaunch<Kokkos::CudaSpace, float>> set;  // see backward_branches
   QV q;
   KV k;
   VV v;
   GV dout;
+  OV out;  // read only when write_delta
   LseV lse;
   DeltaV delta;
   GradV dq;
   bool accumulate = false;
   bool in_pieces = false;  // rows_in_pieces(dq): rows written as 4-byte pairs
+  // D_t = (dout . out) * delta_scale computed here for the team's rows and written to `delta`
+  // for the dk/dv pass (no separate pass over every row); else read from `delta`.
+  bool write_delta = false;
+  float delta_scale = 1.f;
 
   KOKKOS_FUNCTION void operator()(const Member& team) const {
 #if defined(__CUDA_ARCH__)
     const int rank = team.league_rank();
     const int which = set.find(rank);
-    const auto& br = set.launches[which].branch;
+    // Scale, mask and dropout are the same for every launch of a set (backward_branches checks),
+    // so they are read from launch 0 at fixed offsets: with launches[which] the hot loops spent
+    // registers on the dynamic offset (and the dk/dv pass spilled).
+    const auto& br = set.launches[0].branch;
+    const int branch_index = set.launches[which].branch.plan.branch;
     const auto tile =
         set.launches[which].tile_at(rank - static_cast<int>(set.first_team[which]), Tiles::rows);
     if (tile.count == 0) return;
@@ -85,6 +96,7 @@ struct DqKernel {
     // Q and dO tiles first (through both stages), into registers, then the K/V pipeline.
     const TileLoader<D, LD, Tiles::rows> q_loader(q, b, h, kept, tid),
         g_loader(dout, b, h, kept, tid);
+    using OutLoader = TileLoader<D, LD, Tiles::rows>;
     const TileLoader<D, LD, BC> k_loader(k, b, h, kept, tid), v_loader(v, b, h, kept, tid);
     Half* Qs = smem;
     Half* Gs = smem + Tiles::tile_halves;
@@ -101,6 +113,34 @@ struct DqKernel {
       ldmatrix_x4(gf[kk], Gs + r * LD + c);
     }
     __syncthreads();
+    // D_t of this warp's rows: out's tile through the Q stage, in dO's fragment layout (register
+    // i holds row g for even i, g + 8 for odd i), each quad summing one row.
+    float d_part[2] = {0.f, 0.f};
+    if (write_delta) {
+      OutLoader(out, b, h, kept, tid).load(t0, rows, Qs);
+      commit();
+      wait_groups<0>();
+      __syncthreads();
+#pragma unroll
+      for (int kk = 0; kk < D / 16; ++kk) {
+        const int r = warp * 16 + (lane % 8) + ((lane / 8) % 2) * 8, c = kk * 16 + (lane / 16) * 8;
+        std::uint32_t of[4];
+        ldmatrix_x4(of, Qs + r * LD + c);
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          float x[2], y[2];
+          unpack2<bf16>(of[i], x);
+          unpack2<bf16>(gf[kk][i], y);
+          d_part[i & 1] = fmaf(x[0], y[0], fmaf(x[1], y[1], d_part[i & 1]));
+        }
+      }
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        d_part[r] += __shfl_xor_sync(0xffffffff, d_part[r], 1);
+        d_part[r] += __shfl_xor_sync(0xffffffff, d_part[r], 2);
+      }
+      __syncthreads();  // the K/V stages overwrite the tile next
+    }
 
     constexpr float log2e = 1.4426950408889634f;
     const float scale_log2 = static_cast<float>(br.scale) * log2e;
@@ -113,7 +153,12 @@ struct DqKernel {
       const int pt = kept.position(valid ? my_t[r] : t0);
       // output_scale folds into the exponent: os 2^(x - L2) = 2^(x - (L2 - log2 os)).
       L2[r] = (valid ? static_cast<float>(lse(b, pt, h)) * log2e : 0.f) - log2_os;
-      Dt[r] = valid ? static_cast<float>(delta(b, pt, h)) : 0.f;
+      if (write_delta) {
+        Dt[r] = d_part[r] * delta_scale;
+        if (valid && t4 == 0) delta(b, pt, h) = Dt[r];
+      } else {
+        Dt[r] = valid ? static_cast<float>(delta(b, pt, h)) : 0.f;
+      }
     }
     float acc[D / 8][4];
 #pragma unroll
@@ -178,8 +223,8 @@ struct DqKernel {
               const float p = fast_exp2(fmaf(s[j][e], scale_log2, -L2[r]));
               float z = 1.f;
               if constexpr (Dropout)
-                z = static_cast<float>(br.dropout.factor(br.plan.branch, b, h,
-                                                         kept.position(my_t[r]), kept.position(u)));
+                z = static_cast<float>(br.dropout.factor(branch_index, b, h, kept.position(my_t[r]),
+                                                         kept.position(u)));
               ds = p * (z * dp[j][e] - Dt[r]);
             }
             s[j][e] = ds;
@@ -245,7 +290,7 @@ struct DkDvKernel {
   using Tiles = BackwardTiles<D>;
   static constexpr bool bf16 = !std::is_same_v<T, Kokkos::Experimental::half_t>;
 
-  BranchSet<TiledLaunch<Kokkos::CudaSpace, float>, 1> set;  // one branch: see backward_branch
+  BranchSet<TiledLaunch<Kokkos::CudaSpace, float>> set;  // see backward_branches
   QV q;
   KV k;
   VV v;
@@ -261,7 +306,11 @@ struct DkDvKernel {
 #if defined(__CUDA_ARCH__)
     const int rank = team.league_rank();
     const int which = set.find(rank);
-    const auto& br = set.launches[which].branch;
+    // Scale, mask and dropout are the same for every launch of a set (backward_branches checks),
+    // so they are read from launch 0 at fixed offsets: with launches[which] the hot loops spent
+    // registers on the dynamic offset (and the dk/dv pass spilled).
+    const auto& br = set.launches[0].branch;
+    const int branch_index = set.launches[which].branch.plan.branch;
     const auto tile =
         set.launches[which].tile_at(rank - static_cast<int>(set.first_team[which]), Tiles::rows);
     if (tile.count == 0) return;
@@ -353,8 +402,8 @@ struct DkDvKernel {
             const float p = fast_exp2(fmaf(st[j][e], scale_log2, -L2s[i]));
             float z = 1.f;
             if constexpr (Dropout)
-              z = static_cast<float>(br.dropout.factor(br.plan.branch, b, h, kept.position(tq),
-                                                       kept.position(my_u[r])));
+              z = static_cast<float>(
+                  br.dropout.factor(branch_index, b, h, kept.position(tq), kept.position(my_u[r])));
             pz = p * z;
             ds = p * (z * dpt[j][e] - Ds[i]);
           }
@@ -421,38 +470,57 @@ struct DkDvKernel {
   }
 };
 
-// The dq and dk/dv passes of one branch (longnet: each branch adds into the gradients). Grouped
-// branches could share one launch as in the forward, but that measured slower on the H100 (fwd+bwd
-// at 64K: 10.4 ms against 8.5 ms): choosing the launch per team at run time cost the register-bound
-// backward kernels more than the tails it removed. `delta` holds D_t for every row.
-template <int D, class Q, class K, class V, class G, class LseV, class DeltaV, class DQ, class DK,
-          class DV>
-void backward_branch(const Kokkos::Cuda& space, TiledLaunch<Kokkos::CudaSpace, float> launch,
-                     const Q& q, const K& k, const V& v, const G& dout, const LseV& lse,
-                     const DeltaV& delta, const DQ& dq, const DK& dk, const DV& dv,
-                     bool accumulate) {
+// The dq and dk/dv passes of the branches in `launches`: for grouped semantics (`together`:
+// disjoint heads) all branches share one dq launch and one dk/dv launch, as in the forward;
+// longnet branches run one after the other, each adding into the gradients. One launch per pass
+// fills the GPU where a branch alone ends in a partial wave, and halves the launches: Kokkos
+// waits on the host for each of these kernels (their functors go through constant memory) before
+// it launches the next. With `out` (non-null) the dq pass writes D_t = (dout . out) /
+// output_scale of its rows into `delta` first (the dk/dv pass reads the same rows); without it
+// `delta` holds D_t already.
+template <int D, class Q, class K, class V, class G, class O, class LseV, class DeltaV, class DQ,
+          class DK, class DV>
+void backward_branches(const Kokkos::Cuda& space,
+                       std::vector<TiledLaunch<Kokkos::CudaSpace, float>> launches, bool together,
+                       const Q& q, const K& k, const V& v, const G& dout, const O* out,
+                       const LseV& lse, const DeltaV& delta, const DQ& dq, const DK& dk,
+                       const DV& dv, bool accumulate) {
   using Tiles = BackwardTiles<D>;
-  launch.query_rows = launch.key_rows = Tiles::rows;
-  launch.tiles = (launch.branch.plan.max_kept + Tiles::rows - 1) / Tiles::rows;
-  const auto set = branch_sets<TiledLaunch<Kokkos::CudaSpace, float>, 1>({launch}, false).front();
-  const int league = static_cast<int>(set.teams());
+  for (auto& launch : launches) {
+    launch.query_rows = launch.key_rows = Tiles::rows;
+    launch.tiles = (launch.branch.plan.max_kept + Tiles::rows - 1) / Tiles::rows;
+  }
+  for (const auto& launch : launches) {
+    const auto& a = launch.branch;
+    const auto& z = launches.front().branch;
+    if (a.scale != z.scale || a.output_scale != z.output_scale || a.causal != z.causal ||
+        a.dropout.threshold != z.dropout.threshold || a.dropout.seed != z.dropout.seed)
+      throw std::logic_error(
+          "dilated::Impl::mma::backward_branches: launches differ in more "
+          "than their plans");
+  }
   const bool dq_pieces = rows_in_pieces(dq), dkdv_pieces = rows_in_pieces(dk) && rows_in_pieces(dv);
+  const float delta_scale = static_cast<float>(1.0 / launches.front().branch.output_scale);
   const auto run = [&](auto dropout) {
     constexpr bool with_dropout = decltype(dropout)::value;
-    using Dq = DqKernel<D, with_dropout, Q, K, V, G, LseV, DeltaV, DQ>;
+    using Dq = DqKernel<D, with_dropout, Q, K, V, G, O, LseV, DeltaV, DQ>;
     using DkDv = DkDvKernel<D, with_dropout, Q, K, V, G, LseV, DeltaV, DK, DV>;
-    Kokkos::TeamPolicy<Kokkos::Cuda, Kokkos::LaunchBounds<128, Dq::min_blocks>> dq_policy(
-        space, league, 4, 32);
-    dq_policy.set_scratch_size(0, Kokkos::PerTeam(Tiles::dq_scratch_bytes + 16));
-    Kokkos::parallel_for("dilated::improved::dq_mma", dq_policy,
-                         Dq{set, q, k, v, dout, lse, delta, dq, accumulate, dq_pieces});
-    Kokkos::TeamPolicy<Kokkos::Cuda, Kokkos::LaunchBounds<128, DkDv::min_blocks>> dkdv_policy(
-        space, league, 4, 32);
-    dkdv_policy.set_scratch_size(0, Kokkos::PerTeam(Tiles::dkdv_scratch_bytes + 16));
-    Kokkos::parallel_for("dilated::improved::dkdv_mma", dkdv_policy,
-                         DkDv{set, q, k, v, dout, lse, delta, dk, dv, accumulate, dkdv_pieces});
+    for (const auto& set : branch_sets(launches, together)) {
+      const int league = static_cast<int>(set.teams());
+      Kokkos::TeamPolicy<Kokkos::Cuda, Kokkos::LaunchBounds<128, Dq::min_blocks>> dq_policy(
+          space, league, 4, 32);
+      dq_policy.set_scratch_size(0, Kokkos::PerTeam(Tiles::dq_scratch_bytes + 16));
+      Kokkos::parallel_for("dilated::improved::dq_mma", dq_policy,
+                           Dq{set, q, k, v, dout, out ? *out : O(), lse, delta, dq, accumulate,
+                              dq_pieces, out != nullptr, delta_scale});
+      Kokkos::TeamPolicy<Kokkos::Cuda, Kokkos::LaunchBounds<128, DkDv::min_blocks>> dkdv_policy(
+          space, league, 4, 32);
+      dkdv_policy.set_scratch_size(0, Kokkos::PerTeam(Tiles::dkdv_scratch_bytes + 16));
+      Kokkos::parallel_for("dilated::improved::dkdv_mma", dkdv_policy,
+                           DkDv{set, q, k, v, dout, lse, delta, dk, dv, accumulate, dkdv_pieces});
+    }
   };
-  if (launch.branch.dropout.active()) {
+  if (launches.front().branch.dropout.active()) {
     run(std::true_type{});
   } else {
     run(std::false_type{});
