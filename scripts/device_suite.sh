@@ -5,7 +5,8 @@
 #
 # Usage: scripts/device_suite.sh BIN_DIR OUT_DIR [GOLDEN_DIR] [BENCH_LENGTHS]
 # Environment: ONLY=<regex> runs only matching test executables; SKIP_CHECKS=1, SKIP_DEMO=1,
-# SKIP_BENCH=1; DEMO_ARGS replaces the demo's arguments (default --dtype half).
+# SKIP_BENCH=1; RACECHECK=1 adds compute-sanitizer's racecheck of the Improved tests;
+# DEMO_ARGS replaces the demo's arguments (default --dtype half).
 set -u
 bin=$1
 out=$2
@@ -36,6 +37,29 @@ if [ -x "$bin/dilated_transformer_block" ] && [ -z "${SKIP_CHECKS:-}" ]; then
     log="$out/transformer_block_$algorithm.log"
     if "$bin/dilated_transformer_block" --algorithm "$algorithm" >"$log" 2>&1; then status=passed; else status=FAILED; failed=1; fi
     summary+=("$(printf 'transformer block %-8s %s' "$algorithm" "$status")")
+  done
+fi
+
+# RACECHECK=1: compute-sanitizer's racecheck over the Improved-vs-Original tests in half and bf16
+# (StorageTypes 2 and 3: the tensor-core kernels, whose shared-memory barriers a test cannot
+# check: a missing one can leave every result right on one run). Slow: minutes per test.
+# 2026-11-26 (H100): the backward test showed no hazard; the forward test showed 0 errors and
+# ~127000 warp-level WAR warnings, all in the generic ImprovedForwardKernel (lane 0 rewrites a
+# row's running maximum in team scratch after the other lanes of its warp read it; shuffle
+# reductions lie between the two, which the tool does not model): examined, not yet changed.
+if [ -n "${RACECHECK:-}" ] && command -v compute-sanitizer >/dev/null 2>&1; then
+  racecheck_tests=(
+    "dilated_AttentionForward_Cuda|Improved equals Original within the precision's tolerance"
+    "dilated_AttentionBackward_Cuda|Improved backward equals Original backward"
+  )
+  for entry in "${racecheck_tests[@]}"; do
+    exe=${entry%%|*} name=${entry#*|}
+    [ -x "$bin/$exe" ] || continue
+    log="$out/racecheck_$exe.log"
+    if compute-sanitizer --tool racecheck --racecheck-report hazard --error-exitcode 1 \
+      "$bin/$exe" "$name - dilated::testing::StorageTypes - 2,$name - dilated::testing::StorageTypes - 3" \
+      >"$log" 2>&1; then status=passed; else status=FAILED; failed=1; fi
+    summary+=("$(printf 'racecheck %-30s %-7s %s' "$exe" "$status" "$(grep -E 'RACECHECK SUMMARY' "$log" | tail -1)")")
   done
 fi
 

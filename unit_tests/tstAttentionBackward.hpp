@@ -29,8 +29,9 @@ struct GradCase {
   bool causal;
   bool detach;
   double dropout;
-  // out as a strided view whose rows the tensor cores cannot read (row stride d + 1): the
-  // backward then computes D_t in its own pass instead of inside the dq kernel.
+  // out as a strided view whose rows the tensor cores cannot read (head stride d + 1, so rows
+  // are not 16-byte aligned): the backward then computes D_t in its own pass instead of inside
+  // the dq kernel.
   bool strided_out = false;
 };
 
@@ -278,6 +279,9 @@ TEMPLATE_LIST_TEST_CASE("Improved backward equals Original backward",
       // Grouped branches share the tensor-core launches: dropout must still hash each
       // branch's own index; an out the tensor cores cannot read (D_t in its own pass).
       {Semantics::grouped, {256, 512, 1024}, {1, 2, 4}, 1, 1500, 6, 64, true, false, 0.1},
+      // The same with batch 2 and branches the shared launch reorders (longest kept first:
+      // a team's position in the launch is not its branch index).
+      {Semantics::grouped, {256, 512, 1024}, {1, 1, 1}, 2, 1100, 6, 64, true, false, 0.1},
       {Semantics::grouped, {256, 512, 1024}, {1, 2, 4}, 1, 700, 3, 64, false, false, 0.0, true},
       {Semantics::longnet, {128, 256}, {1, 2}, 1, 400, 2, 64, true, false, 0.0, true},
   };

@@ -2,8 +2,9 @@
 // passes of ImprovedDqKernel / ImprovedDkDvKernel with every tile product on mma.sync.
 // Probabilities are recomputed from the merged log-sum-exp L (FlashAttention-2):
 //   P~ = output_scale exp(scale q.k - L),  dS = P~ (Z dP - D),  dP = dout . v.
-//   dq pass  : 4 warps own 16 query rows each; K/V tiles stream through two cp.async stages;
-//              S = Q K^T, dP = dO V^T, dQ += dS K, all in registers.
+//   dq pass  : 4 warps own 16 query rows each; first D = dO . out of those rows (written for
+//              the dk/dv pass) where out suits the tensor cores; K/V tiles stream through two
+//              cp.async stages; S = Q K^T, dP = dO V^T, dQ += dS K, all in registers.
 //   dkdv pass: 4 warps own 16 key rows each (K, V tile resident in shared memory); query
 //              tiles (Q, dO, L, D) stream; S^T = K Q^T, dP^T = V dO^T, dV += (P~Z)^T dO,
 //              dK += dS^T Q in registers.
@@ -30,8 +31,9 @@ namespace dilated::Impl::mma {
 
 // Tiles of the backward passes at head_dim D (64): 64 rows per team (4 warps x 16), rows
 // padded by 16 bytes. dq pass: 32-row K/V tiles, two stages (18 KiB; Q and dO pass through
-// them first): its registers hold Q, dO, dQ and two score tiles, and 64-key tiles spilled at
-// the 168-register cap. dkdv pass: 64-row K, V, Q, dO tiles and L, D (36.5 KiB).
+// them first, then out's tile when the pass computes D_t): its registers hold Q, dO, dQ and two
+// score tiles, and 64-key tiles spilled at the 168-register cap. dkdv pass: 64-row K, V, Q, dO
+// tiles and L, D (36.5 KiB).
 template <int D>
 struct BackwardTiles {
   static constexpr int rows = 64;
