@@ -43,10 +43,9 @@ fi
 # RACECHECK=1: compute-sanitizer's racecheck over the Improved-vs-Original tests in half and bf16
 # (StorageTypes 2 and 3: the tensor-core kernels, whose shared-memory barriers a test cannot
 # check: a missing one can leave every result right on one run). Slow: minutes per test.
-# 2026-11-26 (H100): the backward test showed no hazard; the forward test showed 0 errors and
-# ~127000 warp-level WAR warnings, all in the generic ImprovedForwardKernel (lane 0 rewrites a
-# row's running maximum in team scratch after the other lanes of its warp read it; shuffle
-# reductions lie between the two, which the tool does not model): examined, not yet changed.
+# 2026-11-26 (H100): both clean (0 hazards), after the generic forward kernel stopped letting
+# other vector lanes read the running row maximum that lane 0 then rewrites (~127000 warp-level
+# WAR warnings before).
 if [ -n "${RACECHECK:-}" ] && command -v compute-sanitizer >/dev/null 2>&1; then
   racecheck_tests=(
     "dilated_AttentionForward_Cuda|Improved equals Original within the precision's tolerance"

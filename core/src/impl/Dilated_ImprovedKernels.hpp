@@ -164,14 +164,19 @@ struct ImprovedForwardKernel {
       Kokkos::parallel_for(Kokkos::TeamThreadRange(team, rows), [&](int i) {
         const int t = tile.first + i;
         Acc* s = S + i * BC;
-        Acc tile_max;
-        Kokkos::parallel_reduce(
-            Kokkos::ThreadVectorRange(team, cols), [&](int j, Acc& x) { x = s[j] > x ? s[j] : x; },
-            Kokkos::Max<Acc>(tile_max));
+        // The running max joins the reduction through key 0, whose vector lane is the one that
+        // updates it below (Kokkos::single): no other lane reads row_max[i] before that write
+        // (a cross-lane read, then a write, is a race under independent thread scheduling).
         // The first key of a segment is visible to every row, so after the first tile the
         // running max is finite and no exp(-inf - -inf) arises.
-        const Acc old_max = row_max[i];
-        const Acc new_max = tile_max > old_max ? tile_max : old_max;
+        Acc new_max;
+        Kokkos::parallel_reduce(
+            Kokkos::ThreadVectorRange(team, cols),
+            [&](int j, Acc& x) {
+              const Acc v = j == 0 && row_max[i] > s[0] ? row_max[i] : s[j];
+              x = v > x ? v : x;
+            },
+            Kokkos::Max<Acc>(new_max));
         Acc tile_sum;
         Kokkos::parallel_reduce(
             Kokkos::ThreadVectorRange(team, cols),
@@ -183,6 +188,7 @@ struct ImprovedForwardKernel {
             },
             tile_sum);
         Kokkos::single(Kokkos::PerThread(team), [&]() {
+          const Acc old_max = row_max[i];
           const Acc fix = old_max == -math::infinity<Acc>() ? Acc(0) : math::exp(old_max - new_max);
           row_fix[i] = fix;
           row_sum[i] = row_sum[i] * fix + tile_sum;
