@@ -98,7 +98,6 @@ struct DqKernel {
     // Q and dO tiles first (through both stages), into registers, then the K/V pipeline.
     const TileLoader<D, LD, Tiles::rows> q_loader(q, b, h, kept, tid),
         g_loader(dout, b, h, kept, tid);
-    using OutLoader = TileLoader<D, LD, Tiles::rows>;
     const TileLoader<D, LD, BC> k_loader(k, b, h, kept, tid), v_loader(v, b, h, kept, tid);
     Half* Qs = smem;
     Half* Gs = smem + Tiles::tile_halves;
@@ -107,27 +106,28 @@ struct DqKernel {
     commit();
     wait_groups<0>();
     __syncthreads();
+    // This lane's ldmatrix address in a 64-row tile, for the A fragments of the warp's 16 rows
+    // at k-step kk (the same for Q, dO and out, so their registers pair element by element).
+    const int a_offset = (warp * 16 + (lane % 8) + ((lane / 8) % 2) * 8) * LD + (lane / 16) * 8;
     std::uint32_t qf[D / 16][4], gf[D / 16][4];
 #pragma unroll
     for (int kk = 0; kk < D / 16; ++kk) {
-      const int r = warp * 16 + (lane % 8) + ((lane / 8) % 2) * 8, c = kk * 16 + (lane / 16) * 8;
-      ldmatrix_x4(qf[kk], Qs + r * LD + c);
-      ldmatrix_x4(gf[kk], Gs + r * LD + c);
+      ldmatrix_x4(qf[kk], Qs + a_offset + kk * 16);
+      ldmatrix_x4(gf[kk], Gs + a_offset + kk * 16);
     }
     __syncthreads();
     // D_t of this warp's rows: out's tile through the Q stage, in dO's fragment layout (register
     // i holds row g for even i, g + 8 for odd i), each quad summing one row.
     float d_part[2] = {0.f, 0.f};
     if (write_delta) {
-      OutLoader(out, b, h, kept, tid).load(t0, rows, Qs);
+      TileLoader<D, LD, Tiles::rows>(out, b, h, kept, tid).load(t0, rows, Qs);
       commit();
       wait_groups<0>();
       __syncthreads();
 #pragma unroll
       for (int kk = 0; kk < D / 16; ++kk) {
-        const int r = warp * 16 + (lane % 8) + ((lane / 8) % 2) * 8, c = kk * 16 + (lane / 16) * 8;
         std::uint32_t of[4];
-        ldmatrix_x4(of, Qs + r * LD + c);
+        ldmatrix_x4(of, Qs + a_offset + kk * 16);
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
           float x[2], y[2];
