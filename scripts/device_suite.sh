@@ -5,7 +5,8 @@
 #
 # Usage: scripts/device_suite.sh BIN_DIR OUT_DIR [GOLDEN_DIR] [BENCH_LENGTHS]
 # Environment: ONLY=<regex> runs only matching test executables; SKIP_CHECKS=1, SKIP_DEMO=1,
-# SKIP_BENCH=1; RACECHECK=1 adds compute-sanitizer's racecheck of the Improved tests;
+# SKIP_BENCH=1, SKIP_MMA_SYNC=1 (the tests again without wgmma); RACECHECK=1 adds
+# compute-sanitizer's racecheck of the Improved tests;
 # DEMO_ARGS replaces the demo's arguments (default --dtype half).
 set -u
 bin=$1
@@ -30,6 +31,19 @@ for exe in "$bin"/dilated_*; do
   ms=$((($(date +%s%N) - start) / 1000000))
   summary+=("$(printf '%-36s %-7s %7d ms  %s' "$name" "$status" "$ms" "$(grep -E '^(All tests passed|test cases:)' "$out/$name.log" | tail -1)")")
 done
+
+# A build for sm_90a runs the Improved forward at head_dim 64 on wgmma; the same tests again with
+# DILATED_DISABLE_WGMMA=1 cover the mma.sync kernels it replaces there (the path of sm_90/sm_80
+# builds). SKIP_MMA_SYNC=1 skips this.
+if [ -z "${SKIP_MMA_SYNC:-}" ]; then
+  for name in dilated_AttentionForward_Cuda dilated_AttentionBackward_Cuda dilated_MultiheadAttention_Cuda; do
+    [ -x "$bin/$name" ] || continue
+    [ -z "$only" ] || [[ "$name" =~ $only ]] || continue
+    log="$out/${name}_mma_sync.log"
+    if DILATED_DISABLE_WGMMA=1 "$bin/$name" >"$log" 2>&1; then status=passed; else status=FAILED; failed=1; fi
+    summary+=("$(printf '%-36s %-7s %s' "$name (mma.sync)" "$status" "$(grep -E '^(All tests passed|test cases:)' "$log" | tail -1)")")
+  done
+fi
 
 # The pre-LN transformer block on the layer, trained a few steps, both policies.
 if [ -x "$bin/dilated_transformer_block" ] && [ -z "${SKIP_CHECKS:-}" ]; then

@@ -124,12 +124,14 @@ TEMPLATE_LIST_TEST_CASE("Improved equals Original within the precision's toleran
   // Both algorithms on identical inputs, outputs and log-sum-exp compared with each other
   // (not only each with the reference): same function, only the order of summation differs.
   // Segments keep 128-256 positions, several query and key tiles on every backend (host 64,
-  // CUDA generic 32, tensor cores 128 x 64 at d = 64 and 64 x 32 at d = 128), with partial last
-  // segments: the streaming, the online rescaling and the tile-edge masks all run.
+  // CUDA generic 32, tensor cores 128 x 64 or 64 x 64 (wgmma) at d = 64 and 64 x 32 at d = 128),
+  // with partial last segments: the streaming, the online rescaling and the tile-edge masks all
+  // run. The last case is longnet (merged branches, dilation > 1) on the d = 64 kernels.
   const ForwardCase cases[] = {
       {Semantics::grouped, {256, 512, 1024}, {1, 2, 4}, 1, 1500, 6, 64},
       {Semantics::longnet, {128, 256, 512}, {1, 2, 4}, 2, 600, 4, 128},
       {Semantics::longnet, {64, 128, 256}, {1, 2, 4}, 2, 333, 4, 32},
+      {Semantics::longnet, {128, 256, 512}, {1, 2, 4}, 2, 700, 3, 64},
   };
   for (const auto& c : cases) {
     for (bool causal : {false, true}) {

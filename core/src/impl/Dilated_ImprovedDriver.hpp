@@ -18,6 +18,7 @@
 #include <impl/Dilated_ImprovedKernels.hpp>
 #include <impl/Dilated_ImprovedMmaBackward.hpp>
 #include <impl/Dilated_ImprovedMmaForward.hpp>
+#include <impl/Dilated_ImprovedWgmmaForward.hpp>
 #include <impl/Dilated_RowPieces.hpp>
 #include <impl/Dilated_OriginalDriver.hpp>
 
@@ -249,7 +250,9 @@ void improved_forward_branches(const ExecSpace& space, const Geometry& g,
                 mma::is_mma_type_v<typename Q::non_const_value_type>) {
     const int d = q.extent(3);
     if (with_output && base.scale > 0 && mma::applies(d, q, k, v)) {
-      if (d == 64) {
+      if (d == 64 && wgmma::compiled(space)) {
+        wgmma::forward_branches(space, g, base, q, k, v, out, lse, with_lse, zero_unkept);
+      } else if (d == 64) {
         mma::forward_branches<64>(space, g, base, q, k, v, out, lse, with_lse, zero_unkept);
       } else {
         mma::forward_branches<128>(space, g, base, q, k, v, out, lse, with_lse, zero_unkept);

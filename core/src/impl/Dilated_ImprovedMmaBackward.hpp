@@ -16,6 +16,7 @@
 
 #if defined(KOKKOS_ENABLE_CUDA)
 
+#include <Dilated_TensorCoreTilePolicies.hpp>
 #include <impl/Dilated_ImprovedKernels.hpp>
 #include <impl/Dilated_MmaPrimitives.hpp>
 #include <impl/Dilated_RowPieces.hpp>
@@ -29,22 +30,6 @@
 
 namespace dilated::Impl::mma {
 
-// Tiles of the backward passes at head_dim D (64): 64 rows per team (4 warps x 16), rows
-// padded by 16 bytes. dq pass: 32-row K/V tiles, two stages (18 KiB; Q and dO pass through
-// them first, then out's tile when the pass computes D_t): its registers hold Q, dO, dQ and two
-// score tiles, and 64-key tiles spilled at the 168-register cap. dkdv pass: 64-row K, V, Q, dO
-// tiles and L, D (36.5 KiB).
-template <int D>
-struct BackwardTiles {
-  static constexpr int rows = 64;
-  static constexpr int dq_key_rows = 32;
-  static constexpr int ld = D + 8;
-  static constexpr int tile_halves = rows * ld;
-  static constexpr int dq_scratch_bytes = 4 * dq_key_rows * ld * 2;
-  static_assert(2 * tile_halves <= 4 * dq_key_rows * ld, "Q and dO fit the dq pass's stages");
-  static constexpr int dkdv_scratch_bytes = 4 * tile_halves * 2 + 2 * rows * 4;
-};
-
 // Dropout is a compile-time choice in both passes, as in the forward: its hashing lives only in
 // the kernels that apply it.
 template <int D, bool Dropout, class QV, class KV, class VV, class GV, class OV, class LseV,
@@ -54,7 +39,7 @@ struct DqKernel {
   static constexpr unsigned min_blocks = 3;
   using T = typename QV::non_const_value_type;
   using Member = Kokkos::TeamPolicy<Kokkos::Cuda>::member_type;
-  using Tiles = BackwardTiles<D>;
+  using Tiles = MmaBackwardTiles<D>;
   static constexpr bool bf16 = !std::is_same_v<T, Kokkos::Experimental::half_t>;
 
   BranchSet<TiledLaunch<Kokkos::CudaSpace, float>> set;  // see backward_branches
@@ -289,7 +274,7 @@ struct DkDvKernel {
   static constexpr unsigned min_blocks = 3;  // as DqKernel
   using T = typename QV::non_const_value_type;
   using Member = Kokkos::TeamPolicy<Kokkos::Cuda>::member_type;
-  using Tiles = BackwardTiles<D>;
+  using Tiles = MmaBackwardTiles<D>;
   static constexpr bool bf16 = !std::is_same_v<T, Kokkos::Experimental::half_t>;
 
   BranchSet<TiledLaunch<Kokkos::CudaSpace, float>> set;  // see backward_branches
@@ -487,7 +472,7 @@ void backward_branches(const Kokkos::Cuda& space,
                        const Q& q, const K& k, const V& v, const G& dout, const O* out,
                        const LseV& lse, const DeltaV& delta, const DQ& dq, const DK& dk,
                        const DV& dv, bool accumulate) {
-  using Tiles = BackwardTiles<D>;
+  using Tiles = MmaBackwardTiles<D>;
   for (auto& launch : launches) {
     launch.query_rows = launch.key_rows = Tiles::rows;
     launch.tiles = (launch.branch.plan.max_kept + Tiles::rows - 1) / Tiles::rows;

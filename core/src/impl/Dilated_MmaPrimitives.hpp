@@ -127,13 +127,16 @@ __device__ __forceinline__ std::uint16_t* aligned_scratch(const Member& team, in
 // halves), 16 bytes per cp.async by a team of 128 threads; rows past `count` are zero-filled.
 // Each thread always copies the same pieces of the same tile rows, so the addresses are set up
 // once: a tile costs one multiply and a few adds per thread (the kept positions of a segment
-// are first + t * stride, so tile rows are a fixed byte step apart).
-template <int D, int LD, int NROWS>
+// are first + t * stride, so tile rows are a fixed byte step apart). Swizzled (D = LD = 64,
+// for wgmma): piece c of row r goes to piece c ^ (r % 8) of its 128-byte row.
+template <int D, int LD, int NROWS, bool Swizzled = false>
 struct TileLoader {
   static constexpr int chunks = D / 8;                // 16-byte pieces per row
   static constexpr int rows_per_pass = 128 / chunks;  // rows the team covers per pass
   static constexpr int passes = NROWS / rows_per_pass;
   static_assert(NROWS % rows_per_pass == 0, "tile rows must be a multiple of a pass");
+  static_assert(!Swizzled || (D == 64 && LD == 64 && rows_per_pass % 8 == 0),
+                "the 128-byte swizzle takes unpadded rows of 64 halves");
   const char* base;    // this thread's piece of its first tile row (row0) of kept row 0's tile
   const char* origin;  // kept row 0 itself: the (unread) source of zero-filled rows
   long row_step;       // bytes between consecutive kept rows
@@ -149,7 +152,8 @@ struct TileLoader {
              2 * (static_cast<long>(b) * x.stride(0) + static_cast<long>(h) * x.stride(2) +
                   static_cast<long>(kept.first) * x.stride(1) + piece * 8);
     base = origin + row0 * row_step;
-    dst0 = row0 * LD + piece * 8;
+    // Passes move by rows_per_pass (a multiple of 8) rows: row % 8, hence the swizzle, stays.
+    dst0 = row0 * LD + (Swizzled ? piece ^ (row0 % 8) : piece) * 8;
   }
   // Kept rows [first, first + count) (count <= NROWS) into dst.
   __device__ __forceinline__ void load(int first, int count, std::uint16_t* dst) const {

@@ -1,0 +1,64 @@
+// Tile shapes of the tensor-core kernels of the Improved algorithm (CUDA, half/bf16), kept out
+// of the kernels like ImprovedTiles (Dilated_TilePolicies.hpp): mma.sync forward and backward
+// (sm_80 and later) and the wgmma forward (sm_90a). A team of these kernels is 4 warps; team
+// scratch (level 0) must stay within the 48 KiB of a block less Kokkos' reserve.
+#ifndef DILATED_TENSOR_CORE_TILE_POLICIES_HPP
+#define DILATED_TENSOR_CORE_TILE_POLICIES_HPP
+
+namespace dilated {
+
+// Per head_dim: query rows per warp (16-row m-tiles), key tile rows and teams per
+// multiprocessor; two stages of K and V tiles must fit the level-0 scratch Kokkos grants a team
+// (48 KiB less its reserve, about 40 KiB). d = 64 gives each warp two m-tiles (32 rows, 128 per
+// team) and 64-key tiles: every K and V fragment read from shared memory feeds two mma instead of
+// one and the per-tile overhead is spread over twice the work; the registers this needs (two
+// score and two output tiles, Q's fragments) allow 2 teams (255 registers) per multiprocessor.
+// d = 128 keeps one m-tile per warp and 32-key tiles at 3 teams (168 registers; its output
+// tile alone is 64 registers). Q's fragments live in registers, its tile passes through the
+// second stage first. (Measured alternatives, slower: docs/performance-notes.md.)
+template <int D>
+struct MmaForwardTiles {
+  static constexpr int m_tiles = D <= 64 ? 2 : 1;  // 16-row m-tiles per warp
+  static constexpr int query_rows = 4 * 16 * m_tiles;
+  static constexpr int key_rows = D <= 64 ? 64 : 32;
+  static constexpr int ld = D + 8;  // halves per scratch row: 16 bytes of padding, no conflicts
+  static constexpr int stage_halves = 2 * key_rows * ld;  // K and V of one stage
+  static constexpr int scratch_bytes = 2 * stage_halves * 2;
+  static constexpr unsigned min_blocks = m_tiles == 2 ? 2 : 3;
+  static_assert(query_rows * ld <= stage_halves, "the Q tile is staged in the second stage");
+  static_assert(scratch_bytes <= 40 * 1024, "beyond Kokkos' level-0 team scratch");
+};
+
+// Tiles of the backward passes at head_dim D (64): 64 rows per team (4 warps x 16), rows
+// padded by 16 bytes. dq pass: 32-row K/V tiles, two stages (18 KiB; Q and dO pass through
+// them first, then out's tile when the pass computes D_t): its registers hold Q, dO, dQ and two
+// score tiles, and 64-key tiles spilled at the 168-register cap. dkdv pass: 64-row K, V, Q, dO
+// tiles and L, D (36.5 KiB).
+template <int D>
+struct MmaBackwardTiles {
+  static constexpr int rows = 64;
+  static constexpr int dq_key_rows = 32;
+  static constexpr int ld = D + 8;
+  static constexpr int tile_halves = rows * ld;
+  static constexpr int dq_scratch_bytes = 4 * dq_key_rows * ld * 2;
+  static_assert(2 * tile_halves <= 4 * dq_key_rows * ld, "Q and dO fit the dq pass's stages");
+  static constexpr int dkdv_scratch_bytes = 4 * tile_halves * 2 + 2 * rows * 4;
+};
+
+// 64 query rows (one warpgroup), 64-key tiles, two stages of K and V after the Q tile; every
+// tile 8 KiB at a 1024-byte boundary (the swizzle's period). 40 KiB + alignment fits the
+// 48 KiB a team may have beside Kokkos' reserve; four teams per multiprocessor (128 registers,
+// no spills; three teams at 170 registers measured 4-5 % slower).
+struct WgmmaForwardTiles {
+  static constexpr int d = 64;
+  static constexpr int query_rows = 64;
+  static constexpr int key_rows = 64;
+  static constexpr int tile_halves = 64 * 64;
+  static constexpr int scratch_bytes = 5 * tile_halves * 2;  // Q, then K and V of two stages
+  static constexpr int align = 1024;
+  static constexpr unsigned min_blocks = 4;
+};
+
+}  // namespace dilated
+
+#endif  // DILATED_TENSOR_CORE_TILE_POLICIES_HPP
