@@ -280,6 +280,32 @@ TEMPLATE_TEST_CASE("DilatedAttention rejects bad arguments, naming them", "[erro
                       ContainsSubstring("lse.extent(2) (heads) = 3"));
   REQUIRE_THROWS_WITH(attention.backward(ExecSpace(), q, q, q, out, out, q, q, v_wide),
                       ContainsSubstring("dv.extent(3) (head_dim) = 16 does not match"));
+  // Outputs that alias inputs: a race, not an in-place update. Partial overlaps count too.
+  REQUIRE_THROWS_WITH(attention.forward(ExecSpace(), q, q, q, q),
+                      ContainsSubstring("out shares memory with q"));
+  dilated::testing::Device4<float, MemSpace> buffer("buffer", 2, 32, 2, 8);
+  const auto first = Kokkos::subview(buffer, 0, Kokkos::ALL, Kokkos::ALL, Kokkos::ALL);
+  const auto second = Kokkos::subview(buffer, 1, Kokkos::ALL, Kokkos::ALL, Kokkos::ALL);
+  const auto view4 = [](const auto& x) {
+    return Kokkos::View<float****, Kokkos::LayoutRight, MemSpace, Kokkos::MemoryUnmanaged>(
+        x.data(), 1, 32, 2, 8);
+  };
+  REQUIRE_NOTHROW(
+      attention.forward(ExecSpace(), view4(first), view4(first), view4(first), view4(second)));
+  Kokkos::View<float***, MemSpace> lse_ok("lse_ok", 1, 32, 2);
+  const Kokkos::View<float***, Kokkos::LayoutRight, MemSpace, Kokkos::MemoryUnmanaged> lse_in_out(
+      reinterpret_cast<float*>(out.data()) + 8, 1, 32, 2);
+  REQUIRE_THROWS_WITH(attention.forward(ExecSpace(), q, q, q, out, lse_in_out),
+                      ContainsSubstring("lse shares memory with out"));
+  dilated::testing::Device4<float, MemSpace> dout("dout", 1, 32, 2, 8), dq("dq", 1, 32, 2, 8),
+      dk("dk", 1, 32, 2, 8);
+  attention.forward(ExecSpace(), q, q, q, out, lse_ok);
+  REQUIRE_THROWS_WITH(attention.backward(ExecSpace(), q, q, q, out, lse_ok, dout, dq, dk, out),
+                      ContainsSubstring("dv shares memory with out"));
+  REQUIRE_THROWS_WITH(attention.backward(ExecSpace(), q, q, q, out, lse_ok, dout, dout, dk, dq),
+                      ContainsSubstring("dq shares memory with dout"));
+  REQUIRE_NOTHROW(
+      attention.backward(ExecSpace(), q, q, q, out, lse_ok, dout, dq, dk, view4(second)));
 }
 
 TEMPLATE_TEST_CASE("Forward reads q, k, v in place from a packed QKV buffer",

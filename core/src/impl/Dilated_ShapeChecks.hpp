@@ -1,12 +1,17 @@
-// Run-time checks of the (batch, seq, heads, head_dim) views handed to a public call; each
-// failure throws std::invalid_argument naming the function, the argument and the value.
+// Run-time checks of the (batch, seq, heads, head_dim) views handed to a public call (shapes,
+// and outputs that alias inputs); each failure throws std::invalid_argument naming the function,
+// the argument and the value.
 #ifndef DILATED_IMPL_SHAPE_CHECKS_HPP
 #define DILATED_IMPL_SHAPE_CHECKS_HPP
 
+#include <Dilated_Compat.hpp>
 #include <Dilated_Geometry.hpp>
 #include <impl/Dilated_Error.hpp>
 
 #include <cstddef>
+#include <cstdint>
+#include <type_traits>
+#include <utility>
 
 namespace dilated::Impl {
 
@@ -62,6 +67,33 @@ void check_attention_shapes(const char* fn, const Geometry& geometry, const Q& q
   check_same_shape(fn, "k", k, q);
   check_same_shape(fn, "v", v, q);
   check_same_shape(fn, "out", out, q);
+}
+
+// The bytes [first, last] a view's elements occupy: from its first element to its last one,
+// by extents and strides (span() may count padding past the last element, e.g. for
+// LayoutStride views into a packed buffer).
+template <class View>
+std::pair<std::uintptr_t, std::uintptr_t> element_bytes(const View& x) {
+  std::size_t last = 0;
+  for (int r = 0; r < view_rank_v<View>; ++r)
+    last += (x.extent(r) - 1) * x.stride(r);
+  const auto first = reinterpret_cast<std::uintptr_t>(x.data());
+  return {first, first + (last + 1) * sizeof(typename View::value_type) - 1};
+}
+
+// Output `out` (named out_name) shares no memory with input `in` (named in_name): the kernels
+// read inputs while other teams write outputs, so an overlap would be a race, not an in-place
+// update. Compared by the byte ranges from each view's first element to its last (an output
+// interleaved with an input in one buffer is rejected too; inputs may share memory with each
+// other, and outputs interleaved within one buffer, like packed dq/dk/dv, are not compared).
+template <class Out, class In>
+void check_no_overlap(const char* fn, const char* out_name, const Out& out, const char* in_name,
+                      const In& in) {
+  if (out.size() == 0 || in.size() == 0) return;
+  const auto a = element_bytes(out), b = element_bytes(in);
+  require(a.second < b.first || b.second < a.first, fn, out_name, " shares memory with ", in_name,
+          ": outputs must not alias inputs (the call reads ", in_name, " while it writes ",
+          out_name, ")");
 }
 
 }  // namespace dilated::Impl
