@@ -27,6 +27,7 @@
 #include <cmath>
 #include <cstdint>
 #include <type_traits>
+#include <vector>
 
 namespace dilated::Impl::mma {
 
@@ -69,17 +70,11 @@ struct ForwardKernel {
 
   KOKKOS_FUNCTION void operator()(const Member& team) const {
 #if defined(__CUDA_ARCH__)
-    const int rank = team.league_rank();
-    const int which = set.find(rank);
-    const auto& br = set.launches[which].branch;
-    const auto tile = set.launches[which].tile_at(rank - static_cast<int>(set.first_team[which]),
-                                                  Tiles::query_rows);
-    const bool zero_gaps = zero_unkept && !br.longnet && tile.item.kept.stride > 1;
-    const RowWriter<D, bf16, T, OutV, LseV> writer{out,           lse,         with_lse,
-                                                   out_in_pieces, tile.item.b, tile.item.head};
-    const int seg_begin = tile.item.segment * br.plan.window;
-    const int seg_end = seg_begin + br.plan.window < br.n ? seg_begin + br.plan.window : br.n;
-    if (zero_gaps && tile.first == 0) writer.lead_rows(team, tile.item.kept, seg_begin, seg_end);
+    const ForwardTeam<D, bf16, T, OutV, LseV, TiledLaunch<Space, float>> team_tile(
+        team, set, Tiles::query_rows, out, lse, with_lse, out_in_pieces, zero_unkept);
+    const auto& br = *team_tile.branch;
+    const auto& tile = team_tile.tile;
+    const auto& writer = team_tile.writer;
     if (tile.count == 0) return;
     constexpr int BC = Tiles::key_rows, LD = Tiles::ld, MT = Tiles::m_tiles, WR = 16 * MT;
     const int b = tile.item.b, h = tile.item.head, rows = tile.count, t0 = tile.first;
@@ -202,22 +197,32 @@ struct ForwardKernel {
     }
 
     writer.finish(o, softmax, br, kept, t0 + rows, t4, my_t);
-    if (zero_gaps) writer.template zero_gaps<MT>(kept, seg_end, t0 + rows, t4, my_t);
+    if (team_tile.zero_gaps) {
+      writer.template zero_gaps<MT>(kept, team_tile.seg_end, t0 + rows, t4, my_t);
+    }
 #else
     (void)team;
 #endif
   }
 };
 
-// The forward of every branch: all in one launch for grouped semantics (disjoint heads),
-// branch after branch for longnet (each merges into what the previous ones left). zero_unkept
-// (grouped): the kernel also zeroes the rows no branch keeps (see ForwardKernel).
-template <int D, class Q, class K, class V, class OutV, class LseV>
-void forward_branches(const Kokkos::Cuda& space, const Geometry& g,
-                      const BranchLaunch<Kokkos::CudaSpace, float>& base, const Q& q, const K& k,
-                      const V& v, const OutV& out, const LseV& lse, bool with_lse,
-                      bool zero_unkept) {
-  using Tiles = MmaForwardTiles<D>;
+// Names a kernel type (what launch_forward's kernel_of returns).
+template <class T>
+struct KernelType {
+  using type = T;
+};
+
+// The forward of every branch in launches of the kernel kernel_of(std::bool_constant<Dropout>)
+// names (a team per tile of Tiles::query_rows kept rows, 4 warps, `scratch_bytes` of team
+// scratch): all branches in one launch for grouped semantics (disjoint heads), branch after
+// branch for longnet (each merges into what the previous ones left). zero_unkept (grouped): the
+// kernel also zeroes the rows no branch keeps (see ForwardKernel). Shared by the mma.sync and
+// wgmma forwards.
+template <class Tiles, class KernelOf, class Q, class K, class V, class OutV, class LseV>
+void launch_forward(const char* label, int scratch_bytes, const KernelOf& kernel_of,
+                    const Kokkos::Cuda& space, const Geometry& g,
+                    const BranchLaunch<Kokkos::CudaSpace, float>& base, const Q& q, const K& k,
+                    const V& v, const OutV& out, const LseV& lse, bool with_lse, bool zero_unkept) {
   std::vector<TiledLaunch<Kokkos::CudaSpace, float>> launches;
   for (int i = 0; i < g.num_branches(); ++i) {
     auto launch = tiled_launch<Kokkos::Cuda>(g, i, base, q.extent(0));
@@ -228,12 +233,12 @@ void forward_branches(const Kokkos::Cuda& space, const Geometry& g,
   }
   const bool pieces = rows_in_pieces(out);
   const auto run = [&](auto dropout) {
-    using Kernel = ForwardKernel<D, decltype(dropout)::value, Q, K, V, OutV, LseV>;
+    using Kernel = typename decltype(kernel_of(dropout))::type;
     for (const auto& set : branch_sets(launches, !base.longnet)) {
       Kokkos::TeamPolicy<Kokkos::Cuda, Kokkos::LaunchBounds<128, Kernel::min_blocks>> policy(
           space, static_cast<int>(set.teams()), 4, 32);
-      policy.set_scratch_size(0, Kokkos::PerTeam(Tiles::scratch_bytes + 16));
-      Kokkos::parallel_for("dilated::improved::forward_mma", policy,
+      policy.set_scratch_size(0, Kokkos::PerTeam(scratch_bytes));
+      Kokkos::parallel_for(label, policy,
                            Kernel{set, q, k, v, out, lse, with_lse, zero_unkept, pieces});
     }
   };
@@ -242,6 +247,20 @@ void forward_branches(const Kokkos::Cuda& space, const Geometry& g,
   } else {
     run(std::false_type{});
   }
+}
+
+// The mma.sync forward of every branch (see launch_forward).
+template <int D, class Q, class K, class V, class OutV, class LseV>
+void forward_branches(const Kokkos::Cuda& space, const Geometry& g,
+                      const BranchLaunch<Kokkos::CudaSpace, float>& base, const Q& q, const K& k,
+                      const V& v, const OutV& out, const LseV& lse, bool with_lse,
+                      bool zero_unkept) {
+  using Tiles = MmaForwardTiles<D>;
+  const auto kernel_of = [](auto dropout) {
+    return KernelType<ForwardKernel<D, decltype(dropout)::value, Q, K, V, OutV, LseV>>{};
+  };
+  launch_forward<Tiles>("dilated::improved::forward_mma", Tiles::scratch_bytes + 16, kernel_of,
+                        space, g, base, q, k, v, out, lse, with_lse, zero_unkept);
 }
 
 }  // namespace dilated::Impl::mma

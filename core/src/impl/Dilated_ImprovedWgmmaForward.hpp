@@ -21,7 +21,6 @@
 
 #include <cstdint>
 #include <type_traits>
-#include <vector>
 
 namespace dilated::Impl::wgmma {
 
@@ -48,17 +47,11 @@ struct ForwardKernel {
   KOKKOS_FUNCTION void operator()(const Member& team) const {
 #if defined(DILATED_HAVE_WGMMA_DEVICE)
     using namespace mma;
-    const int rank = team.league_rank();
-    const int which = set.find(rank);
-    const auto& br = set.launches[which].branch;
-    const auto tile = set.launches[which].tile_at(rank - static_cast<int>(set.first_team[which]),
-                                                  Tiles::query_rows);
-    const bool zero_gaps = zero_unkept && !br.longnet && tile.item.kept.stride > 1;
-    const RowWriter<D, bf16, T, OutV, LseV> writer{out,           lse,         with_lse,
-                                                   out_in_pieces, tile.item.b, tile.item.head};
-    const int seg_begin = tile.item.segment * br.plan.window;
-    const int seg_end = seg_begin + br.plan.window < br.n ? seg_begin + br.plan.window : br.n;
-    if (zero_gaps && tile.first == 0) writer.lead_rows(team, tile.item.kept, seg_begin, seg_end);
+    const ForwardTeam<D, bf16, T, OutV, LseV, TiledLaunch<Space, float>> team_tile(
+        team, set, Tiles::query_rows, out, lse, with_lse, out_in_pieces, zero_unkept);
+    const auto& br = *team_tile.branch;
+    const auto& tile = team_tile.tile;
+    const auto& writer = team_tile.writer;
     if (tile.count == 0) return;
     constexpr int BC = Tiles::key_rows, TH = Tiles::tile_halves;
     const int b = tile.item.b, h = tile.item.head, rows = tile.count, t0 = tile.first;
@@ -151,7 +144,9 @@ struct ForwardKernel {
     }
 
     writer.finish(o, softmax, br, kept, t0 + rows, t4, my_t);
-    if (zero_gaps) writer.template zero_gaps<1>(kept, seg_end, t0 + rows, t4, my_t);
+    if (team_tile.zero_gaps) {
+      writer.template zero_gaps<1>(kept, team_tile.seg_end, t0 + rows, t4, my_t);
+    }
 #else
     (void)team;
 #endif
@@ -165,30 +160,12 @@ void forward_branches(const Kokkos::Cuda& space, const Geometry& g,
                       const V& v, const OutV& out, const LseV& lse, bool with_lse,
                       bool zero_unkept) {
   using Tiles = WgmmaForwardTiles;
-  std::vector<TiledLaunch<Kokkos::CudaSpace, float>> launches;
-  for (int i = 0; i < g.num_branches(); ++i) {
-    auto launch = tiled_launch<Kokkos::Cuda>(g, i, base, q.extent(0));
-    launch.query_rows = Tiles::query_rows;
-    launch.key_rows = Tiles::key_rows;
-    launch.tiles = (launch.branch.plan.max_kept + Tiles::query_rows - 1) / Tiles::query_rows;
-    launches.push_back(launch);
-  }
-  const bool pieces = rows_in_pieces(out);
-  const auto run = [&](auto dropout) {
-    using Kernel = ForwardKernel<decltype(dropout)::value, Q, K, V, OutV, LseV>;
-    for (const auto& set : mma::branch_sets(launches, !base.longnet)) {
-      Kokkos::TeamPolicy<Kokkos::Cuda, Kokkos::LaunchBounds<128, Kernel::min_blocks>> policy(
-          space, static_cast<int>(set.teams()), 4, 32);
-      policy.set_scratch_size(0, Kokkos::PerTeam(Tiles::scratch_bytes + Tiles::align));
-      Kokkos::parallel_for("dilated::improved::forward_wgmma", policy,
-                           Kernel{set, q, k, v, out, lse, with_lse, zero_unkept, pieces});
-    }
+  const auto kernel_of = [](auto dropout) {
+    return mma::KernelType<ForwardKernel<decltype(dropout)::value, Q, K, V, OutV, LseV>>{};
   };
-  if (base.dropout.active()) {
-    run(std::true_type{});
-  } else {
-    run(std::false_type{});
-  }
+  mma::launch_forward<Tiles>("dilated::improved::forward_wgmma",
+                             Tiles::scratch_bytes + Tiles::align, kernel_of, space, g, base, q, k,
+                             v, out, lse, with_lse, zero_unkept);
 }
 
 }  // namespace dilated::Impl::wgmma
