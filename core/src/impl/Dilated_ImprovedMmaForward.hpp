@@ -3,12 +3,14 @@
 // streams key/value tiles through team scratch, online softmax, writes rows and log-sum-exp),
 // with the two tile products done by mma.sync (m16n8k16, half or bf16 in, float accumulation)
 // and the tiles moved by cp.async two stages deep. Four warps own 16 or 32 query rows each (one
-// or two m-tiles, MmaTiles); scores and the output accumulator stay in registers
+// or two m-tiles, MmaForwardTiles); scores and the output accumulator stay in registers
 // (FlashAttention-2's layout), so shared memory only holds the K and V tiles (and, before the
 // first step, the Q tile).
 //
 // Used for half/bf16 storage with head_dim 64 or 128, contiguous 16-byte aligned rows
-// (stride(3) == 1, other strides multiples of 8). Everything else takes the generic kernel.
+// (stride(3) == 1, other strides multiples of 8), where the wgmma forward does not run
+// (Dilated_ImprovedWgmmaForward.hpp: sm_90a code at head_dim 64). Everything else takes the
+// generic kernel.
 #ifndef DILATED_IMPL_IMPROVED_MMA_FORWARD_HPP
 #define DILATED_IMPL_IMPROVED_MMA_FORWARD_HPP
 
@@ -48,7 +50,7 @@ __device__ __forceinline__ void mma16816_first(float (&c)[4], const std::uint32_
 template <int D, bool Dropout, class QV, class KV, class VV, class OutV, class LseV>
 struct ForwardKernel {
   using Tiles = MmaForwardTiles<D>;
-  // Teams per multiprocessor, hence the register cap: see MmaTiles.
+  // Teams per multiprocessor, hence the register cap: see MmaForwardTiles.
   static constexpr unsigned min_blocks = Tiles::min_blocks;
   using T = typename QV::non_const_value_type;
   using Acc = float;
