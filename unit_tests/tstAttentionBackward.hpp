@@ -282,11 +282,12 @@ TEMPLATE_LIST_TEST_CASE("Improved backward equals Original backward",
       {Semantics::longnet, {128, 256}, {1, 2}, 2, 600, 4, 64, true, false, 0.0},
       {Semantics::longnet, {128, 256}, {1, 2}, 1, 400, 2, 64, false, true, 0.1},
       // Grouped branches share the tensor-core launches: dropout must still hash each
-      // branch's own index; an out the tensor cores cannot read (D_t in its own pass).
+      // branch's own index.
       {Semantics::grouped, {256, 512, 1024}, {1, 2, 4}, 1, 1500, 6, 64, true, false, 0.1},
       // The same with batch 2 and branches the shared launch reorders (longest kept first:
       // a team's position in the launch is not its branch index).
       {Semantics::grouped, {256, 512, 1024}, {1, 1, 1}, 2, 1100, 6, 64, true, false, 0.1},
+      // An out the tensor cores cannot read (D_t in its own pass), grouped and longnet.
       {Semantics::grouped, {256, 512, 1024}, {1, 2, 4}, 1, 700, 3, 64, false, false, 0.0, true},
       {Semantics::longnet, {128, 256}, {1, 2}, 1, 400, 2, 64, true, false, 0.0, true},
       // lse kept in float (read in place by the backward, the benchmarks' and layer's way).

@@ -170,13 +170,14 @@ class DilatedAttention {
     const Geometry g = geometry_for(fn, q);
     Impl::check_attention_shapes(fn, g, q, k, v, out);
     if (lse) Impl::check_per_token(fn, "lse", *lse, q);
-    Impl::check_no_overlap(fn, "out", out, "q", q);
-    Impl::check_no_overlap(fn, "out", out, "k", k);
-    Impl::check_no_overlap(fn, "out", out, "v", v);
+    const auto check_apart = [&](const char* name, const auto& written) {
+      Impl::check_no_overlap(fn, name, written, "q", q);
+      Impl::check_no_overlap(fn, name, written, "k", k);
+      Impl::check_no_overlap(fn, name, written, "v", v);
+    };
+    check_apart("out", out);
     if (lse) {
-      Impl::check_no_overlap(fn, "lse", *lse, "q", q);
-      Impl::check_no_overlap(fn, "lse", *lse, "k", k);
-      Impl::check_no_overlap(fn, "lse", *lse, "v", v);
+      check_apart("lse", *lse);
       Impl::check_no_overlap(fn, "lse", *lse, "out", out);
     }
     if constexpr (std::is_same_v<Algorithm, Improved>) {
@@ -267,7 +268,7 @@ class DilatedAttention {
     Impl::check_same_shape(fn, "dk", dk, q);
     Impl::check_same_shape(fn, "dv", dv, q);
     if (lse) Impl::check_per_token(fn, "lse", *lse, q);
-    const auto check_gradient = [&](const char* name, const auto& grad) {
+    const auto check_apart = [&](const char* name, const auto& grad) {
       Impl::check_no_overlap(fn, name, grad, "q", q);
       Impl::check_no_overlap(fn, name, grad, "k", k);
       Impl::check_no_overlap(fn, name, grad, "v", v);
@@ -275,9 +276,9 @@ class DilatedAttention {
       Impl::check_no_overlap(fn, name, grad, "dout", dout);
       if (lse) Impl::check_no_overlap(fn, name, grad, "lse", *lse);
     };
-    check_gradient("dq", dq);
-    check_gradient("dk", dk);
-    check_gradient("dv", dv);
+    check_apart("dq", dq);
+    check_apart("dk", dk);
+    check_apart("dv", dv);
     if constexpr (std::is_same_v<Algorithm, Improved>) {
       improved_backward(space, g, q, k, v, out, lse, dout, dq, dk, dv, call);
     } else {

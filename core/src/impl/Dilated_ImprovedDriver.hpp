@@ -41,10 +41,8 @@ void launch_tiles(const ExecSpace& space, const char* label, Kernel kernel, int 
   using Acc = typename Kernel::Acc;
   using Tiles = ImprovedTiles<ExecSpace>;
   auto& launch = kernel.launch;
-  launch.query_rows = Tiles::query_rows;
-  launch.key_rows = Tiles::key_rows;
+  launch.tile_by(Tiles::query_rows, Tiles::key_rows, tile_rows);
   launch.ld = launch.branch.d + Tiles::pad;
-  launch.tiles = (launch.branch.plan.max_kept + tile_rows - 1) / tile_rows;
   const std::size_t bytes =
       sizeof(Acc) * Kernel::scratch_entries(launch.query_rows, launch.key_rows, launch.ld) + 64;
   using Policy = Kokkos::TeamPolicy<ExecSpace>;

@@ -34,6 +34,14 @@ struct TiledLaunch {
   int tiles = 1;                     // tiles per item
   int scratch_level = 0;             // team scratch level holding the tiles
 
+  // Teams of `team_rows` kept rows each (query rows, or key rows for key-major passes), tiles of
+  // query_rows x key_rows: as many tiles per item as the branch's longest item needs.
+  void tile_by(int query, int key, int team_rows) {
+    query_rows = query;
+    key_rows = key;
+    tiles = (branch.plan.max_kept + team_rows - 1) / team_rows;
+  }
+
   struct Tile {
     typename BranchPlan<Space>::Item item;
     int first, count;  // kept indices [first, first + count) of the team's own tile

@@ -473,10 +473,8 @@ void backward_branches(const Kokkos::Cuda& space,
                        const LseV& lse, const DeltaV& delta, const DQ& dq, const DK& dk,
                        const DV& dv, bool accumulate) {
   using Tiles = MmaBackwardTiles<D>;
-  for (auto& launch : launches) {
-    launch.query_rows = launch.key_rows = Tiles::rows;
-    launch.tiles = (launch.branch.plan.max_kept + Tiles::rows - 1) / Tiles::rows;
-  }
+  for (auto& launch : launches)
+    launch.tile_by(Tiles::rows, Tiles::rows, Tiles::rows);
   for (const auto& launch : launches) {
     const auto& a = launch.branch;
     const auto& z = launches.front().branch;

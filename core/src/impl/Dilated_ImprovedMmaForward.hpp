@@ -18,15 +18,12 @@
 
 #if defined(KOKKOS_ENABLE_CUDA)
 
-#include <Dilated_TilePolicies.hpp>
 #include <Dilated_TensorCoreTilePolicies.hpp>
 #include <impl/Dilated_ImprovedKernels.hpp>
 #include <impl/Dilated_MmaPrimitives.hpp>
 #include <impl/Dilated_MmaSoftmax.hpp>
 #include <impl/Dilated_RowPieces.hpp>
 
-#include <algorithm>
-#include <cmath>
 #include <cstdint>
 #include <type_traits>
 #include <vector>
@@ -72,8 +69,8 @@ struct ForwardKernel {
 
   KOKKOS_FUNCTION void operator()(const Member& team) const {
 #if defined(__CUDA_ARCH__)
-    const ForwardTeam<D, bf16, T, OutV, LseV, TiledLaunch<Space, float>> team_tile(
-        team, set, Tiles::query_rows, out, lse, with_lse, out_in_pieces, zero_unkept);
+    const auto team_tile = forward_team<D, bf16, T>(team, set, Tiles::query_rows, out, lse,
+                                                    with_lse, out_in_pieces, zero_unkept);
     const auto& br = *team_tile.branch;
     const auto& tile = team_tile.tile;
     const auto& writer = team_tile.writer;
@@ -228,9 +225,7 @@ void launch_forward(const char* label, int scratch_bytes, const KernelOf& kernel
   std::vector<TiledLaunch<Kokkos::CudaSpace, float>> launches;
   for (int i = 0; i < g.num_branches(); ++i) {
     auto launch = tiled_launch<Kokkos::Cuda>(g, i, base, q.extent(0));
-    launch.query_rows = Tiles::query_rows;
-    launch.key_rows = Tiles::key_rows;
-    launch.tiles = (launch.branch.plan.max_kept + Tiles::query_rows - 1) / Tiles::query_rows;
+    launch.tile_by(Tiles::query_rows, Tiles::key_rows, Tiles::query_rows);
     launches.push_back(launch);
   }
   const bool pieces = rows_in_pieces(out);

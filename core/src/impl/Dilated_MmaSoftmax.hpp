@@ -15,6 +15,7 @@
 #include <impl/Dilated_ImprovedKernels.hpp>
 #include <impl/Dilated_MmaPrimitives.hpp>
 
+#include <cmath>
 #include <cstdint>
 #include <type_traits>
 
@@ -291,42 +292,37 @@ struct RowWriter {
 };
 
 // What both tensor-core forwards know of their team before its tiles: its branch, its tile of
-// kept rows (Launch::tile_at), the writer of its rows and its segment's rows [seg_begin,
-// seg_end); zero_gaps: grouped with dilation > 1, so the rows between kept ones are the team's to
-// zero. The segment's rows before its first kept row are zeroed here, by the segment's first
-// tile.
+// kept rows (Launch::tile_at), the writer of its rows and its segment's end; zero_gaps: grouped
+// with dilation > 1, so the rows between kept ones are the team's to zero.
 template <int D, bool Bf16, class T, class OutV, class LseV, class Launch>
 struct ForwardTeam {
   const decltype(Launch::branch)* branch;
   typename Launch::Tile tile;
   RowWriter<D, Bf16, T, OutV, LseV> writer;
-  int seg_begin, seg_end;
+  int seg_end;
   bool zero_gaps;
-
-  template <class Member, int Capacity>
-  __device__ __forceinline__ ForwardTeam(const Member& team, const BranchSet<Launch, Capacity>& set,
-                                         int query_rows, const OutV& out, const LseV& lse,
-                                         bool with_lse, bool out_in_pieces, bool zero_unkept)
-      : ForwardTeam(team, set, set.find(team.league_rank()), query_rows, out, lse, with_lse,
-                    out_in_pieces, zero_unkept) {}
-
- private:
-  template <class Member, int Capacity>
-  __device__ __forceinline__ ForwardTeam(const Member& team, const BranchSet<Launch, Capacity>& set,
-                                         int which, int query_rows, const OutV& out,
-                                         const LseV& lse, bool with_lse, bool out_in_pieces,
-                                         bool zero_unkept)
-      : branch(&set.launches[which].branch),
-        tile(set.launches[which].tile_at(
-            team.league_rank() - static_cast<int>(set.first_team[which]), query_rows)),
-        writer{out, lse, with_lse, out_in_pieces, tile.item.b, tile.item.head} {
-    const auto& br = *branch;
-    zero_gaps = zero_unkept && !br.longnet && tile.item.kept.stride > 1;
-    seg_begin = tile.item.segment * br.plan.window;
-    seg_end = seg_begin + br.plan.window < br.n ? seg_begin + br.plan.window : br.n;
-    if (zero_gaps && tile.first == 0) writer.lead_rows(team, tile.item.kept, seg_begin, seg_end);
-  }
 };
+
+// The ForwardTeam of this team of a launch of `set` (tiles of query_rows kept rows); the rows of
+// its segment before the first kept row are zeroed here, by the segment's first tile.
+template <int D, bool Bf16, class T, class Member, class Launch, int Capacity, class OutV,
+          class LseV>
+__device__ __forceinline__ ForwardTeam<D, Bf16, T, OutV, LseV, Launch> forward_team(
+    const Member& team, const BranchSet<Launch, Capacity>& set, int query_rows, const OutV& out,
+    const LseV& lse, bool with_lse, bool out_in_pieces, bool zero_unkept) {
+  const int rank = team.league_rank();
+  const int which = set.find(rank);
+  const auto& br = set.launches[which].branch;
+  const auto tile =
+      set.launches[which].tile_at(rank - static_cast<int>(set.first_team[which]), query_rows);
+  const RowWriter<D, Bf16, T, OutV, LseV> writer{out,           lse,         with_lse,
+                                                 out_in_pieces, tile.item.b, tile.item.head};
+  const int seg_begin = tile.item.segment * br.plan.window;
+  const int seg_end = seg_begin + br.plan.window < br.n ? seg_begin + br.plan.window : br.n;
+  const bool zero_gaps = zero_unkept && !br.longnet && tile.item.kept.stride > 1;
+  if (zero_gaps && tile.first == 0) writer.lead_rows(team, tile.item.kept, seg_begin, seg_end);
+  return {&br, tile, writer, seg_end, zero_gaps};
+}
 
 #endif  // __CUDA_ARCH__
 
