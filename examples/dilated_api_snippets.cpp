@@ -159,7 +159,8 @@ void options_snippet() {
                            .set_attention_dropout(0.1)        // applied when call.training
                            .set_detach_branch_weights(false)  // longnet: gradients flow (default)
                            .set_workspace_bytes(256 << 20)    // Original's score workspace
-                           .set_vendor_gemm(true);            // Original on CUDA: cuBLAS products
+                           .set_original_tensor_cores(true)   // Original on CUDA, half/bf16
+                           .set_vendor_gemm(true);            // else on CUDA: cuBLAS products
   const dilated::DilatedAttention<dilated::Original> attention({2048, 4096}, {1, 2}, options);
   // Bad arguments throw std::invalid_argument naming the function, argument and value.
   try {

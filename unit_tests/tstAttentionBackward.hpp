@@ -314,8 +314,8 @@ TEMPLATE_LIST_TEST_CASE("Improved backward equals Original backward",
     const auto k = dilated::testing::random_bnhd<double>("k", c.b, c.n, c.h, c.d, seed + 1);
     const auto v = dilated::testing::random_bnhd<double>("v", c.b, c.n, c.h, c.d, seed + 2);
     const auto r = dilated::testing::random_bnhd<double>("r", c.b, c.n, c.h, c.d, seed + 3);
-    const auto original =
-        run_backward<TestType>(c, q, k, v, r, seed, true, dilated::testing::Variant{false, true});
+    const auto original = run_backward<TestType>(c, q, k, v, r, seed, true,
+                                                 dilated::testing::Variant{false, true, true});
     const auto improved =
         run_backward<TestType>(c, q, k, v, r, seed, true, dilated::testing::Variant{true, false});
     // Each side is within the storage type's error of the exact gradients; gradients sum up to
@@ -326,6 +326,16 @@ TEMPLATE_LIST_TEST_CASE("Improved backward equals Original backward",
     const double atol = std::max(4 * Tol::atol, std::is_same_v<TestType, double> ? 0.0 : 1e-4);
     DILATED_CHECK_ALLCLOSE(improved.out, dilated::testing::to_host_double(original.out), rtol,
                            atol);
+    if constexpr (!std::is_same_v<TestType, double> && !std::is_same_v<TestType, float>) {
+      // The Original's tensor-core kernels (half/bf16 on CUDA) also against the exact gradients:
+      // the double run of the team kernel, same inputs and dropout mask.
+      const auto exact =
+          run_backward<double>(c, q, k, v, r, seed, true, dilated::testing::Variant{false, false});
+      const auto host = [](const auto& x) { return dilated::testing::to_host_double(x); };
+      DILATED_CHECK_ALLCLOSE(original.dq, host(exact.dq), rtol, atol);
+      DILATED_CHECK_ALLCLOSE(original.dk, host(exact.dk), rtol, atol);
+      DILATED_CHECK_ALLCLOSE(original.dv, host(exact.dv), rtol, atol);
+    }
     DILATED_CHECK_ALLCLOSE(improved.dq, dilated::testing::to_host_double(original.dq), rtol, atol);
     DILATED_CHECK_ALLCLOSE(improved.dk, dilated::testing::to_host_double(original.dk), rtol, atol);
     DILATED_CHECK_ALLCLOSE(improved.dv, dilated::testing::to_host_double(original.dv), rtol, atol);

@@ -104,18 +104,24 @@ TEMPLATE_LIST_TEST_CASE("Forward equals the exact reference", "[forward]" TEST_C
 
 TEMPLATE_LIST_TEST_CASE("Forward: softmax scale and a small workspace", "[forward]" TEST_CATEGORY,
                         dilated::testing::StorageTypes) {
-  // A workspace of one score matrix forces one team per launch (Original): chunking must not
-  // change anything.
-  const ForwardCase c{Semantics::longnet, {32, 64, 128}, {1, 2, 4}, 2, 130, 6, 24};
+  // A workspace of one score matrix forces one team per launch (Original; on the tensor-core
+  // path one persistent team takes every row tile in turn): chunking must not change anything.
+  // d = 64: the tensor-core path, with segments of several key tiles.
+  const ForwardCase cases[] = {{Semantics::longnet, {32, 64, 128}, {1, 2, 4}, 2, 130, 6, 24},
+                               {Semantics::grouped, {64, 128, 256}, {1, 2, 4}, 2, 300, 3, 64}};
   for (const auto& variant : dilated::testing::variants<ExecSpace>()) {
     CAPTURE(variant.name());
-    dilated::testing::with_attention(
-        variant, c.segs, c.dils,
-        dilated::AttentionOptions()
-            .set_semantics(c.semantics)
-            .set_softmax_scale(0.3)
-            .set_workspace_bytes(1),
-        [&](const auto& attention) { check_forward<TestType>(attention, c, true, 77); });
+    for (const auto& c : cases) {
+      for (bool causal : {false, true}) {
+        dilated::testing::with_attention(
+            variant, c.segs, c.dils,
+            dilated::AttentionOptions()
+                .set_semantics(c.semantics)
+                .set_softmax_scale(0.3)
+                .set_workspace_bytes(1),
+            [&](const auto& attention) { check_forward<TestType>(attention, c, causal, 77); });
+      }
+    }
   }
 }
 

@@ -13,6 +13,8 @@
 #include <impl/Dilated_ImprovedDriver.hpp>
 #include <impl/Dilated_OriginalDriver.hpp>
 #include <impl/Dilated_OriginalGemmPath.hpp>
+#include <impl/Dilated_OriginalMmaBackward.hpp>
+#include <impl/Dilated_OriginalMmaForward.hpp>
 #include <impl/Dilated_ShapeChecks.hpp>
 
 #include <cmath>
@@ -192,6 +194,27 @@ class DilatedAttention {
                         const V& v, const O& out, const L* lse, const ForwardOptions& call) const {
     using T = typename Q::non_const_value_type;
     using Acc = Impl::accumulation_t<T>;
+#if defined(KOKKOS_ENABLE_CUDA)
+    // The tensor-core Original (Dilated_OriginalMmaForward.hpp), written like the fused forward.
+    if constexpr (std::is_same_v<ExecSpace, Kokkos::Cuda> && Impl::mma::is_mma_type_v<T>) {
+      const int d = q.extent(3);
+      const auto base = Impl::make_launch<ExecSpace, Acc>(g, options_, call, q.extent(1), d);
+      if (options_.original_tensor_cores() && base.scale > 0 && Impl::mma::applies(d, q, k, v)) {
+        fused_forward(
+            space, g, q, k, v, out, lse, call,
+            [&](const auto& o, const auto& l, bool with_lse, bool zero_unkept) {
+              if (d == 64) {
+                Impl::mma::original_forward_branches<64>(space, g, base, q, k, v, o, l, with_lse,
+                                                         zero_unkept, options_.workspace_bytes());
+              } else {
+                Impl::mma::original_forward_branches<128>(space, g, base, q, k, v, o, l, with_lse,
+                                                          zero_unkept, options_.workspace_bytes());
+              }
+            });
+        return;
+      }
+    }
+#endif
     Impl::Accumulator4<ExecSpace, Acc> out_acc("dilated::original::out_accumulator", q.extent(0),
                                                q.extent(1), q.extent(2), q.extent(3));
     Impl::Accumulator3<ExecSpace, Acc> lse_acc("dilated::original::lse_accumulator", q.extent(0),
@@ -219,33 +242,49 @@ class DilatedAttention {
   template <class ExecSpace, class Q, class K, class V, class O, class L>
   void improved_forward(const ExecSpace& space, const Geometry& g, const Q& q, const K& k,
                         const V& v, const O& out, const L* lse, const ForwardOptions& call) const {
+    using Acc = Impl::accumulation_t<typename Q::non_const_value_type>;
+    const auto base =
+        Impl::make_launch<ExecSpace, Acc>(g, options_, call, q.extent(1), q.extent(3));
+    fused_forward(space, g, q, k, v, out, lse, call,
+                  [&](const auto& o, const auto& l, bool with_lse, bool zero_unkept) {
+                    Impl::improved_forward_branches(space, g, base, q, k, v, o, l, true, with_lse,
+                                                    zero_unkept);
+                  });
+  }
+
+  // Where a forward whose kernels write rows (and log-sum-exp) of every branch puts them:
+  // `branches(o, l, with_lse, zero_unkept)` runs the branches into o / l. grouped: the caller's
+  // out and lse (a branch's kernels zero the rows no branch keeps); longnet: o holding 0 and l
+  // -inf on entry, merged into branch by branch, in the caller's out when it is float/double,
+  // else in a float accumulator.
+  template <class ExecSpace, class Q, class K, class V, class O, class L, class Branches>
+  void fused_forward(const ExecSpace& space, const Geometry& g, const Q& q, const K&, const V&,
+                     const O& out, const L* lse, const ForwardOptions&,
+                     const Branches& branches) const {
     using T = typename Q::non_const_value_type;
     using Acc = Impl::accumulation_t<T>;
     const int batch = q.extent(0), n = q.extent(1), heads = q.extent(2), d = q.extent(3);
-    const auto base = Impl::make_launch<ExecSpace, Acc>(g, options_, call, n, d);
     if (g.semantics() == Semantics::grouped) {
-      // Rows a head's branch does not keep are zero (lse -inf): zeroed by the forward kernels.
       if (lse) {
-        Impl::improved_forward_branches(space, g, base, q, k, v, out, *lse, true, true, true);
+        branches(out, *lse, true, true);
       } else {
-        Impl::improved_forward_branches(space, g, base, q, k, v, out, NoLse<ExecSpace>(), true,
-                                        false, true);
+        branches(out, NoLse<ExecSpace>(), false, true);
       }
       return;
     }
     Impl::Accumulator3<ExecSpace, Acc> lse_acc(
-        Kokkos::view_alloc(Kokkos::WithoutInitializing, "dilated::improved::lse"), batch, n, heads);
+        Kokkos::view_alloc(Kokkos::WithoutInitializing, "dilated::fused::lse"), batch, n, heads);
     Kokkos::deep_copy(space, lse_acc, -Impl::math::infinity<Acc>());
     if constexpr (std::is_same_v<T, Acc>) {
       Impl::fill(space, out, T(0));
-      Impl::improved_forward_branches(space, g, base, q, k, v, out, lse_acc, true, true);
+      branches(out, lse_acc, true, false);
     } else {
-      Impl::Accumulator4<ExecSpace, Acc> out_acc("dilated::improved::out_accumulator", batch, n,
-                                                 heads, d);
-      Impl::improved_forward_branches(space, g, base, q, k, v, out_acc, lse_acc, true, true);
-      Impl::convert_rows(space, "dilated::improved::store_out", out_acc, out);
+      Impl::Accumulator4<ExecSpace, Acc> out_acc("dilated::fused::out_accumulator", batch, n, heads,
+                                                 d);
+      branches(out_acc, lse_acc, true, false);
+      Impl::convert_rows(space, "dilated::fused::store_out", out_acc, out);
     }
-    if (lse) Impl::convert_rows(space, "dilated::improved::store_lse", lse_acc, *lse);
+    if (lse) Impl::convert_rows(space, "dilated::fused::store_lse", lse_acc, *lse);
     Impl::fence(space, "dilated::DilatedAttention::forward: temporaries go out of scope");
   }
 
@@ -295,6 +334,32 @@ class DilatedAttention {
     using Acc = Impl::accumulation_t<T>;
     const int batch = q.extent(0), n = q.extent(1), heads = q.extent(2), d = q.extent(3);
     const bool longnet = g.semantics() == Semantics::longnet;
+#if defined(KOKKOS_ENABLE_CUDA)
+    // The tensor-core Original (Dilated_OriginalMmaBackward.hpp), written like the fused
+    // backward; without lse the tensor-core Original forward recomputes it (pass lse to avoid).
+    if constexpr (std::is_same_v<ExecSpace, Kokkos::Cuda> && Impl::mma::is_mma_type_v<T>) {
+      const auto base = Impl::make_launch<ExecSpace, Acc>(g, options_, call, n, d);
+      if (options_.original_tensor_cores() && base.scale > 0 && d == 64 &&
+          Impl::mma::applies(d, q, k, v, dout)) {
+        const std::size_t budget = options_.workspace_bytes();
+        fused_backward(
+            space, g, q, lse, dq, dk, dv,
+            [&](const auto& lse_acc) {
+              Impl::mma::original_forward_branches<64>(
+                  space, g, base, q, k, v,
+                  Impl::Accumulator4<ExecSpace, Acc>("dilated::original::out_accumulator", batch, n,
+                                                     heads, d),
+                  lse_acc, true, false, budget);
+            },
+            [&](const auto& lse_v, const auto& delta, bool branch_deltas, const auto& gq,
+                const auto& gk, const auto& gv, bool accumulate) {
+              Impl::original_mma_backward_branches(space, g, base, q, k, v, out, dout, lse_v, delta,
+                                                   branch_deltas, gq, gk, gv, accumulate, budget);
+            });
+        return;
+      }
+    }
+#endif
 
     // The merged log-sum-exp L of the forward (longnet branch weights exp(lse_i - L)).
     Impl::Accumulator3<ExecSpace, Acc> lse_acc("dilated::original::lse_accumulator",
@@ -355,36 +420,60 @@ class DilatedAttention {
   void improved_backward(const ExecSpace& space, const Geometry& g, const Q& q, const K& k,
                          const V& v, const O& out, const L* lse, const G& dout, const DQ& dq,
                          const DK& dk, const DV& dv, const ForwardOptions& call) const {
-    using T = typename Q::non_const_value_type;
-    using Acc = Impl::accumulation_t<T>;
-    const int batch = q.extent(0), n = q.extent(1), heads = q.extent(2), d = q.extent(3);
-    const auto base = Impl::make_launch<ExecSpace, Acc>(g, options_, call, n, d);
+    using Acc = Impl::accumulation_t<typename Q::non_const_value_type>;
+    const auto base =
+        Impl::make_launch<ExecSpace, Acc>(g, options_, call, q.extent(1), q.extent(3));
+    fused_backward(
+        space, g, q, lse, dq, dk, dv,
+        [&](const auto& lse_acc) {
+          Impl::improved_forward_branches(
+              space, g, base, q, k, v, Impl::Accumulator4<ExecSpace, Acc>(), lse_acc, false, true);
+        },
+        [&](const auto& lse_v, const auto& delta, bool branch_deltas, const auto& gq,
+            const auto& gk, const auto& gv, bool accumulate) {
+          Impl::improved_backward_branches(space, g, base, q, k, v, out, dout, lse_v, delta,
+                                           branch_deltas, gq, gk, gv, accumulate);
+        });
+  }
+
+  // Where a backward whose kernels write (or add) gradient rows of every branch gets its
+  // merged log-sum-exp and puts its gradients. `recompute_lse(lse_acc)`: the merged log-sum-exp
+  // into lse_acc (holding -inf) when the caller gives none. `branches(lse, delta, branch_deltas,
+  // dq, dk, dv, accumulate)`: the branches' gradients, D_t in `delta` (see
+  // improved_backward_branches). grouped: written into the caller's views (rows no branch keeps
+  // zeroed first); longnet: added branch by branch into the caller's views when they are
+  // float/double, else into float accumulators.
+  template <class ExecSpace, class Q, class L, class DQ, class DK, class DV, class RecomputeLse,
+            class Branches>
+  void fused_backward(const ExecSpace& space, const Geometry& g, const Q& q, const L* lse,
+                      const DQ& dq, const DK& dk, const DV& dv, const RecomputeLse& recompute_lse,
+                      const Branches& branches) const {
+    using Acc = Impl::accumulation_t<typename Q::non_const_value_type>;
+    const int batch = q.extent(0), n = q.extent(1), heads = q.extent(2);
     // The merged log-sum-exp the passes read: the caller's when it already holds Acc (no copy,
     // no allocation), else a converted copy, or recomputed when none is given.
     if constexpr (std::is_same_v<typename L::non_const_value_type, Acc>) {
       if (lse) {
-        improved_backward_passes(space, g, base, q, k, v, out, *lse, dout, dq, dk, dv);
+        fused_backward_passes(space, g, q, *lse, dq, dk, dv, branches);
         return;
       }
     }
     Impl::Accumulator3<ExecSpace, Acc> lse_acc(
-        Kokkos::view_alloc(Kokkos::WithoutInitializing, "dilated::improved::lse"), batch, n, heads);
+        Kokkos::view_alloc(Kokkos::WithoutInitializing, "dilated::fused::lse"), batch, n, heads);
     if (lse) {
-      Impl::convert_rows(space, "dilated::improved::load_lse", *lse, lse_acc);
+      Impl::convert_rows(space, "dilated::fused::load_lse", *lse, lse_acc);
     } else {
       Kokkos::deep_copy(space, lse_acc, -Impl::math::infinity<Acc>());
-      Impl::improved_forward_branches(space, g, base, q, k, v, Impl::Accumulator4<ExecSpace, Acc>(),
-                                      lse_acc, false, true);
+      recompute_lse(lse_acc);
     }
-    improved_backward_passes(space, g, base, q, k, v, out, lse_acc, dout, dq, dk, dv);
+    fused_backward_passes(space, g, q, lse_acc, dq, dk, dv, branches);
   }
 
-  // The dq and dk/dv passes of the fused backward from the merged log-sum-exp `lse_acc`.
-  template <class ExecSpace, class Launch, class Q, class K, class V, class O, class LV, class G,
-            class DQ, class DK, class DV>
-  void improved_backward_passes(const ExecSpace& space, const Geometry& g, const Launch& base,
-                                const Q& q, const K& k, const V& v, const O& out, const LV& lse_acc,
-                                const G& dout, const DQ& dq, const DK& dk, const DV& dv) const {
+  // The passes of fused_backward from the merged log-sum-exp `lse_acc`.
+  template <class ExecSpace, class Q, class LV, class DQ, class DK, class DV, class Branches>
+  void fused_backward_passes(const ExecSpace& space, const Geometry& g, const Q& q,
+                             const LV& lse_acc, const DQ& dq, const DK& dk, const DV& dv,
+                             const Branches& branches) const {
     using T = typename Q::non_const_value_type;
     using Acc = Impl::accumulation_t<T>;
     const int batch = q.extent(0), n = q.extent(1), heads = q.extent(2), d = q.extent(3);
@@ -392,28 +481,24 @@ class DilatedAttention {
     // D_t: one per row from dout . out, or per branch (detached longnet weights).
     const bool branch_deltas = longnet && options_.detach_branch_weights();
     Impl::Accumulator3<ExecSpace, Acc> delta(
-        Kokkos::view_alloc(Kokkos::WithoutInitializing, "dilated::improved::delta"), batch, n,
-        heads);
+        Kokkos::view_alloc(Kokkos::WithoutInitializing, "dilated::fused::delta"), batch, n, heads);
     if (!longnet) {
       const auto* no_lse = static_cast<const NoLse<ExecSpace>*>(nullptr);
       Impl::zero_unkept_rows(space, g, no_lse, dq, dk, dv);
-      Impl::improved_backward_branches(space, g, base, q, k, v, out, dout, lse_acc, delta, false,
-                                       dq, dk, dv, false);
+      branches(lse_acc, delta, false, dq, dk, dv, false);
     } else if constexpr (std::is_same_v<T, Acc>) {
       Impl::fill(space, dq, T(0));
       Impl::fill(space, dk, T(0));
       Impl::fill(space, dv, T(0));
-      Impl::improved_backward_branches(space, g, base, q, k, v, out, dout, lse_acc, delta,
-                                       branch_deltas, dq, dk, dv, true);
+      branches(lse_acc, delta, branch_deltas, dq, dk, dv, true);
     } else {
-      Impl::Accumulator4<ExecSpace, Acc> dq_acc("dilated::improved::dq", batch, n, heads, d),
-          dk_acc("dilated::improved::dk", batch, n, heads, d),
-          dv_acc("dilated::improved::dv", batch, n, heads, d);
-      Impl::improved_backward_branches(space, g, base, q, k, v, out, dout, lse_acc, delta,
-                                       branch_deltas, dq_acc, dk_acc, dv_acc, true);
-      Impl::convert_rows(space, "dilated::improved::store_dq", dq_acc, dq);
-      Impl::convert_rows(space, "dilated::improved::store_dk", dk_acc, dk);
-      Impl::convert_rows(space, "dilated::improved::store_dv", dv_acc, dv);
+      Impl::Accumulator4<ExecSpace, Acc> dq_acc("dilated::fused::dq", batch, n, heads, d),
+          dk_acc("dilated::fused::dk", batch, n, heads, d),
+          dv_acc("dilated::fused::dv", batch, n, heads, d);
+      branches(lse_acc, delta, branch_deltas, dq_acc, dk_acc, dv_acc, true);
+      Impl::convert_rows(space, "dilated::fused::store_dq", dq_acc, dq);
+      Impl::convert_rows(space, "dilated::fused::store_dk", dk_acc, dk);
+      Impl::convert_rows(space, "dilated::fused::store_dv", dv_acc, dv);
     }
     Impl::fence(space, "dilated::DilatedAttention::backward: temporaries go out of scope");
   }

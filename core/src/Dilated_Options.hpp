@@ -48,8 +48,18 @@ class AttentionOptions {
     return *this;
   }
 
+  // Original on CUDA with half/bf16 storage, head_dim 64 or 128 and 16-byte aligned rows: the
+  // forward as one tensor-core team kernel per launch (each segment's scores stored in a
+  // workspace of at most workspace_bytes, then softmax and P V; the default). Off, or where it
+  // does not apply, the products go through cuBLAS (vendor_gemm) or the team kernel.
+  AttentionOptions& set_original_tensor_cores(bool use) {
+    original_tensor_cores_ = use;
+    return *this;
+  }
+
   Semantics semantics() const { return semantics_; }
   bool vendor_gemm() const { return vendor_gemm_; }
+  bool original_tensor_cores() const { return original_tensor_cores_; }
   std::optional<double> softmax_scale() const { return softmax_scale_; }
   double attention_dropout() const { return dropout_; }
   bool detach_branch_weights() const { return detach_; }
@@ -62,6 +72,7 @@ class AttentionOptions {
   bool detach_ = false;
   std::size_t workspace_bytes_ = std::size_t{512} << 20;
   bool vendor_gemm_ = true;
+  bool original_tensor_cores_ = true;
 };
 
 struct ForwardOptions {

@@ -1,6 +1,7 @@
-// Tile shapes of the tensor-core kernels of the Improved algorithm (CUDA, half/bf16), kept out
-// of the kernels like ImprovedTiles (Dilated_TilePolicies.hpp): mma.sync forward and backward
-// (sm_80 and later) and the wgmma forward (sm_90a). A team of these kernels is 4 warps; team
+// Tile shapes of the tensor-core kernels (CUDA, half/bf16), kept out of the kernels like
+// ImprovedTiles (Dilated_TilePolicies.hpp): the Improved algorithm's mma.sync forward and
+// backward (sm_80 and later) and wgmma forward (sm_90a), and the Original algorithm's mma.sync
+// forward and backward. A team of these kernels is 4 warps; team
 // scratch (level 0) must stay within the 48 KiB of a block less Kokkos' reserve.
 #ifndef DILATED_TENSOR_CORE_TILE_POLICIES_HPP
 #define DILATED_TENSOR_CORE_TILE_POLICIES_HPP
@@ -43,6 +44,12 @@ struct MmaBackwardTiles {
   static constexpr int dq_scratch_bytes = 4 * dq_key_rows * ld * 2;
   static_assert(2 * tile_halves <= 4 * dq_key_rows * ld, "Q and dO fit the dq pass's stages");
   static constexpr int dkdv_scratch_bytes = 4 * tile_halves * 2 + 2 * rows * 4;
+  // The Original's rows pass (the dq pass storing P~Z and dS): each warp stages its 16 x
+  // dq_key_rows tiles of both in rows of store_ld halves (16 bytes of padding: conflict-free
+  // fragment writes) before writing them out a whole row at a time.
+  static constexpr int store_ld = dq_key_rows + 8;
+  static constexpr int dq_store_scratch_bytes = dq_scratch_bytes + 4 * 2 * 16 * store_ld * 2;
+  static_assert(dq_store_scratch_bytes <= 40 * 1024, "beyond Kokkos' level-0 team scratch");
 };
 
 // 64 query rows (one warpgroup), 64-key tiles, two stages of K and V after the Q tile; every
@@ -57,6 +64,44 @@ struct WgmmaForwardTiles {
   static constexpr int scratch_bytes = 5 * tile_halves * 2;  // Q, then K and V of two stages
   static constexpr int align = 1024;
   static constexpr unsigned min_blocks = 4;
+};
+
+// The Original algorithm's tensor-core forward at head_dim D (64 or 128): a team of 4 warps owns
+// 64 query rows (16 per warp) and makes two passes over the segment's keys in 64-key tiles, the
+// first with K tiles (scores into the workspace), the second with V tiles (P V); two stages of
+// one tile each, the Q tile passing through the second first. One m-tile per warp keeps the
+// registers at the cap of `min_blocks` teams per multiprocessor, and a team's score rows (64 x
+// kept positions, 2 bytes each) small enough that the workspace of all resident teams stays in
+// the hundreds of MiB at the segment lengths.
+template <int D>
+struct OriginalMmaForwardTiles {
+  static constexpr int query_rows = 64;
+  static constexpr int key_rows = 64;
+  static constexpr int ld = D + 8;  // halves per scratch row: 16 bytes of padding, no conflicts
+  static constexpr int stage_halves = key_rows * ld;
+  static constexpr int scratch_bytes = 2 * stage_halves * 2;
+  static constexpr unsigned min_blocks = D <= 64 ? 4 : 3;
+  // Workspace of one team per key tile: the 64 x 64 scores (2 bytes each) and the offset each
+  // row's scores were stored relative to (a float per row).
+  static constexpr int tile_score_bytes = query_rows * key_rows * 2;
+  static constexpr int tile_offset_bytes = query_rows * 4;
+  static_assert(query_rows * ld <= stage_halves, "the Q tile is staged in the second stage");
+  static_assert(scratch_bytes <= 40 * 1024, "beyond Kokkos' level-0 team scratch");
+};
+
+// The Original algorithm's tensor-core backward at head_dim D (64): its rows pass is the
+// Improved dq pass (MmaBackwardTiles) storing what it computes; its keys pass gives each of 4
+// warps 16 key rows of a 64-key tile and streams 64-query tiles of Q, dO and of the two stored
+// matrices (4 x 9 KiB). Two products per tile instead of the Improved dk/dv pass's four: its
+// accumulators and fragments fit 128 registers, 4 teams per multiprocessor.
+template <int D>
+struct OriginalMmaBackwardTiles {
+  static constexpr int rows = 64;
+  static constexpr int ld = D + 8;
+  static constexpr int tile_halves = rows * ld;
+  static constexpr int scratch_bytes = 4 * tile_halves * 2;
+  static constexpr unsigned keys_min_blocks = 4;
+  static_assert(scratch_bytes <= 40 * 1024, "beyond Kokkos' level-0 team scratch");
 };
 
 }  // namespace dilated

@@ -29,13 +29,18 @@ using StorageTypes = std::tuple<double, float
                                 >;
 
 // The ways a backend computes attention, each test runs all of them: the Improved algorithm,
-// and the Original one with each product path it has (on CUDA the cuBLAS path, the default,
-// and the team kernel; elsewhere only the team kernel: the flag is ignored).
+// and the Original one with each path it has (on CUDA the tensor-core forward, the default for
+// half/bf16 where it applies, the cuBLAS products and the team kernel; elsewhere only the team
+// kernel: the flags are ignored).
 struct Variant {
   bool improved;
   bool vendor_gemm;
+  bool tensor_cores = false;  // Original on CUDA: the tensor-core forward where it applies
   std::string name() const {
-    return improved ? "Improved" : vendor_gemm ? "Original (vendor GEMM)" : "Original";
+    return improved       ? "Improved"
+           : tensor_cores ? "Original (tensor cores)"
+           : vendor_gemm  ? "Original (vendor GEMM)"
+                          : "Original";
   }
 };
 
@@ -43,7 +48,7 @@ template <class ExecSpace>
 std::vector<Variant> variants() {
 #if defined(KOKKOS_ENABLE_CUDA)
   if (std::is_same_v<ExecSpace, Kokkos::Cuda>)
-    return {{false, true}, {false, false}, {true, false}};
+    return {{false, true, true}, {false, true, false}, {false, false, false}, {true, false}};
 #endif
   return {{false, true}, {true, false}};
 }
@@ -52,7 +57,7 @@ std::vector<Variant> variants() {
 template <class F>
 void with_attention(const Variant& variant, const std::vector<int>& segs,
                     const std::vector<int>& dils, AttentionOptions options, F&& f) {
-  options.set_vendor_gemm(variant.vendor_gemm);
+  options.set_vendor_gemm(variant.vendor_gemm).set_original_tensor_cores(variant.tensor_cores);
   if (variant.improved) {
     f(DilatedAttention<Improved>(segs, dils, options));
   } else {

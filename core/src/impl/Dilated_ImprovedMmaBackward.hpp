@@ -30,10 +30,28 @@
 
 namespace dilated::Impl::mma {
 
+// The P~Z and dS matrices of the items of one launch of the Original algorithm's backward
+// (Dilated_OriginalMmaBackward.hpp): per item two ld x ld matrices of half/bf16 (rows: kept
+// query index, columns: kept key index), held as pairs; items from first_item on, one after the
+// other (slot = item - first_item).
+struct StoredMatrices {
+  std::uint32_t* p = nullptr;
+  std::uint32_t* ds = nullptr;
+  long first_item = 0;
+  int ld = 0;  // entries per row and rows per matrix: the longest item's, a multiple of 64
+  // The pair holding entries (t, u), (t, u + 1) (u even) of slot `slot`.
+  KOKKOS_INLINE_FUNCTION long pair_offset(long slot, int t, int u) const {
+    return (slot * ld + t) * (ld / 2) + u / 2;
+  }
+};
+
 // Dropout is a compile-time choice in both passes, as in the forward: its hashing lives only in
 // the kernels that apply it.
+// Store (the Original algorithm's backward, Dilated_OriginalMmaBackward.hpp): the pass also
+// writes the P~Z and dS of every tile it computes into the matrices of its item (StoredMatrices),
+// for the key-side pass to read instead of recomputing them.
 template <int D, bool Dropout, class QV, class KV, class VV, class GV, class OV, class LseV,
-          class DeltaV, class GradV>
+          class DeltaV, class GradV, bool Store = false>
 struct DqKernel {
   // 3 teams (12 warps) per multiprocessor: caps registers at 168 per thread.
   static constexpr unsigned min_blocks = 3;
@@ -57,6 +75,7 @@ struct DqKernel {
   // for the dk/dv pass (no separate pass over every row); else read from `delta`.
   bool write_delta = false;
   float delta_scale = 1.f;
+  StoredMatrices stored;  // Store only
 
   KOKKOS_FUNCTION void operator()(const Member& team) const {
 #if defined(__CUDA_ARCH__)
@@ -67,8 +86,9 @@ struct DqKernel {
     // registers on the dynamic offset (and the dk/dv pass spilled).
     const auto& br = set.launches[0].branch;
     const int branch_index = set.launches[which].branch.plan.branch;
-    const auto tile =
-        set.launches[which].tile_at(rank - static_cast<int>(set.first_team[which]), Tiles::rows);
+    const long in_launch = rank - set.first_team[which];
+    const auto tile = set.launches[which].tile_at(
+        in_launch + (Store ? stored.first_item * set.launches[which].tiles : 0L), Tiles::rows);
     if (tile.count == 0) return;
     constexpr int BC = Tiles::dq_key_rows, LD = Tiles::ld;
     const int b = tile.item.b, h = tile.item.head, rows = tile.count, t0 = tile.first;
@@ -76,7 +96,11 @@ struct DqKernel {
     const int warp = team.team_rank(), lane = threadIdx.x, tid = warp * 32 + lane;
     const int g = lane / 4, t4 = lane % 4;
     using Half = std::uint16_t;
-    Half* smem = aligned_scratch(team, Tiles::dq_scratch_bytes);
+    Half* smem =
+        aligned_scratch(team, Store ? Tiles::dq_store_scratch_bytes : Tiles::dq_scratch_bytes);
+    // Store: this warp's staging of its 16 rows x BC keys of P~Z, then of dS (rows of
+    // Tiles::store_ld halves), after the K/V stages.
+    Half* staged = smem + Tiles::dq_scratch_bytes / 2 + warp * 2 * 16 * Tiles::store_ld;
     const auto K_stage = [&](int s) { return smem + 2 * s * BC * LD; };
     const auto V_stage = [&](int s) { return smem + (2 * s + 1) * BC * LD; };
 
@@ -200,23 +224,54 @@ struct DqKernel {
 #pragma unroll
         for (int j = 0; j < BC / 8; ++j)
 #pragma unroll
-          for (int e = 0; e < 4; ++e) {
-            const int u = u0 + j * 8 + 2 * t4 + (e & 1), r = e / 2;
-            // Rows past the tile are never written: only keys past the end and (causal)
-            // keys after the row need the mask, and only in tiles that reach them.
-            const bool visible = !masked || (u < key_end && !(br.causal && u > my_t[r]));
-            float ds = 0.f;
-            if (visible) {
-              const float p = fast_exp2(fmaf(s[j][e], scale_log2, -L2[r]));
-              float z = 1.f;
-              if constexpr (Dropout)
-                z = static_cast<float>(br.dropout.factor(branch_index, b, h, kept.position(my_t[r]),
-                                                         kept.position(u)));
-              ds = p * (z * dp[j][e] - Dt[r]);
+          for (int r = 0; r < 2; ++r) {
+            float pz[2];
+#pragma unroll
+            for (int c = 0; c < 2; ++c) {
+              const int e = 2 * r + c, u = u0 + j * 8 + 2 * t4 + c;
+              // Rows past the tile are never written: only keys past the end and (causal)
+              // keys after the row need the mask, and only in tiles that reach them.
+              const bool visible = !masked || (u < key_end && !(br.causal && u > my_t[r]));
+              float ds = 0.f;
+              pz[c] = 0.f;
+              if (visible) {
+                const float p = fast_exp2(fmaf(s[j][e], scale_log2, -L2[r]));
+                float z = 1.f;
+                if constexpr (Dropout)
+                  z = static_cast<float>(br.dropout.factor(
+                      branch_index, b, h, kept.position(my_t[r]), kept.position(u)));
+                ds = p * (z * dp[j][e] - Dt[r]);
+                pz[c] = p * z;
+              }
+              s[j][e] = ds;
             }
-            s[j][e] = ds;
+            if constexpr (Store) {
+              // Row g + 8 r, keys 8 j + 2 t4, +1 of the warp's staged tiles, as the products
+              // round.
+              auto* row = reinterpret_cast<std::uint32_t*>(staged + (g + 8 * r) * Tiles::store_ld);
+              row[4 * j + t4] = pack2<bf16>(pz[0], pz[1]);
+              row[8 * Tiles::store_ld + 4 * j + t4] = pack2<bf16>(s[j][2 * r], s[j][2 * r + 1]);
+            }
           }
-          // dQ += dS K: dS in the A layout, K as the B operand (k = keys): transposed loads.
+        if constexpr (Store) {
+          // The staged tiles to the item's matrices in 16-byte pieces: each store instruction
+          // writes whole rows (BC keys, 64 bytes), where the fragments' own 4-byte pairs would
+          // write 16 bytes of 8 rows each.
+          __syncwarp();
+          constexpr int pieces = BC / 8;  // per row
+          const long slot = in_launch / set.launches[which].tiles;
+#pragma unroll
+          for (int i = 0; i < 16 * pieces / 32; ++i) {
+            const int piece = lane + 32 * i, row = piece / pieces, col = (piece % pieces) * 8;
+            const long at = stored.pair_offset(slot, t0 + warp * 16 + row, u0 + col);
+            const Half* from = staged + row * Tiles::store_ld + col;
+            *reinterpret_cast<uint4*>(stored.p + at) = *reinterpret_cast<const uint4*>(from);
+            *reinterpret_cast<uint4*>(stored.ds + at) =
+                *reinterpret_cast<const uint4*>(from + 16 * Tiles::store_ld);
+          }
+          __syncwarp();  // the staging is rewritten by the next tile
+        }
+        // dQ += dS K: dS in the A layout, K as the B operand (k = keys): transposed loads.
 #pragma unroll
         for (int kk = 0; kk < BC / 16; ++kk) {
           const std::uint32_t af[4] = {pack2<bf16>(s[2 * kk][0], s[2 * kk][1]),

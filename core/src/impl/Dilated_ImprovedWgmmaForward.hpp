@@ -47,8 +47,9 @@ struct ForwardKernel {
   KOKKOS_FUNCTION void operator()(const Member& team) const {
 #if defined(DILATED_HAVE_WGMMA_DEVICE)
     using namespace mma;
-    const auto team_tile = forward_team<D, bf16, T>(team, set, Tiles::query_rows, out, lse,
-                                                    with_lse, out_in_pieces, zero_unkept);
+    const auto team_tile =
+        forward_team<D, bf16, T>(team, team.league_rank(), set, Tiles::query_rows, out, lse,
+                                 with_lse, out_in_pieces, zero_unkept);
     const auto& br = *team_tile.branch;
     const auto& tile = team_tile.tile;
     const auto& writer = team_tile.writer;

@@ -193,7 +193,7 @@ struct BranchSet {
     first_team[count + 1] = first_team[count] + teams;
     ++count;
   }
-  long teams() const { return first_team[count]; }
+  KOKKOS_INLINE_FUNCTION long teams() const { return first_team[count]; }
   KOKKOS_INLINE_FUNCTION int find(long team) const {
     if constexpr (Capacity == 1) return 0;
     int i = 0;

@@ -303,14 +303,14 @@ struct ForwardTeam {
   bool zero_gaps;
 };
 
-// The ForwardTeam of this team of a launch of `set` (tiles of query_rows kept rows); the rows of
-// its segment before the first kept row are zeroed here, by the segment's first tile.
+// The ForwardTeam of tile `rank` of a launch of `set` (tiles of query_rows kept rows; a team
+// works on tile league_rank(), or on several in turn in a persistent launch); the rows of its
+// segment before the first kept row are zeroed here, by the segment's first tile.
 template <int D, bool Bf16, class T, class Member, class Launch, int Capacity, class OutV,
           class LseV>
 __device__ __forceinline__ ForwardTeam<D, Bf16, T, OutV, LseV, Launch> forward_team(
-    const Member& team, const BranchSet<Launch, Capacity>& set, int query_rows, const OutV& out,
-    const LseV& lse, bool with_lse, bool out_in_pieces, bool zero_unkept) {
-  const int rank = team.league_rank();
+    const Member& team, int rank, const BranchSet<Launch, Capacity>& set, int query_rows,
+    const OutV& out, const LseV& lse, bool with_lse, bool out_in_pieces, bool zero_unkept) {
   const int which = set.find(rank);
   const auto& br = set.launches[which].branch;
   const auto tile =
