@@ -201,7 +201,7 @@ class DilatedAttention {
       const auto base = Impl::make_launch<ExecSpace, Acc>(g, options_, call, q.extent(1), d);
       if (options_.original_tensor_cores() && base.scale > 0 && Impl::mma::applies(d, q, k, v)) {
         fused_forward(
-            space, g, q, k, v, out, lse, call,
+            space, g, q, out, lse,
             [&](const auto& o, const auto& l, bool with_lse, bool zero_unkept) {
               if (d == 64) {
                 Impl::mma::original_forward_branches<64>(space, g, base, q, k, v, o, l, with_lse,
@@ -245,7 +245,7 @@ class DilatedAttention {
     using Acc = Impl::accumulation_t<typename Q::non_const_value_type>;
     const auto base =
         Impl::make_launch<ExecSpace, Acc>(g, options_, call, q.extent(1), q.extent(3));
-    fused_forward(space, g, q, k, v, out, lse, call,
+    fused_forward(space, g, q, out, lse,
                   [&](const auto& o, const auto& l, bool with_lse, bool zero_unkept) {
                     Impl::improved_forward_branches(space, g, base, q, k, v, o, l, true, with_lse,
                                                     zero_unkept);
@@ -257,10 +257,9 @@ class DilatedAttention {
   // out and lse (a branch's kernels zero the rows no branch keeps); longnet: o holding 0 and l
   // -inf on entry, merged into branch by branch, in the caller's out when it is float/double,
   // else in a float accumulator.
-  template <class ExecSpace, class Q, class K, class V, class O, class L, class Branches>
-  void fused_forward(const ExecSpace& space, const Geometry& g, const Q& q, const K&, const V&,
-                     const O& out, const L* lse, const ForwardOptions&,
-                     const Branches& branches) const {
+  template <class ExecSpace, class Q, class O, class L, class Branches>
+  void fused_forward(const ExecSpace& space, const Geometry& g, const Q& q, const O& out,
+                     const L* lse, const Branches& branches) const {
     using T = typename Q::non_const_value_type;
     using Acc = Impl::accumulation_t<T>;
     const int batch = q.extent(0), n = q.extent(1), heads = q.extent(2), d = q.extent(3);
