@@ -323,6 +323,69 @@ struct DqKernel {
   }
 };
 
+#if defined(__CUDA_ARCH__)
+// dV += (P~Z)^T dO and dK += dS^T Q for the 16 queries of k-step kk of a key-side pass: pa and
+// da are the A fragments of (P~Z)^T and dS^T (the warp's 16 keys), the dO and Q tiles (query
+// rows of LD halves) the B operands, transposed by ldmatrix.
+template <int D, int LD, bool Bf16>
+__device__ __forceinline__ void key_products(const std::uint32_t (&pa)[4],
+                                             const std::uint32_t (&da)[4], const std::uint16_t* Gs,
+                                             const std::uint16_t* Qs, int kk, int lane,
+                                             float (&dv_acc)[D / 8][4], float (&dk_acc)[D / 8][4]) {
+  const int mi = lane / 8;
+#pragma unroll
+  for (int n = 0; n < D / 8; n += 2) {
+    const int row = kk * 16 + (mi % 2) * 8 + lane % 8, c = n * 8 + (mi / 2) * 8;
+    std::uint32_t gf[4], qf[4];
+    ldmatrix_x4_trans(gf, Gs + row * LD + c);
+    ldmatrix_x4_trans(qf, Qs + row * LD + c);
+    mma16816<Bf16>(dv_acc[n], pa, gf[0], gf[1]);
+    mma16816<Bf16>(dv_acc[n + 1], pa, gf[2], gf[3]);
+    mma16816<Bf16>(dk_acc[n], da, qf[0], qf[1]);
+    mma16816<Bf16>(dk_acc[n + 1], da, qf[2], qf[3]);
+  }
+}
+
+// The dk and dv rows of a key-side pass's lane: keys my_u[r] below u_end, dk scaled by `scale`.
+// Written as 4-byte pairs into half/bf16 rows (same rounding as a conversion), or element by
+// element, added to what is there when `accumulate`.
+template <int D, bool Bf16, class T, class DKV, class DVV>
+__device__ __forceinline__ void write_key_rows(const DKV& dk, const DVV& dv,
+                                               const float (&dk_acc)[D / 8][4],
+                                               const float (&dv_acc)[D / 8][4], float scale,
+                                               const KeptPositions& kept, int b, int h,
+                                               const int (&my_u)[2], int u_end, int t4,
+                                               bool accumulate, bool in_pieces) {
+  using TK = typename DKV::value_type;
+  using TV = typename DVV::value_type;
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    if (my_u[r] >= u_end) continue;
+    const int pu = kept.position(my_u[r]);
+    if constexpr (std::is_same_v<TK, T> && std::is_same_v<TV, T>) {
+      if (!accumulate && in_pieces) {
+#pragma unroll
+        for (int n = 0; n < D / 8; ++n) {
+          const int c = n * 8 + 2 * t4;
+          store_pair<Bf16>(dk, b, pu, h, c, scale * dk_acc[n][2 * r], scale * dk_acc[n][2 * r + 1]);
+          store_pair<Bf16>(dv, b, pu, h, c, dv_acc[n][2 * r], dv_acc[n][2 * r + 1]);
+        }
+        continue;
+      }
+    }
+#pragma unroll
+    for (int n = 0; n < D / 8; ++n)
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const int c = n * 8 + 2 * t4 + e;
+        const float xk = scale * dk_acc[n][2 * r + e], xv = dv_acc[n][2 * r + e];
+        dk(b, pu, h, c) = static_cast<TK>(accumulate ? float(dk(b, pu, h, c)) + xk : xk);
+        dv(b, pu, h, c) = static_cast<TV>(accumulate ? float(dv(b, pu, h, c)) + xv : xv);
+      }
+  }
+}
+#endif  // __CUDA_ARCH__
+
 template <int D, bool Dropout, class QV, class KV, class VV, class GV, class LseV, class DeltaV,
           class DKV, class DVV>
 struct DkDvKernel {
@@ -463,49 +526,11 @@ struct DkDvKernel {
                                      pack2<bf16>(dpt[2 * kk][2], dpt[2 * kk][3]),
                                      pack2<bf16>(dpt[2 * kk + 1][0], dpt[2 * kk + 1][1]),
                                      pack2<bf16>(dpt[2 * kk + 1][2], dpt[2 * kk + 1][3])};
-#pragma unroll
-        for (int n = 0; n < D / 8; n += 2) {
-          const int mi = lane / 8;
-          const int row = kk * 16 + (mi % 2) * 8 + lane % 8, c = n * 8 + (mi / 2) * 8;
-          std::uint32_t gf[4], qf[4];
-          ldmatrix_x4_trans(gf, Gs + row * LD + c);
-          ldmatrix_x4_trans(qf, Qs + row * LD + c);
-          mma16816<bf16>(dv_acc[n], pa, gf[0], gf[1]);
-          mma16816<bf16>(dv_acc[n + 1], pa, gf[2], gf[3]);
-          mma16816<bf16>(dk_acc[n], da, qf[0], qf[1]);
-          mma16816<bf16>(dk_acc[n + 1], da, qf[2], qf[3]);
-        }
+        key_products<D, LD, bf16>(pa, da, Gs, Qs, kk, lane, dv_acc, dk_acc);
       }
     }
-    const float scale = static_cast<float>(br.scale);
-    using TK = typename DKV::value_type;
-    using TV = typename DVV::value_type;
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      if (my_u[r] >= u0 + cols) continue;
-      const int pu = kept.position(my_u[r]);
-      if constexpr (std::is_same_v<TK, T> && std::is_same_v<TV, T>) {
-        if (!accumulate && in_pieces) {
-#pragma unroll
-          for (int n = 0; n < D / 8; ++n) {
-            const int c = n * 8 + 2 * t4;
-            store_pair<bf16>(dk, b, pu, h, c, scale * dk_acc[n][2 * r],
-                             scale * dk_acc[n][2 * r + 1]);
-            store_pair<bf16>(dv, b, pu, h, c, dv_acc[n][2 * r], dv_acc[n][2 * r + 1]);
-          }
-          continue;
-        }
-      }
-#pragma unroll
-      for (int n = 0; n < D / 8; ++n)
-#pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          const int c = n * 8 + 2 * t4 + e;
-          const float xk = scale * dk_acc[n][2 * r + e], xv = dv_acc[n][2 * r + e];
-          dk(b, pu, h, c) = static_cast<TK>(accumulate ? float(dk(b, pu, h, c)) + xk : xk);
-          dv(b, pu, h, c) = static_cast<TV>(accumulate ? float(dv(b, pu, h, c)) + xv : xv);
-        }
-    }
+    write_key_rows<D, bf16, T>(dk, dv, dk_acc, dv_acc, static_cast<float>(br.scale), kept, b, h,
+                               my_u, u0 + cols, t4, accumulate, in_pieces);
 #else
     (void)team;
 #endif

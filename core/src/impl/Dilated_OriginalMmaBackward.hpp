@@ -131,48 +131,11 @@ struct OriginalDkDvKernel {
             }
           }
         }
-#pragma unroll
-        for (int n = 0; n < D / 8; n += 2) {
-          const int row = kk * 16 + (mi % 2) * 8 + lane % 8, c = n * 8 + (mi / 2) * 8;
-          std::uint32_t gf[4], qf[4];
-          ldmatrix_x4_trans(gf, Gs + row * LD + c);
-          ldmatrix_x4_trans(qf, Qs + row * LD + c);
-          mma16816<bf16>(dv_acc[n], pa, gf[0], gf[1]);
-          mma16816<bf16>(dv_acc[n + 1], pa, gf[2], gf[3]);
-          mma16816<bf16>(dk_acc[n], da, qf[0], qf[1]);
-          mma16816<bf16>(dk_acc[n + 1], da, qf[2], qf[3]);
-        }
+        key_products<D, LD, bf16>(pa, da, Gs, Qs, kk, lane, dv_acc, dk_acc);
       }
     }
-    const float scale = static_cast<float>(br.scale);
-    using TK = typename DKV::value_type;
-    using TV = typename DVV::value_type;
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      if (my_u[r] >= u0 + cols) continue;
-      const int pu = kept.position(my_u[r]);
-      if constexpr (std::is_same_v<TK, T> && std::is_same_v<TV, T>) {
-        if (!accumulate && in_pieces) {
-#pragma unroll
-          for (int n = 0; n < D / 8; ++n) {
-            const int c = n * 8 + 2 * t4;
-            store_pair<bf16>(dk, b, pu, h, c, scale * dk_acc[n][2 * r],
-                             scale * dk_acc[n][2 * r + 1]);
-            store_pair<bf16>(dv, b, pu, h, c, dv_acc[n][2 * r], dv_acc[n][2 * r + 1]);
-          }
-          continue;
-        }
-      }
-#pragma unroll
-      for (int n = 0; n < D / 8; ++n)
-#pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          const int c = n * 8 + 2 * t4 + e;
-          const float xk = scale * dk_acc[n][2 * r + e], xv = dv_acc[n][2 * r + e];
-          dk(b, pu, h, c) = static_cast<TK>(accumulate ? float(dk(b, pu, h, c)) + xk : xk);
-          dv(b, pu, h, c) = static_cast<TV>(accumulate ? float(dv(b, pu, h, c)) + xv : xv);
-        }
-    }
+    write_key_rows<D, bf16, T>(dk, dv, dk_acc, dv_acc, static_cast<float>(br.scale), kept, b, h,
+                               my_u, u0 + cols, t4, accumulate, in_pieces);
 #else
     (void)team;
 #endif

@@ -137,18 +137,25 @@ struct OriginalForwardKernel {
     float* my_offsets = ws.offsets.data() + slot * ws.tiles * Tiles::query_rows + warp * 16 + g;
     const float scale_log2 = static_cast<float>(br.scale) * 1.4426950408889634f;
 
-    // Pass 1: scores, stored relative to each row's running maximum (log2 units).
-    float row_max[2] = {-INFINITY, -INFINITY};
-    for (int it = 0; it < num_tiles; ++it) {
-      const int u0 = it * BC;
+    // Both passes stream key tiles (K, then V) two stages deep: wait for tile it's stage,
+    // having started the copy of tile it + 1 into the other.
+    const auto pipeline_step = [&](const auto& loader, int it) {
       if (it + 1 < num_tiles) {
-        k_loader.load(u0 + BC, tile_keys(u0 + BC), stage((it + 1) & 1));
+        const int next = (it + 1) * BC;
+        loader.load(next, tile_keys(next), stage((it + 1) & 1));
         commit();
         wait_groups<1>();
       } else {
         wait_groups<0>();
       }
       __syncthreads();
+    };
+
+    // Pass 1: scores, stored relative to each row's running maximum (log2 units).
+    float row_max[2] = {-INFINITY, -INFINITY};
+    for (int it = 0; it < num_tiles; ++it) {
+      const int u0 = it * BC;
+      pipeline_step(k_loader, it);
       if (it < warp_tiles) {
         const Half* Ks = stage(it & 1) + k_off;
         float s[1][NJ][4];
@@ -220,14 +227,7 @@ struct OriginalForwardKernel {
     commit();
     for (int it = 0; it < num_tiles; ++it) {
       const int u0 = it * BC;
-      if (it + 1 < num_tiles) {
-        v_loader.load(u0 + BC, tile_keys(u0 + BC), stage((it + 1) & 1));
-        commit();
-        wait_groups<1>();
-      } else {
-        wait_groups<0>();
-      }
-      __syncthreads();
+      pipeline_step(v_loader, it);
       if (it < warp_tiles) {
         // The next tile's scores are loaded while this one is multiplied.
         uint4 next_xs[4];
