@@ -185,7 +185,10 @@ struct DqKernel {
       commit();
     };
     load_kv(0);
-    const int warp_last = t0 + warp * 16 + 15;
+    // Causal: a warp skips the key tiles past its last row. Store: only those past the team's
+    // last row, so that every entry of the item's matrices a keys pass reads was written (zero
+    // where masked) and no stale workspace value can enter dk or dv.
+    const int warp_last = Store ? t0 + rows - 1 : t0 + warp * 16 + 15;
     for (int it = 0; it < num_tiles; ++it) {
       const int u0 = it * BC;
       if (it + 1 < num_tiles) {

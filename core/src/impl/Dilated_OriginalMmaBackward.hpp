@@ -106,31 +106,15 @@ struct OriginalDkDvKernel {
       __syncthreads();
       // Causal: a warp whose keys all follow the tile's last query has nothing to do.
       if (warp * 16 >= cols || (br.causal && warp_first > t0 + rows - 1)) continue;
-      // Causal, on the diagonal: entries of keys after their query were not all computed by the
-      // rows pass (it skips whole key tiles past a warp's rows); they are zero here.
-      const bool masked = br.causal && warp_first + 15 > t0;
 #pragma unroll
       for (int kk = 0; kk < BR / 16; ++kk) {
         // A of (P~Z)^T and dS^T for this warp's 16 keys and queries 16 kk .. + 15: the stored
-        // [query][key] tiles read transposed.
+        // [query][key] tiles read transposed. Causal entries of keys after their query hold
+        // zero: the rows pass writes every key tile up to its team's last row.
         const int a_row = kk * 16 + (mi / 2) * 8 + lane % 8, a_col = warp * 16 + (mi % 2) * 8;
         std::uint32_t pa[4], da[4];
         ldmatrix_x4_trans(pa, Ps + a_row * LD + a_col);
         ldmatrix_x4_trans(da, Ss + a_row * LD + a_col);
-        if (masked) {
-#pragma unroll
-          for (int i = 0; i < 4; ++i) {
-            // Register i: key my_u[i % 2], queries t0 + 16 kk + 8 (i / 2) + 2 t4, +1.
-            const int tq = t0 + kk * 16 + 8 * (i / 2) + 2 * t4;
-            const int key = my_u[i % 2];
-            if (key > tq + 1) {
-              pa[i] = da[i] = 0u;
-            } else if (key > tq) {  // only the second entry (query tq + 1) stays
-              pa[i] &= 0xffff0000u;
-              da[i] &= 0xffff0000u;
-            }
-          }
-        }
         key_products<D, LD, bf16>(pa, da, Gs, Qs, kk, lane, dv_acc, dk_acc);
       }
     }
