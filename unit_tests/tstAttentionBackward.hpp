@@ -12,6 +12,7 @@
 #include <catch2/catch_test_macros.hpp>
 
 #include <cmath>
+#include <cstddef>
 #include <cstring>
 #include <vector>
 
@@ -36,6 +37,9 @@ struct GradCase {
   // lse in float for half/bf16 storage (as the benchmarks and the layer keep it): the backward
   // reads it in place instead of converting a copy.
   bool float_lse = false;
+  // The Original's workspace bound (0: the default). 1 byte: one (segment, head) item per chunk
+  // of the backward (several launches, items from an offset), one team slice in the forward.
+  std::size_t workspace_bytes = 0;
 };
 
 // sum(out * r) for the forward the case describes, in double on the host. Without dropout and
@@ -94,10 +98,11 @@ template <class T>
 Gradients run_backward(const GradCase& c, const HostView4& qh, const HostView4& kh,
                        const HostView4& vh, const HostView4& rh, std::uint64_t seed, bool pass_lse,
                        const dilated::testing::Variant& variant) {
-  const auto options = dilated::AttentionOptions()
-                           .set_semantics(c.semantics)
-                           .set_detach_branch_weights(c.detach)
-                           .set_attention_dropout(c.dropout);
+  auto options = dilated::AttentionOptions()
+                     .set_semantics(c.semantics)
+                     .set_detach_branch_weights(c.detach)
+                     .set_attention_dropout(c.dropout);
+  if (c.workspace_bytes > 0) options.set_workspace_bytes(c.workspace_bytes);
   const auto q = dilated::testing::to_storage<T, MemSpace>(qh, "q");
   const auto k = dilated::testing::to_storage<T, MemSpace>(kh, "k");
   const auto v = dilated::testing::to_storage<T, MemSpace>(vh, "v");
@@ -304,11 +309,27 @@ TEMPLATE_LIST_TEST_CASE("Improved backward equals Original backward",
        false,
        true},
       {Semantics::longnet, {128, 256}, {1, 2}, 2, 600, 4, 64, true, false, 0.0, false, true},
+      // A workspace of one item: the Original's backward in chunks (grouped with dropout;
+      // longnet adding branch after branch), the exact double run's team kernel likewise.
+      {Semantics::grouped,
+       {256, 512, 1024},
+       {1, 2, 4},
+       1,
+       1500,
+       6,
+       64,
+       true,
+       false,
+       0.1,
+       false,
+       false,
+       1},
+      {Semantics::longnet, {128, 256}, {1, 2}, 2, 600, 4, 64, false, false, 0.0, false, false, 1},
   };
   std::uint64_t seed = 1300;
   for (const auto& c : cases) {
     CAPTURE(dilated::to_string(c.semantics), c.causal, c.detach, c.dropout, c.strided_out,
-            c.float_lse);
+            c.float_lse, c.workspace_bytes);
     seed += 10;
     const auto q = dilated::testing::random_bnhd<double>("q", c.b, c.n, c.h, c.d, seed);
     const auto k = dilated::testing::random_bnhd<double>("k", c.b, c.n, c.h, c.d, seed + 1);

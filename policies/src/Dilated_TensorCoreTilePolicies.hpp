@@ -70,7 +70,8 @@ struct WgmmaForwardTiles {
 // 64 query rows (16 per warp) and makes two passes over the segment's keys in 64-key tiles, the
 // first with K tiles (scores into the workspace), the second with V tiles (P V); two stages of
 // one tile each, the Q tile passing through the second first. One m-tile per warp keeps the
-// registers at the cap of `min_blocks` teams per multiprocessor, and a team's score rows (64 x
+// registers near the cap of `min_blocks` teams per multiprocessor (128 at head_dim 64, with a
+// few spills: 4.2 MB of local stores in the 64K forward on the H100), and a team's score rows (64 x
 // kept positions, 2 bytes each) small enough that the workspace of all resident teams stays in
 // the hundreds of MiB at the segment lengths.
 template <int D>
@@ -92,8 +93,9 @@ struct OriginalMmaForwardTiles {
 // The Original algorithm's tensor-core backward at head_dim D (64): its rows pass is the
 // Improved dq pass (MmaBackwardTiles) storing what it computes; its keys pass gives each of 4
 // warps 16 key rows of a 64-key tile and streams 64-query tiles of Q, dO and of the two stored
-// matrices (4 x 9 KiB). Two products per tile instead of the Improved dk/dv pass's four: its
-// accumulators and fragments fit 128 registers, 4 teams per multiprocessor.
+// matrices (4 x 9 KiB). Two products per tile instead of the Improved dk/dv pass's four: 4 teams
+// per multiprocessor at 128 registers (a few spills: 0.5 MB of local stores per chunk of the 64K
+// backward on the H100).
 template <int D>
 struct OriginalMmaBackwardTiles {
   static constexpr int rows = 64;

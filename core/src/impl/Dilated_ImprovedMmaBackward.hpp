@@ -47,6 +47,42 @@ struct StoredMatrices {
 
 // Dropout is a compile-time choice in both passes, as in the forward: its hashing lives only in
 // the kernels that apply it.
+#if defined(__CUDA_ARCH__)
+// Gradient rows of a backward pass's lane from its accumulator (rows rows[r] of the pass's tile,
+// those below `end`, columns n * 8 + 2 t4, +1), times `scale`: written as 4-byte pairs into
+// half/bf16 rows of the storage type T (same rounding as a conversion), else element by element,
+// added to what is there when `accumulate`. dq, dk and dv are all written this way.
+template <int D, bool Bf16, class T, class GradV>
+__device__ __forceinline__ void write_grad_rows(const GradV& grad, const float (&acc)[D / 8][4],
+                                                float scale, const KeptPositions& kept, int b,
+                                                int h, const int (&rows)[2], int end, int t4,
+                                                bool accumulate, bool in_pieces) {
+  using TG = typename GradV::value_type;
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    if (rows[r] >= end) continue;
+    const int p = kept.position(rows[r]);
+    if constexpr (std::is_same_v<TG, T>) {
+      if (!accumulate && in_pieces) {
+#pragma unroll
+        for (int n = 0; n < D / 8; ++n)
+          store_pair<Bf16>(grad, b, p, h, n * 8 + 2 * t4, scale * acc[n][2 * r],
+                           scale * acc[n][2 * r + 1]);
+        continue;
+      }
+    }
+#pragma unroll
+    for (int n = 0; n < D / 8; ++n)
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const int c = n * 8 + 2 * t4 + e;
+        const float x = scale * acc[n][2 * r + e];
+        grad(b, p, h, c) = static_cast<TG>(accumulate ? float(grad(b, p, h, c)) + x : x);
+      }
+  }
+}
+#endif  // __CUDA_ARCH__
+
 // Store (the Original algorithm's backward, Dilated_OriginalMmaBackward.hpp): the pass also
 // writes the P~Z and dS of every tile it computes into the matrices of its item (StoredMatrices),
 // for the key-side pass to read instead of recomputing them.
@@ -294,32 +330,8 @@ struct DqKernel {
       }
       __syncthreads();
     }
-    const float scale = static_cast<float>(br.scale);
-    using TG = typename GradV::value_type;
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      if (my_t[r] >= t0 + rows) continue;
-      const int pt = kept.position(my_t[r]);
-      // Written, not accumulated, into half/bf16 rows: each lane's two adjacent columns as one
-      // 4-byte store (same rounding as the conversion below).
-      if constexpr (std::is_same_v<TG, T>) {
-        if (!accumulate && in_pieces) {
-#pragma unroll
-          for (int n = 0; n < D / 8; ++n)
-            store_pair<bf16>(dq, b, pt, h, n * 8 + 2 * t4, scale * acc[n][2 * r],
-                             scale * acc[n][2 * r + 1]);
-          continue;
-        }
-      }
-#pragma unroll
-      for (int n = 0; n < D / 8; ++n)
-#pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          const int c = n * 8 + 2 * t4 + e;
-          const float x = scale * acc[n][2 * r + e];
-          dq(b, pt, h, c) = static_cast<TG>(accumulate ? float(dq(b, pt, h, c)) + x : x);
-        }
-    }
+    write_grad_rows<D, bf16, T>(dq, acc, static_cast<float>(br.scale), kept, b, h, my_t, t0 + rows,
+                                t4, accumulate, in_pieces);
 #else
     (void)team;
 #endif
@@ -349,44 +361,6 @@ __device__ __forceinline__ void key_products(const std::uint32_t (&pa)[4],
   }
 }
 
-// The dk and dv rows of a key-side pass's lane: keys my_u[r] below u_end, dk scaled by `scale`.
-// Written as 4-byte pairs into half/bf16 rows (same rounding as a conversion), or element by
-// element, added to what is there when `accumulate`.
-template <int D, bool Bf16, class T, class DKV, class DVV>
-__device__ __forceinline__ void write_key_rows(const DKV& dk, const DVV& dv,
-                                               const float (&dk_acc)[D / 8][4],
-                                               const float (&dv_acc)[D / 8][4], float scale,
-                                               const KeptPositions& kept, int b, int h,
-                                               const int (&my_u)[2], int u_end, int t4,
-                                               bool accumulate, bool in_pieces) {
-  using TK = typename DKV::value_type;
-  using TV = typename DVV::value_type;
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    if (my_u[r] >= u_end) continue;
-    const int pu = kept.position(my_u[r]);
-    if constexpr (std::is_same_v<TK, T> && std::is_same_v<TV, T>) {
-      if (!accumulate && in_pieces) {
-#pragma unroll
-        for (int n = 0; n < D / 8; ++n) {
-          const int c = n * 8 + 2 * t4;
-          store_pair<Bf16>(dk, b, pu, h, c, scale * dk_acc[n][2 * r], scale * dk_acc[n][2 * r + 1]);
-          store_pair<Bf16>(dv, b, pu, h, c, dv_acc[n][2 * r], dv_acc[n][2 * r + 1]);
-        }
-        continue;
-      }
-    }
-#pragma unroll
-    for (int n = 0; n < D / 8; ++n)
-#pragma unroll
-      for (int e = 0; e < 2; ++e) {
-        const int c = n * 8 + 2 * t4 + e;
-        const float xk = scale * dk_acc[n][2 * r + e], xv = dv_acc[n][2 * r + e];
-        dk(b, pu, h, c) = static_cast<TK>(accumulate ? float(dk(b, pu, h, c)) + xk : xk);
-        dv(b, pu, h, c) = static_cast<TV>(accumulate ? float(dv(b, pu, h, c)) + xv : xv);
-      }
-  }
-}
 #endif  // __CUDA_ARCH__
 
 template <int D, bool Dropout, class QV, class KV, class VV, class GV, class LseV, class DeltaV,
@@ -532,8 +506,10 @@ struct DkDvKernel {
         key_products<D, LD, bf16>(pa, da, Gs, Qs, kk, lane, dv_acc, dk_acc);
       }
     }
-    write_key_rows<D, bf16, T>(dk, dv, dk_acc, dv_acc, static_cast<float>(br.scale), kept, b, h,
-                               my_u, u0 + cols, t4, accumulate, in_pieces);
+    write_grad_rows<D, bf16, T>(dk, dk_acc, static_cast<float>(br.scale), kept, b, h, my_u,
+                                u0 + cols, t4, accumulate, in_pieces);
+    write_grad_rows<D, bf16, T>(dv, dv_acc, 1.f, kept, b, h, my_u, u0 + cols, t4, accumulate,
+                                in_pieces);
 #else
     (void)team;
 #endif

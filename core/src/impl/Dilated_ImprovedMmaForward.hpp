@@ -55,23 +55,12 @@ struct ForwardKernel {
   using Member = Kokkos::TeamPolicy<Kokkos::Cuda>::member_type;
   static constexpr bool bf16 = !std::is_same_v<T, Kokkos::Experimental::half_t>;
 
-  BranchSet<TiledLaunch<Space, Acc>> set;  // query_rows = Tiles::query_rows, tiles per item
-  QV q;
-  KV k;
-  VV v;
-  OutV out;
-  LseV lse;
-  bool with_lse = true;
-  // grouped: the rows a branch with dilation > 1 does not keep get 0 (and lse -inf) here, in
-  // the epilogue, instead of in a separate pass over the output (~55 us at 64K on the H100).
-  bool zero_unkept = false;
-  bool out_in_pieces = false;  // rows_in_pieces(out): zero rows 16 bytes at a time
+  ForwardIO<QV, KV, VV, OutV, LseV> io;  // set: tiles of Tiles::query_rows rows
 
   KOKKOS_FUNCTION void operator()(const Member& team) const {
 #if defined(__CUDA_ARCH__)
     const auto team_tile =
-        forward_team<D, bf16, T>(team, team.league_rank(), set, Tiles::query_rows, out, lse,
-                                 with_lse, out_in_pieces, zero_unkept);
+        io.template team<D, bf16, T>(team, team.league_rank(), Tiles::query_rows);
     const auto& br = *team_tile.branch;
     const auto& tile = team_tile.tile;
     const auto& writer = team_tile.writer;
@@ -87,8 +76,8 @@ struct ForwardKernel {
     const auto V_stage = [&](int s) { return smem + s * Tiles::stage_halves + BC * LD; };
     Half* Qs = K_stage(1);  // the Q tile borrows stage 1 until its fragments are in registers
 
-    const TileLoader<D, LD, Tiles::query_rows> q_loader(q, b, h, kept, tid);
-    const TileLoader<D, LD, BC> k_loader(k, b, h, kept, tid), v_loader(v, b, h, kept, tid);
+    const TileLoader<D, LD, Tiles::query_rows> q_loader(io.q, b, h, kept, tid);
+    const TileLoader<D, LD, BC> k_loader(io.k, b, h, kept, tid), v_loader(io.v, b, h, kept, tid);
     const int key_end = br.causal ? t0 + rows : kept.count;
     const int num_tiles = (key_end + BC - 1) / BC;
     q_loader.load(t0, rows, Qs);
@@ -98,13 +87,8 @@ struct ForwardKernel {
     wait_groups<0>();
     __syncthreads();
     // Q fragments (A of S = Q K^T) of this warp's m-tile m, k-step kk, read once.
-    const Half* Qw = Qs + (warp * WR + (lane % 8) + ((lane / 8) % 2) * 8) * LD + (lane / 16) * 8;
     std::uint32_t qf[MT][D / 16][4];
-#pragma unroll
-    for (int m = 0; m < MT; ++m)
-#pragma unroll
-      for (int kk = 0; kk < D / 16; ++kk)
-        ldmatrix_x4(qf[m][kk], Qw + m * 16 * LD + kk * 16);
+    a_fragments<MT, D, LD>(Qs + warp * WR * LD, lane, qf);
     __syncthreads();  // stage 1 is free for the K/V pipeline
     // This lane's ldmatrix offsets: K as B of S = Q K^T, V (transposed) as B of O = P V.
     const int mi = lane / 8;
@@ -237,7 +221,7 @@ void launch_forward(const char* label, int scratch_bytes, const KernelOf& kernel
           space, static_cast<int>(set.teams()), 4, 32);
       policy.set_scratch_size(0, Kokkos::PerTeam(scratch_bytes));
       Kokkos::parallel_for(label, policy,
-                           Kernel{set, q, k, v, out, lse, with_lse, zero_unkept, pieces});
+                           Kernel{{set, q, k, v, out, lse, with_lse, zero_unkept, pieces}});
     }
   };
   if (base.dropout.active()) {

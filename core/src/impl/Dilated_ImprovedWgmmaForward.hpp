@@ -34,22 +34,13 @@ struct ForwardKernel {
   using Member = Kokkos::TeamPolicy<Kokkos::Cuda>::member_type;
   static constexpr bool bf16 = !std::is_same_v<T, Kokkos::Experimental::half_t>;
 
-  mma::BranchSet<TiledLaunch<Space, float>> set;
-  QV q;
-  KV k;
-  VV v;
-  OutV out;
-  LseV lse;
-  bool with_lse = true;
-  bool zero_unkept = false;
-  bool out_in_pieces = false;
+  mma::ForwardIO<QV, KV, VV, OutV, LseV> io;  // set: tiles of Tiles::query_rows rows
 
   KOKKOS_FUNCTION void operator()(const Member& team) const {
 #if defined(DILATED_HAVE_WGMMA_DEVICE)
     using namespace mma;
     const auto team_tile =
-        forward_team<D, bf16, T>(team, team.league_rank(), set, Tiles::query_rows, out, lse,
-                                 with_lse, out_in_pieces, zero_unkept);
+        io.template team<D, bf16, T>(team, team.league_rank(), Tiles::query_rows);
     const auto& br = *team_tile.branch;
     const auto& tile = team_tile.tile;
     const auto& writer = team_tile.writer;
@@ -69,8 +60,9 @@ struct ForwardKernel {
     const auto K_stage = [&](int s) { return smem + (1 + 2 * s) * TH; };
     const auto V_stage = [&](int s) { return smem + (2 + 2 * s) * TH; };
 
-    const TileLoader<D, D, Tiles::query_rows, true> q_loader(q, b, h, kept, tid);
-    const TileLoader<D, D, BC, true> k_loader(k, b, h, kept, tid), v_loader(v, b, h, kept, tid);
+    const TileLoader<D, D, Tiles::query_rows, true> q_loader(io.q, b, h, kept, tid);
+    const TileLoader<D, D, BC, true> k_loader(io.k, b, h, kept, tid),
+        v_loader(io.v, b, h, kept, tid);
     const int key_end = br.causal ? t0 + rows : kept.count;
     const int num_tiles = (key_end + BC - 1) / BC;
     q_loader.load(t0, rows, smem);

@@ -23,6 +23,20 @@ namespace dilated::Impl::mma {
 
 #if defined(__CUDA_ARCH__)
 
+// The A fragments of `MT` 16-row m-tiles of a row-major tile in shared memory (rows of LD
+// halves, from `rows`: the warp's first row), k-steps of 16 columns over D columns: how the
+// tensor-core forwards hold their warp's Q rows.
+template <int MT, int D, int LD>
+__device__ __forceinline__ void a_fragments(const std::uint16_t* rows, int lane,
+                                            std::uint32_t (&f)[MT][D / 16][4]) {
+  const std::uint16_t* at = rows + ((lane % 8) + ((lane / 8) % 2) * 8) * LD + (lane / 16) * 8;
+#pragma unroll
+  for (int m = 0; m < MT; ++m)
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk)
+      ldmatrix_x4(f[m][kk], at + m * 16 * LD + kk * 16);
+}
+
 // The A fragment of P's k-step kk (keys 16 kk .. 16 kk + 15) for P V: P's accumulator layout is
 // the A operand's (FlashAttention-2).
 template <int NJ>
@@ -325,6 +339,32 @@ __device__ __forceinline__ ForwardTeam<D, Bf16, T, OutV, LseV, Launch> forward_t
 }
 
 #endif  // __CUDA_ARCH__
+
+// What every tensor-core forward kernel is given (launch_forward, original_forward_branches):
+// its launches and views, and how its rows are written (see ForwardKernel).
+template <class QV, class KV, class VV, class OutV, class LseV>
+struct ForwardIO {
+  BranchSet<TiledLaunch<Kokkos::CudaSpace, float>> set;  // tiles of the kernel's query rows
+  QV q;
+  KV k;
+  VV v;
+  OutV out;
+  LseV lse;
+  bool with_lse = true;
+  // grouped: the rows a branch with dilation > 1 does not keep get 0 (and lse -inf) in the
+  // kernels' epilogue, instead of in a separate pass over the output (~55 us at 64K on the H100).
+  bool zero_unkept = false;
+  bool out_in_pieces = false;  // rows_in_pieces(out): rows written and zeroed 16 bytes at a time
+
+#if defined(__CUDA_ARCH__)
+  // forward_team for tile `rank` of `set`.
+  template <int D, bool Bf16, class T, class Member>
+  __device__ __forceinline__ auto team(const Member& member, int rank, int query_rows) const {
+    return forward_team<D, Bf16, T>(member, rank, set, query_rows, out, lse, with_lse,
+                                    out_in_pieces, zero_unkept);
+  }
+#endif
+};
 
 }  // namespace dilated::Impl::mma
 

@@ -118,8 +118,10 @@ struct OriginalDkDvKernel {
         key_products<D, LD, bf16>(pa, da, Gs, Qs, kk, lane, dv_acc, dk_acc);
       }
     }
-    write_key_rows<D, bf16, T>(dk, dv, dk_acc, dv_acc, static_cast<float>(br.scale), kept, b, h,
-                               my_u, u0 + cols, t4, accumulate, in_pieces);
+    write_grad_rows<D, bf16, T>(dk, dk_acc, static_cast<float>(br.scale), kept, b, h, my_u,
+                                u0 + cols, t4, accumulate, in_pieces);
+    write_grad_rows<D, bf16, T>(dv, dv_acc, 1.f, kept, b, h, my_u, u0 + cols, t4, accumulate,
+                                in_pieces);
 #else
     (void)team;
 #endif
