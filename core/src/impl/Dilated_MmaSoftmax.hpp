@@ -25,7 +25,7 @@ namespace dilated::Impl::mma {
 
 // The A fragments of `MT` 16-row m-tiles of a row-major tile in shared memory (rows of LD
 // halves, from `rows`: the warp's first row), k-steps of 16 columns over D columns: how the
-// tensor-core forwards hold their warp's Q rows.
+// Improved tensor-core forwards hold their warp's Q rows.
 template <int MT, int D, int LD>
 __device__ __forceinline__ void a_fragments(const std::uint16_t* rows, int lane,
                                             std::uint32_t (&f)[MT][D / 16][4]) {
@@ -340,8 +340,9 @@ __device__ __forceinline__ ForwardTeam<D, Bf16, T, OutV, LseV, Launch> forward_t
 
 #endif  // __CUDA_ARCH__
 
-// What every tensor-core forward kernel is given (launch_forward, original_forward_branches):
-// its launches and views, and how its rows are written (see ForwardKernel).
+// What the Improved tensor-core forward kernels are given (launch_forward): their launches and
+// views, and how their rows are written (see ForwardKernel). The Original forward keeps its own
+// members (Dilated_OriginalMmaForward.hpp says why).
 template <class QV, class KV, class VV, class OutV, class LseV>
 struct ForwardIO {
   BranchSet<TiledLaunch<Kokkos::CudaSpace, float>> set;  // tiles of the kernel's query rows
