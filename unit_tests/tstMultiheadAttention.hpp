@@ -120,6 +120,9 @@ const std::vector<Case> forward_cases = {
     {{24, 3, {8, 16, 32}, {1, 2, 4}, Semantics::longnet, true}, 1, 40, true, true, true},
     {{24, 3, {8, 16, 32}, {1, 2, 4}, Semantics::longnet, false}, 2, 33, false, false, false},
     {{32, 4, {16, 32}, {1, 2}, Semantics::longnet, true}, 1, 50, false, true, false},
+    // embed_dim 15: rows of no whole 16-byte pack in any storage type, so the LayerNorm and bias
+    // kernels take their one-element path (the cases above take the packed one).
+    {{15, 3, {8, 16}, {1, 2}, Semantics::grouped, true}, 2, 21, true, true, true},
 };
 
 template <class Policy, class T>
@@ -297,10 +300,70 @@ TEMPLATE_TEST_CASE("Layer gradients equal finite differences (double)",
       {{8, 2, {4, 8}, {1, 2}, Semantics::longnet, true}, 1, 11, true, false, false},
       {{12, 3, {4, 8}, {1, 2}, Semantics::longnet, false}, 1, 10, false, true, false},
       {{8, 2, {4, 8}, {1, 2}, Semantics::grouped, false}, 1, 12, true, false, true},
+      // embed_dim 9: the one-element path of the LayerNorm backward (double packs are 2 wide).
+      {{9, 3, {4, 8}, {1, 2}, Semantics::grouped, true}, 1, 10, true, true, false},
   };
   std::uint64_t seed = 300;
   for (const auto& c : cases)
     check_gradients<TestType>(c, seed += 10);
+}
+
+TEMPLATE_TEST_CASE(
+    "Layer: reused Activations, Gradients and workspace give a fresh layer's results",
+    "[layer][workspace]" TEST_CATEGORY, dilated::Original, dilated::Improved) {
+  // One layer, one Activations and one Gradients through calls of other shapes (the buffers are
+  // reallocated) and of the same shape (reused), and a second layer of another width sharing the
+  // workspace: every result equals that of a layer with a workspace of its own, fresh each call.
+  using T = float;
+  const LayerConfig wide{24, 3, {8, 16}, {1, 2}, Semantics::grouped, true};
+  const LayerConfig narrow{16, 2, {8, 16}, {1, 2}, Semantics::longnet, true};
+  auto layer = make_layer<TestType, T>(wide, true, 11);
+  auto other = make_layer<TestType, T>(narrow, true, 12);
+  other.set_workspace(layer.workspace());
+  REQUIRE(other.workspace() == layer.workspace());
+  typename Layer<TestType, T>::Activations saved;
+  typename Layer<TestType, T>::Gradients grads;
+  const dilated::ForwardOptions call{true, false, 0};
+  // The same kernels on the same inputs; not 0 only because a device's reduction order may
+  // differ between launches (atomics). A stale or misplaced buffer is off by O(1).
+  const double tol = 1e-6;
+  const auto check = [&](auto& l, const LayerConfig& c, int b, int n, std::uint64_t seed) {
+    CAPTURE(c.embed_dim, b, n);
+    Host3 xh = random_tokens(b, n, c.embed_dim, seed),
+          rh = random_tokens(b, n, c.embed_dim, seed + 1);
+    const auto x = store<T>(xh), dout = store<T>(rh);
+    Tokens<T> out("out", b, n, c.embed_dim), fresh_out("fresh_out", b, n, c.embed_dim);
+    l.forward(ExecSpace(), x, x, x, out, saved, call);
+    l.backward(ExecSpace(), x, x, x, dout, saved, grads, call);
+    auto fresh = l;  // same parameters, its own workspace
+    fresh.set_workspace(std::make_shared<typename Layer<TestType, T>::Workspace>());
+    typename Layer<TestType, T>::Activations fresh_saved;
+    fresh.forward(ExecSpace(), x, x, x, fresh_out, fresh_saved, call);
+    const auto expected = fresh.backward(ExecSpace(), x, x, x, dout, fresh_saved, call);
+    DILATED_CHECK_ALLCLOSE(fetch(out), fetch(fresh_out), tol, tol);
+    DILATED_CHECK_ALLCLOSE(fetch(grads.query), fetch(expected.query), tol, tol);
+    const auto got = grads.parameters.named_tensors(), want = expected.parameters.named_tensors();
+    REQUIRE(got.size() == want.size());
+    for (std::size_t t = 0; t < got.size(); ++t) {
+      CAPTURE(got[t].name);
+      DILATED_CHECK_ALLCLOSE(fetch_flat(got[t]), fetch_flat(want[t]), tol, tol);
+    }
+    // The forward without Activations uses the workspace's own.
+    l.forward(ExecSpace(), x, x, x, out, call);
+    DILATED_CHECK_ALLCLOSE(fetch(out), fetch(fresh_out), tol, tol);
+  };
+  check(layer, wide, 2, 40, 1);
+  const void* qkv = saved.qkv.data();
+  const void* dq = grads.query.data();
+  check(layer, wide, 2, 40, 3);  // same shape: the same buffers
+  CHECK(saved.qkv.data() == qkv);
+  CHECK(grads.query.data() == dq);
+  check(layer, wide, 1, 23, 5);    // smaller
+  check(other, narrow, 3, 30, 7);  // another width, the shared workspace
+  check(layer, wide, 2, 40, 9);
+  CHECK(layer.workspace()->bytes() > 0);
+  layer.release_workspace();
+  CHECK(other.workspace()->bytes() == 0);
 }
 
 TEMPLATE_TEST_CASE("Layer backward with dropout equals finite differences of its forward",

@@ -18,6 +18,7 @@
 
 #if defined(KOKKOS_ENABLE_CUDA)
 #include <impl/Dilated_CublasGemm.hpp>
+#include <impl/Dilated_CublasLtGemm.hpp>
 #endif
 #if DILATED_HAVE_KOKKOSKERNELS
 #include <KokkosBlas3_gemm.hpp>
@@ -258,6 +259,39 @@ void gemm(const ExecSpace& space, Op op_a, Op op_b, double alpha, const AV& a, c
   }
 #endif
   gemm_team_kernel(space, op_a, op_b, alpha, a, b, beta, c);
+}
+
+// C = op(A) op(B) + bias (bias: one value per column of C) with the bias added in the product's
+// epilogue: cuBLASLt on CUDA (not for double: the fp64 epilogue is not among cuBLASLt's
+// kernels). Returns false, having done nothing, where this backend or storage type has no such
+// epilogue (the caller then writes the bias and calls gemm with beta = 1).
+template <class ExecSpace, class AV, class BV, class Bias, class CV>
+bool gemm_bias(const ExecSpace& space, Op op_a, Op op_b, const AV& a, const BV& b, const Bias& bias,
+               const CV& c, const GemmOptions& options = {}) {
+  constexpr const char* fn = "dilated::Impl::gemm_bias";
+  check_gemm_views<ExecSpace, AV, BV, CV>();
+  const int k = gemm_inner_extent(fn, op_a, a, op_b, b, c);
+  require(bias.extent(0) == c.extent(1), fn, "bias.extent(0) = ", bias.extent(0),
+          " does not match C's columns = ", c.extent(1));
+  (void)options;
+#if defined(KOKKOS_ENABLE_CUDA)
+  using T = typename CV::non_const_value_type;
+  if constexpr (is_cuda_v<ExecSpace> && !std::is_same_v<T, double>) {
+    const long m = c.extent(0), n = c.extent(1);
+    if (m == 0 || n == 0 || k == 0) return false;
+    const bool contiguous = bias.extent(0) <= 1 || bias.stride(0) == 1;
+    if (!contiguous) return false;
+    const cublasComputeType_t compute = std::is_same_v<T, float> && options.use_tf32
+                                            ? CUBLAS_COMPUTE_32F_FAST_TF32
+                                            : CUBLAS_COMPUTE_32F;
+    const auto ld = [](const auto& x) { return x.stride(0) > 0 ? long(x.stride(0)) : 1L; };
+    return CublasLtPlans::instance().matmul_bias<T>(
+        space.cuda_stream(), op_a == Op::T, op_b == Op::T, m, n, k, a.data(), ld(a), b.data(),
+        ld(b), c.data(), ld(c), bias.data(), compute);
+  }
+#endif
+  (void)space, (void)a, (void)b, (void)bias, (void)c, (void)k;
+  return false;
 }
 
 }  // namespace dilated::Impl

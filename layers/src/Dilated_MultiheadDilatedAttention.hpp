@@ -23,6 +23,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <stdexcept>
 #include <string>
@@ -59,7 +60,53 @@ struct MultiheadGradients {
   MultiheadParameters<T, MemorySpace> parameters;  // same names and shapes as the layer's
 };
 
+// Buffers the layer's calls reuse instead of allocating them per call: the forward's
+// intermediates when the caller keeps no Activations, the backward's (the gradients of the
+// normed and merged heads and of the projections, the column sums' partials), and dense copies
+// of strided inputs. Each buffer is (re)allocated only when a call needs other extents than the
+// last, and held until release(). Layers given one workspace (set_workspace) share it: they must
+// then not run at the same time.
+template <class T, class MemorySpace>
+struct MultiheadWorkspace {
+  using Matrix = Kokkos::View<T**, Kokkos::LayoutRight, MemorySpace>;
+  using Acc = Impl::accumulation_t<T>;
+  MultiheadActivations<T, MemorySpace> forward;  // used by calls without `saved`
+  Matrix dz, da, dqkv;
+  Kokkos::View<Acc**, Kokkos::LayoutRight, MemorySpace> partial;
+  Matrix dense_input[3], dense_output, dense_dout;
+
+  void release() { *this = MultiheadWorkspace(); }
+  // Bytes held now.
+  std::size_t bytes() const {
+    std::size_t total = 0;
+    const auto add = [&](const auto& v) {
+      total += v.span() * sizeof(typename std::decay_t<decltype(v)>::value_type);
+    };
+    for (const auto& v : {forward.qkv, forward.attention, forward.normed, dz, da, dqkv,
+                          dense_input[0], dense_input[1], dense_input[2], dense_output, dense_dout})
+      add(v);
+    add(forward.lse);
+    add(forward.mean);
+    add(forward.rstd);
+    add(partial);
+    return total;
+  }
+};
+
 namespace Impl {
+
+// `view` with these extents, (re)allocated (uninitialised, labelled) only when they differ.
+template <class View, class... Extents>
+void ensure_extents(View& view, const char* label, Extents... extents) {
+  const std::size_t wanted[] = {static_cast<std::size_t>(extents)...};
+  for (std::size_t i = 0; i < sizeof...(Extents); ++i) {
+    if (view.extent(i) != wanted[i]) {
+      view = View();  // release first: the old and the new buffer need not coexist
+      view = View(Kokkos::view_alloc(Kokkos::WithoutInitializing, std::string(label)), extents...);
+      return;
+    }
+  }
+}
 
 template <class... Views>
 bool same_view(const Views&... views) {
@@ -168,8 +215,25 @@ class MultiheadDilatedAttention {
   }
   bool use_tf32() const { return gemm_.use_tf32; }
 
+  // The buffers the calls reuse (MultiheadWorkspace): shared by copies of this layer, as the
+  // parameters are, and by layers given the same one, which then must not run at the same time.
+  // A workspace grows to the largest call and keeps its buffers until released.
+  using Workspace = MultiheadWorkspace<T, MemorySpace>;
+  const std::shared_ptr<Workspace>& workspace() const { return workspace_; }
+  MultiheadDilatedAttention& set_workspace(std::shared_ptr<Workspace> workspace) {
+    Impl::require(workspace != nullptr, "dilated::MultiheadDilatedAttention::set_workspace",
+                  "workspace must not be null");
+    workspace_ = std::move(workspace);
+    return *this;
+  }
+  void release_workspace() { workspace_->release(); }
+
   // out (b, n, E) = the layer applied to query, key, value (b, n, E), on `space`. With
-  // `saved`, keeps what backward needs. Returns after fencing `space`.
+  // `saved`, keeps what backward needs; its buffers are reused when a later call passes the same
+  // Activations with inputs of the same shape (no allocation in the steady state of a loop).
+  // Asynchronous: may return before the work on `space` is done; fence `space` before reading
+  // the results from another space, and keep one layer's (one workspace's) calls on one
+  // execution space instance or fence between them.
   template <class ExecSpace, class Q, class K, class V, class O,
             std::enable_if_t<Impl::is_execution_space_v<ExecSpace>, int> = 0>
   void forward(const ExecSpace& space, const Q& query, const K& key, const V& value, const O& out,
@@ -178,8 +242,7 @@ class MultiheadDilatedAttention {
     check_types<ExecSpace, Q, K, V, O>();
     check_output<O>();
     Impl::ScopedRegion region(fn);
-    Activations saved;
-    forward_impl(fn, space, query, key, value, &out, saved, call);
+    forward_impl(fn, space, query, key, value, &out, workspace_->forward, call);
   }
 
   template <class ExecSpace, class Q, class K, class V, class O,
@@ -207,7 +270,7 @@ class MultiheadDilatedAttention {
   }
 
   // Gradients of <out, dout> for the forward with the same inputs and options (same seed: same
-  // dropout mask). Without `saved` the forward is recomputed first.
+  // dropout mask). Without `saved` the forward is recomputed first. Asynchronous, as forward.
   template <class ExecSpace, class Q, class K, class V, class G,
             std::enable_if_t<Impl::is_execution_space_v<ExecSpace>, int> = 0>
   Gradients backward(const ExecSpace& space, const Q& query, const K& key, const V& value,
@@ -217,9 +280,11 @@ class MultiheadDilatedAttention {
     Impl::ScopedRegion region(fn);
     check_inputs(fn, query, key, value);
     check_same(fn, "dout", dout, query);
-    Activations saved;
+    Activations& saved = workspace_->forward;
     forward_impl(fn, space, query, key, value, static_cast<const Output*>(nullptr), saved, call);
-    return backward_impl(space, query, key, value, dout, saved, call);
+    Gradients g;
+    backward_impl(space, query, key, value, dout, saved, g, call);
+    return g;
   }
 
   template <class ExecSpace, class Q, class K, class V, class G,
@@ -227,6 +292,17 @@ class MultiheadDilatedAttention {
   Gradients backward(const ExecSpace& space, const Q& query, const K& key, const V& value,
                      const G& dout, const Activations& saved,
                      const ForwardOptions& call = {}) const {
+    Gradients g;
+    backward(space, query, key, value, dout, saved, g, call);
+    return g;
+  }
+
+  // The same into `grads`, whose Views are reused when they have this call's shapes (a
+  // training loop that keeps one Gradients allocates nothing after its first step).
+  template <class ExecSpace, class Q, class K, class V, class G,
+            std::enable_if_t<Impl::is_execution_space_v<ExecSpace>, int> = 0>
+  void backward(const ExecSpace& space, const Q& query, const K& key, const V& value, const G& dout,
+                const Activations& saved, Gradients& grads, const ForwardOptions& call = {}) const {
     constexpr const char* fn = "dilated::MultiheadDilatedAttention::backward";
     check_types<ExecSpace, Q, K, V, G>();
     Impl::ScopedRegion region(fn);
@@ -240,7 +316,7 @@ class MultiheadDilatedAttention {
     Impl::require(
         saved.packed == (std::is_same_v<Policy, Improved> && Impl::same_view(query, key, value)),
         fn, "saved activations are of a forward on other query, key, value Views");
-    return backward_impl(space, query, key, value, dout, saved, call);
+    backward_impl(space, query, key, value, dout, saved, grads, call);
   }
 
   // The same calls on the default execution space of query.
@@ -357,16 +433,15 @@ class MultiheadDilatedAttention {
     check_same(fn, "value", value, query);
   }
 
-  // x (b, n, E) as the (b n, E) row-major matrix: itself when its rows are dense, else a copy.
+  // x (b, n, E) as the (b n, E) row-major matrix: itself when its rows are dense, else a copy
+  // into `scratch` (a workspace buffer).
   template <class ExecSpace, class X>
-  static ConstMatrix rows_of(const ExecSpace& space, const X& x) {
+  static ConstMatrix rows_of(const ExecSpace& space, const X& x, Matrix& scratch) {
     const std::size_t m = x.extent(0) * x.extent(1), e = x.extent(2);
     if (Impl::rows_are_dense(x)) return ConstMatrix(x.data(), m, e);
-    Matrix copy(Kokkos::view_alloc(Kokkos::WithoutInitializing,
-                                   "dilated::MultiheadDilatedAttention::dense_input"),
-                m, e);
-    Kokkos::deep_copy(space, Tokens(copy.data(), x.extent(0), x.extent(1), e), x);
-    return copy;
+    Impl::ensure_extents(scratch, "dilated::MultiheadDilatedAttention::dense_input", m, e);
+    Kokkos::deep_copy(space, Tokens(scratch.data(), x.extent(0), x.extent(1), e), x);
+    return scratch;
   }
 
   // Head views (b, n, h, d) of q (part 0), k (1) or v (2) in a projection buffer.
@@ -395,38 +470,37 @@ class MultiheadDilatedAttention {
     if (out) check_same(fn, "out", *out, query);
     const int batch = query.extent(0), n = query.extent(1);
     const std::size_t e = embed_dim_, m = std::size_t(batch) * n;
-    const auto alloc = [](const char* label) {
-      return Kokkos::view_alloc(Kokkos::WithoutInitializing, std::string(label));
-    };
+    Workspace& ws = *workspace_;
     a.batch = batch;
     a.length = n;
     a.packed = std::is_same_v<Policy, Improved> && Impl::same_view(query, key, value);
     const Parameters& p = parameters_;
+    constexpr const char* qkv_label = "dilated::MultiheadDilatedAttention::qkv";
     if (a.packed) {
-      a.qkv = Matrix(alloc("dilated::MultiheadDilatedAttention::qkv"), m, 3 * e);
-      Impl::linear_forward(space, rows_of(space, query), p.in_proj_weight, p.in_proj_bias, a.qkv,
-                           gemm_);
+      Impl::ensure_extents(a.qkv, qkv_label, m, 3 * e);
+      Impl::linear_forward(space, rows_of(space, query, ws.dense_input[0]), p.in_proj_weight,
+                           p.in_proj_bias, a.qkv, gemm_);
     } else {
-      a.qkv = Matrix(alloc("dilated::MultiheadDilatedAttention::qkv"), 3 * m, e);
+      Impl::ensure_extents(a.qkv, qkv_label, 3 * m, e);
       const auto project = [&](int part, const auto& x) {
-        Impl::linear_forward(space, rows_of(space, x), in_weight(p, part), in_bias(p, part),
-                             Matrix(a.qkv.data() + part * m * e, m, e), gemm_);
+        Impl::linear_forward(space, rows_of(space, x, ws.dense_input[part]), in_weight(p, part),
+                             in_bias(p, part), Matrix(a.qkv.data() + part * m * e, m, e), gemm_);
       };
       project(0, query);
       project(1, key);
       project(2, value);
     }
-    a.attention = Matrix(alloc("dilated::MultiheadDilatedAttention::attention"), m, e);
-    a.lse = decltype(a.lse)(alloc("dilated::MultiheadDilatedAttention::lse"), batch, n, num_heads_);
+    Impl::ensure_extents(a.attention, "dilated::MultiheadDilatedAttention::attention", m, e);
+    Impl::ensure_extents(a.lse, "dilated::MultiheadDilatedAttention::lse", batch, n, num_heads_);
     const Merged merged(a.attention.data(), batch, n, num_heads_, head_dim());
     attention_.forward(space, heads(a.qkv, a.packed, 0, batch, n),
                        heads(a.qkv, a.packed, 1, batch, n), heads(a.qkv, a.packed, 2, batch, n),
                        merged, a.lse, call);
     Matrix z = a.attention;
     if (layer_norm_) {
-      a.normed = Matrix(alloc("dilated::MultiheadDilatedAttention::normed"), m, e);
-      a.mean = decltype(a.mean)(alloc("dilated::MultiheadDilatedAttention::mean"), m);
-      a.rstd = decltype(a.rstd)(alloc("dilated::MultiheadDilatedAttention::rstd"), m);
+      Impl::ensure_extents(a.normed, "dilated::MultiheadDilatedAttention::normed", m, e);
+      Impl::ensure_extents(a.mean, "dilated::MultiheadDilatedAttention::mean", m);
+      Impl::ensure_extents(a.rstd, "dilated::MultiheadDilatedAttention::rstd", m);
       Impl::layer_norm_forward(space, a.attention, p.norm_weight, p.norm_bias, layer_norm_eps_,
                                a.normed, a.mean, a.rstd);
       z = a.normed;
@@ -436,45 +510,71 @@ class MultiheadDilatedAttention {
         Impl::linear_forward(space, z, p.out_proj_weight, p.out_proj_bias,
                              Matrix(out->data(), m, e), gemm_);
       } else {
-        Tokens dense(alloc("dilated::MultiheadDilatedAttention::dense_output"), batch, n, e);
-        Impl::linear_forward(space, z, p.out_proj_weight, p.out_proj_bias,
-                             Matrix(dense.data(), m, e), gemm_);
-        Kokkos::deep_copy(space, *out, dense);
+        Impl::ensure_extents(ws.dense_output, "dilated::MultiheadDilatedAttention::dense_output", m,
+                             e);
+        Impl::linear_forward(space, z, p.out_proj_weight, p.out_proj_bias, ws.dense_output, gemm_);
+        Kokkos::deep_copy(space, *out, Tokens(ws.dense_output.data(), batch, n, e));
       }
     }
-    Impl::fence(space, "dilated::MultiheadDilatedAttention::forward: temporaries go out of scope");
+  }
+
+  // Gradient Views of g with the shapes of this call, (re)allocated only where they differ.
+  void ensure_gradients(Gradients& g, bool self_attention, int batch, int n) const {
+    g.self_attention = self_attention;
+    const Parameters& p = parameters_;
+    Parameters& dp = g.parameters;
+    const auto same = [](const auto& x, const auto& y) {
+      return x.extent(0) == y.extent(0) && x.extent(1) == y.extent(1);
+    };
+    if (!same(dp.in_proj_weight, p.in_proj_weight) || !same(dp.in_proj_bias, p.in_proj_bias) ||
+        !same(dp.norm_weight, p.norm_weight) || !same(dp.out_proj_weight, p.out_proj_weight))
+      dp = Parameters(embed_dim_, bias_, layer_norm_,
+                      "dilated::MultiheadDilatedAttention::gradients");
+    const std::size_t e = embed_dim_;
+    if (self_attention) {
+      Impl::ensure_extents(g.query, "dilated::MultiheadDilatedAttention::d_input", batch, n, e);
+      g.key = Output();
+      g.value = Output();
+    } else {
+      Impl::ensure_extents(g.query, "dilated::MultiheadDilatedAttention::d_query", batch, n, e);
+      Impl::ensure_extents(g.key, "dilated::MultiheadDilatedAttention::d_key", batch, n, e);
+      Impl::ensure_extents(g.value, "dilated::MultiheadDilatedAttention::d_value", batch, n, e);
+    }
   }
 
   template <class ExecSpace, class Q, class K, class V, class G>
-  Gradients backward_impl(const ExecSpace& space, const Q& query, const K& key, const V& value,
-                          const G& dout, const Activations& a, const ForwardOptions& call) const {
+  void backward_impl(const ExecSpace& space, const Q& query, const K& key, const V& value,
+                     const G& dout, const Activations& a, Gradients& g,
+                     const ForwardOptions& call) const {
     const int batch = query.extent(0), n = query.extent(1);
     const std::size_t e = embed_dim_, m = std::size_t(batch) * n;
-    const auto alloc = [](const char* label) {
-      return Kokkos::view_alloc(Kokkos::WithoutInitializing, std::string(label));
-    };
+    Workspace& ws = *workspace_;
     const Parameters& p = parameters_;
-    Gradients g;
-    g.self_attention = Impl::same_view(query, key, value);
-    g.parameters =
-        Parameters(embed_dim_, bias_, layer_norm_, "dilated::MultiheadDilatedAttention::gradients");
+    ensure_gradients(g, Impl::same_view(query, key, value), batch, n);
     Parameters& dp = g.parameters;
+    // Scratch of every column sum below: the out and in projections' bias gradients (e and, when
+    // packed, 3e columns) and the norm's two parameter gradients (2e).
+    const auto partials = Impl::column_sum_partials(3, m, e);
+    Impl::ensure_extents(ws.partial, "dilated::MultiheadDilatedAttention::partial", partials.first,
+                         partials.second);
 
     // out = z W_out^T + b_out, z the normed (or merged) heads.
     const Matrix z = layer_norm_ ? a.normed : a.attention;
-    Matrix dz(alloc("dilated::MultiheadDilatedAttention::dz"), m, e);
-    Impl::linear_backward(space, z, p.out_proj_weight, rows_of(space, dout), dz, false,
-                          dp.out_proj_weight, dp.out_proj_bias, gemm_);
-    Matrix da = dz;
+    Impl::ensure_extents(ws.dz, "dilated::MultiheadDilatedAttention::dz", m, e);
+    Impl::linear_backward(space, z, p.out_proj_weight, rows_of(space, dout, ws.dense_dout), ws.dz,
+                          false, dp.out_proj_weight, dp.out_proj_bias, gemm_, ws.partial);
+    Matrix da = ws.dz;
     if (layer_norm_) {
-      da = Matrix(alloc("dilated::MultiheadDilatedAttention::d_attention"), m, e);
-      Impl::layer_norm_backward(space, a.attention, p.norm_weight, a.mean, a.rstd, dz, da,
-                                dp.norm_weight, dp.norm_bias);
+      Impl::ensure_extents(ws.da, "dilated::MultiheadDilatedAttention::d_attention", m, e);
+      da = ws.da;
+      Impl::layer_norm_backward(space, a.attention, p.norm_weight, a.mean, a.rstd, ws.dz, da,
+                                dp.norm_weight, dp.norm_bias, ws.partial);
     }
 
     // The attention, into a gradient buffer laid out as the projections.
-    Matrix dqkv(alloc("dilated::MultiheadDilatedAttention::dqkv"), a.qkv.extent(0),
-                a.qkv.extent(1));
+    Impl::ensure_extents(ws.dqkv, "dilated::MultiheadDilatedAttention::dqkv", a.qkv.extent(0),
+                         a.qkv.extent(1));
+    const Matrix dqkv = ws.dqkv;
     const auto as_heads = [&](const Matrix& x) {
       return Merged(x.data(), batch, n, num_heads_, head_dim());
     };
@@ -485,34 +585,22 @@ class MultiheadDilatedAttention {
                         heads(dqkv, a.packed, 2, batch, n), call);
 
     // The projections.
-    const auto input_gradient = [&](const char* label) {
-      return Tokens(std::string(label), batch, n, e);
-    };
     if (a.packed) {
-      g.query = input_gradient("dilated::MultiheadDilatedAttention::d_input");
-      Impl::linear_backward(space, rows_of(space, query), p.in_proj_weight, dqkv,
+      Impl::linear_backward(space, rows_of(space, query, ws.dense_input[0]), p.in_proj_weight, dqkv,
                             Matrix(g.query.data(), m, e), false, dp.in_proj_weight, dp.in_proj_bias,
-                            gemm_);
+                            gemm_, ws.partial);
     } else {
-      if (g.self_attention) {
-        g.query = input_gradient("dilated::MultiheadDilatedAttention::d_input");
-      } else {
-        g.query = input_gradient("dilated::MultiheadDilatedAttention::d_query");
-        g.key = input_gradient("dilated::MultiheadDilatedAttention::d_key");
-        g.value = input_gradient("dilated::MultiheadDilatedAttention::d_value");
-      }
-      const auto project = [&](int part, const auto& x, const Tokens& dx) {
-        Impl::linear_backward(space, rows_of(space, x), in_weight(p, part),
+      // Self-attention: the key and value parts add to the query part's input gradient.
+      const auto project = [&](int part, const auto& x, const Output& dx) {
+        Impl::linear_backward(space, rows_of(space, x, ws.dense_input[part]), in_weight(p, part),
                               Matrix(dqkv.data() + part * m * e, m, e), Matrix(dx.data(), m, e),
                               g.self_attention && part > 0, in_weight(dp, part), in_bias(dp, part),
-                              gemm_);
+                              gemm_, ws.partial);
       };
       project(0, query, g.query);
       project(1, key, g.self_attention ? g.query : g.key);
       project(2, value, g.self_attention ? g.query : g.value);
     }
-    Impl::fence(space, "dilated::MultiheadDilatedAttention::backward: temporaries go out of scope");
-    return g;
   }
 
   int embed_dim_, num_heads_;
@@ -521,6 +609,7 @@ class MultiheadDilatedAttention {
   DilatedAttention<Policy> attention_;
   Parameters parameters_;
   Impl::GemmOptions gemm_;
+  std::shared_ptr<Workspace> workspace_ = std::make_shared<Workspace>();
 };
 
 }  // namespace dilated

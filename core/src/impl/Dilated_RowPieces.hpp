@@ -1,6 +1,6 @@
 // Rows of (b, n, h, d) views moved 16 bytes at a time: the piece type and whether a view's
 // rows allow it (contiguous, 16-byte aligned, whole pieces). Used by the row kernels and by the
-// tensor-core forward's fused zeroing.
+// tensor-core forward's fused zeroing; Pack also by the layers' row kernels (LayerNorm).
 #ifndef DILATED_IMPL_ROW_PIECES_HPP
 #define DILATED_IMPL_ROW_PIECES_HPP
 
@@ -12,6 +12,21 @@ template <class T>
 struct alignas(16) Piece16 {
   T v[16 / sizeof(T)];
 };
+
+// W consecutive elements moved as one access (16 bytes when W = 16 / sizeof(T)); W = 1 is the
+// plain element, for rows that cannot take pieces.
+template <class T, int W>
+struct alignas(sizeof(T) * W) Pack {
+  T v[W];
+};
+
+// Whether every address p + s * stride (s >= 0) is aligned for Pack<T, W>.
+template <class T, int W>
+bool pack_aligned(const void* p, long stride = 0) {
+  constexpr long bytes = sizeof(T) * W;
+  return reinterpret_cast<std::uintptr_t>(p) % bytes == 0 &&
+         stride * static_cast<long>(sizeof(T)) % bytes == 0;
+}
 
 template <class View>
 bool rows_in_pieces(const View& x) {
