@@ -129,10 +129,14 @@ struct LayerParts {
     dw_in = Matrix(alloc("dilated::bench::parts::dw_in"), 3 * e, e);
     dw_out = Matrix(alloc("dilated::bench::parts::dw_out"), e, e);
     lse = Lse(alloc("dilated::bench::parts::lse"), batch, n, heads);
-    for (const Matrix& v : {qkv, dattn, x, w_in, w_out})
+    const auto fill = [](const Matrix& v) {
       dilated::bench::fill_uniform(Kokkos::View<Storage***, Kokkos::LayoutRight, MemorySpace>(
                                        v.data(), 1, v.extent(0), v.extent(1)),
                                    7);
+    };
+    fill(qkv);
+    fill(dattn);
+    fill(x);
     // Small weights keep the products' outputs in range for half.
     Kokkos::deep_copy(w_in, Storage(0.01));
     Kokkos::deep_copy(w_out, Storage(0.01));

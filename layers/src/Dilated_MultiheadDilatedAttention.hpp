@@ -78,18 +78,13 @@ struct MultiheadWorkspace {
   void release() { *this = MultiheadWorkspace(); }
   // Bytes held now.
   std::size_t bytes() const {
-    std::size_t total = 0;
-    const auto add = [&](const auto& v) {
-      total += v.span() * sizeof(typename std::decay_t<decltype(v)>::value_type);
+    const auto sum = [](const auto&... views) {
+      return (std::size_t(0) + ... +
+              (views.span() * sizeof(typename std::decay_t<decltype(views)>::value_type)));
     };
-    for (const auto& v : {forward.qkv, forward.attention, forward.normed, dz, da, dqkv,
-                          dense_input[0], dense_input[1], dense_input[2], dense_output, dense_dout})
-      add(v);
-    add(forward.lse);
-    add(forward.mean);
-    add(forward.rstd);
-    add(partial);
-    return total;
+    return sum(forward.qkv, forward.attention, forward.normed, forward.lse, forward.mean,
+               forward.rstd, dz, da, dqkv, partial, dense_input[0], dense_input[1], dense_input[2],
+               dense_output, dense_dout);
   }
 };
 
