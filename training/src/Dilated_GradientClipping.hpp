@@ -1,0 +1,162 @@
+// Global-norm gradient clipping, as torch.nn.utils.clip_grad_norm_: the L2 norm of all gradients
+// together, and when it exceeds max_norm every gradient scaled in place by
+// max_norm / (norm + 1e-6). A norm that is not finite (an overflowed half step, a NaN) is
+// returned and not applied: the gradients are left as they are, and the caller skips the step.
+//
+// The norm is summed in float (double for double gradients) in an order fixed by the tensor
+// list alone: each tensor's values i = j, j + P, j + 2P, ... into partial j (P = 1024), the
+// partials in order into the tensor's sum, the tensors' sums in list order. Same tensors, same
+// norm, bit for bit, however many threads run it.
+#ifndef DILATED_GRADIENT_CLIPPING_HPP
+#define DILATED_GRADIENT_CLIPPING_HPP
+
+#include <Dilated_Compat.hpp>
+#include <Dilated_ParameterGradients.hpp>
+#include <impl/Dilated_OptimizerState.hpp>
+
+#include <Kokkos_Core.hpp>
+
+#include <cmath>
+#include <string>
+
+namespace dilated::training {
+
+// The partial sums grad_norm keeps between calls (reallocated only for another tensor count).
+template <class Acc, class MemorySpace>
+struct GradNormWorkspace {
+  static constexpr long partials_per_tensor = 1024;
+  Kokkos::View<Acc**, Kokkos::LayoutRight, MemorySpace> partials;  // (tensors, P)
+  Kokkos::View<Acc*, MemorySpace> sums;                            // (tensors): sum of squares
+  Kokkos::View<Acc, MemorySpace> total;
+};
+
+namespace Impl {
+
+template <class ExecSpace, class T, class MemorySpace>
+constexpr void check_clip_types() {
+  static_assert(dilated::Impl::is_execution_space_v<ExecSpace>,
+                "dilated::training::grad_norm / clip_grad_norm: the first argument must be a "
+                "Kokkos execution space");
+  static_assert(Kokkos::SpaceAccessibility<ExecSpace, MemorySpace>::accessible,
+                "dilated::training::grad_norm / clip_grad_norm: the gradients' memory space must "
+                "be accessible from the execution space");
+  static_assert(is_storage_type_v<T>,
+                "dilated::training::grad_norm / clip_grad_norm: the storage type must be float, "
+                "double, Kokkos::Experimental::half_t or bhalf_t");
+}
+
+template <class ExecSpace, class T, class MemorySpace>
+state_t<T> sum_of_squares(const ExecSpace& space, const char* fn,
+                          const ParameterGradients<T, MemorySpace>& tensors,
+                          GradNormWorkspace<state_t<T>, MemorySpace>& workspace) {
+  using Acc = state_t<T>;
+  using Workspace = GradNormWorkspace<Acc, MemorySpace>;
+  constexpr long P = Workspace::partials_per_tensor;
+  require(!tensors.empty(), fn, "tensors is empty");
+  const long count = static_cast<long>(tensors.size());
+  if (workspace.sums.extent(0) != tensors.size()) {
+    workspace.partials = decltype(workspace.partials)(
+        Kokkos::view_alloc(Kokkos::WithoutInitializing, "dilated::training::grad_norm::partials"),
+        count, P);
+    workspace.sums = decltype(workspace.sums)(
+        Kokkos::view_alloc(Kokkos::WithoutInitializing, "dilated::training::grad_norm::sums"),
+        count);
+    workspace.total = decltype(workspace.total)(
+        Kokkos::view_alloc(Kokkos::WithoutInitializing, "dilated::training::grad_norm::total"));
+  }
+  const auto partials = workspace.partials;
+  const auto sums = workspace.sums;
+  const auto total = workspace.total;
+  for (long t = 0; t < count; ++t) {
+    const auto g = tensors[t].gradient;
+    const long n = static_cast<long>(g.extent(0));
+    Kokkos::parallel_for(
+        "dilated::training::grad_norm::partials", Kokkos::RangePolicy<ExecSpace>(space, 0, P),
+        KOKKOS_LAMBDA(long j) {
+          Acc sum = 0;
+          for (long i = j; i < n; i += P) {
+            const Acc x = static_cast<Acc>(g(i));
+            sum += x * x;
+          }
+          partials(t, j) = sum;
+        });
+  }
+  Kokkos::parallel_for(
+      "dilated::training::grad_norm::tensor_sums", Kokkos::RangePolicy<ExecSpace>(space, 0, count),
+      KOKKOS_LAMBDA(long t) {
+        Acc sum = 0;
+        for (long j = 0; j < P; ++j)
+          sum += partials(t, j);
+        sums(t) = sum;
+      });
+  Kokkos::parallel_for(
+      "dilated::training::grad_norm::total", Kokkos::RangePolicy<ExecSpace>(space, 0, 1),
+      KOKKOS_LAMBDA(long) {
+        Acc sum = 0;
+        for (long t = 0; t < count; ++t)
+          sum += sums(t);
+        total() = sum;
+      });
+  dilated::Impl::fence(space, fn);
+  Acc result;
+  Kokkos::deep_copy(result, total);
+  return result;
+}
+
+}  // namespace Impl
+
+// The L2 norm of every gradient in `tensors` together (float accumulation, double for double).
+// Waits for `space`. Throws std::invalid_argument for an empty list.
+template <class ExecSpace, class T, class MemorySpace>
+double grad_norm(const ExecSpace& space, const ParameterGradients<T, MemorySpace>& tensors,
+                 GradNormWorkspace<Impl::state_t<T>, MemorySpace>& workspace) {
+  constexpr const char* fn = "dilated::training::grad_norm";
+  Impl::check_clip_types<ExecSpace, T, MemorySpace>();
+  dilated::Impl::ScopedRegion region(fn);
+  return static_cast<double>(std::sqrt(Impl::sum_of_squares(space, fn, tensors, workspace)));
+}
+
+template <class ExecSpace, class T, class MemorySpace>
+double grad_norm(const ExecSpace& space, const ParameterGradients<T, MemorySpace>& tensors) {
+  GradNormWorkspace<Impl::state_t<T>, MemorySpace> workspace;
+  return grad_norm(space, tensors, workspace);
+}
+
+// Returns the global norm of the gradients (before clipping). When it is finite and above
+// max_norm, scales every gradient by max_norm / (norm + 1e-6) (in float, double for double,
+// rounded to the storage type); otherwise leaves them unchanged. Throws std::invalid_argument
+// naming max_norm unless it is finite and > 0.
+template <class ExecSpace, class T, class MemorySpace>
+double clip_grad_norm(const ExecSpace& space, const ParameterGradients<T, MemorySpace>& tensors,
+                      double max_norm,
+                      GradNormWorkspace<Impl::state_t<T>, MemorySpace>& workspace) {
+  using Acc = Impl::state_t<T>;
+  constexpr const char* fn = "dilated::training::clip_grad_norm";
+  Impl::check_clip_types<ExecSpace, T, MemorySpace>();
+  dilated::Impl::ScopedRegion region(fn);
+  dilated::Impl::require(std::isfinite(max_norm) && max_norm > 0, fn, "max_norm = ", max_norm,
+                         " must be finite and > 0");
+  const Acc norm = std::sqrt(Impl::sum_of_squares(space, fn, tensors, workspace));
+  if (std::isfinite(norm) && static_cast<double>(norm) > max_norm) {
+    const Acc coefficient = static_cast<Acc>(max_norm / (static_cast<double>(norm) + 1e-6));
+    for (const auto& tensor : tensors) {
+      const auto g = tensor.gradient;
+      Kokkos::parallel_for(
+          "dilated::training::clip_grad_norm::scale",
+          Kokkos::RangePolicy<ExecSpace>(space, 0, static_cast<long>(g.extent(0))),
+          KOKKOS_LAMBDA(long i) { g(i) = static_cast<T>(static_cast<Acc>(g(i)) * coefficient); });
+    }
+  }
+  return static_cast<double>(norm);
+}
+
+template <class ExecSpace, class T, class MemorySpace>
+double clip_grad_norm(const ExecSpace& space, const ParameterGradients<T, MemorySpace>& tensors,
+                      double max_norm) {
+  GradNormWorkspace<Impl::state_t<T>, MemorySpace> workspace;
+  return clip_grad_norm(space, tensors, max_norm, workspace);
+}
+
+}  // namespace dilated::training
+
+#endif  // DILATED_GRADIENT_CLIPPING_HPP

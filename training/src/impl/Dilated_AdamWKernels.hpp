@@ -1,0 +1,161 @@
+// AdamW's arithmetic, shared by the fp32-state kernel here and the 8-bit kernel
+// (Dilated_BlockQuantization.hpp): the scalars of one step, computed on the host in double and
+// rounded to the state type as PyTorch passes Python floats to its kernels, and the per-element
+// update in the order of torch.optim.AdamW's single-tensor path:
+//
+//   param   *= 1 - lr weight_decay
+//   exp_avg  = lerp(exp_avg, grad, 1 - beta1)
+//   exp_avg_sq = exp_avg_sq beta2 + (1 - beta2) grad grad
+//   denom    = sqrt(exp_avg_sq) / sqrt(1 - beta2^t) + eps
+//   param   += (-lr / (1 - beta1^t)) exp_avg / denom
+#ifndef DILATED_IMPL_ADAMW_KERNELS_HPP
+#define DILATED_IMPL_ADAMW_KERNELS_HPP
+
+#include <Dilated_Compat.hpp>
+#include <Dilated_ParameterGradients.hpp>
+#include <impl/Dilated_OptimizerState.hpp>
+
+#include <Kokkos_Core.hpp>
+
+#include <cmath>
+#include <string>
+
+namespace dilated::training::Impl {
+
+template <class Acc>
+struct AdamWScalars {
+  Acc decay;                  // 1 - lr weight_decay
+  Acc ema1_weight;            // 1 - beta1, the lerp weight
+  Acc beta2;                  //
+  Acc ema2_weight;            // 1 - beta2
+  Acc neg_step_size;          // -lr / (1 - beta1^t)
+  Acc bias_correction2_sqrt;  // sqrt(1 - beta2^t)
+  Acc eps;
+  bool first;  // no state yet: moments read as 0, the master copy as the storage parameter
+};
+
+// The scalars of step t (1 for the first), as torch.optim.AdamW computes them in Python.
+template <class Acc>
+AdamWScalars<Acc> adamw_scalars(double lr, double beta1, double beta2, double eps,
+                                double weight_decay, long t, bool first) {
+  const double bias_correction1 = 1.0 - std::pow(beta1, static_cast<double>(t));
+  const double bias_correction2 = 1.0 - std::pow(beta2, static_cast<double>(t));
+  return {static_cast<Acc>(1.0 - lr * weight_decay),
+          static_cast<Acc>(1.0 - beta1),
+          static_cast<Acc>(beta2),
+          static_cast<Acc>(1.0 - beta2),
+          static_cast<Acc>(-(lr / bias_correction1)),
+          static_cast<Acc>(std::sqrt(bias_correction2)),
+          static_cast<Acc>(eps),
+          first};
+}
+
+// torch.lerp(exp_avg, grad, w): start + w (end - start) for w < 0.5, else end - (end - start)
+// (1 - w), exact at both ends.
+template <class Acc>
+KOKKOS_INLINE_FUNCTION Acc first_moment(const AdamWScalars<Acc>& s, Acc m, Acc g) {
+  return s.ema1_weight < Acc(0.5) ? m + s.ema1_weight * (g - m)
+                                  : g - (g - m) * (Acc(1) - s.ema1_weight);
+}
+
+template <class Acc>
+KOKKOS_INLINE_FUNCTION Acc second_moment(const AdamWScalars<Acc>& s, Acc v, Acc g) {
+  return v * s.beta2 + s.ema2_weight * g * g;
+}
+
+// The decayed parameter moved by the bias-corrected moments.
+template <class Acc>
+KOKKOS_INLINE_FUNCTION Acc adamw_parameter(const AdamWScalars<Acc>& s, Acc p, Acc m, Acc v) {
+  p = p * s.decay;
+  const Acc denom = dilated::Impl::math::sqrt(v) / s.bias_correction2_sqrt + s.eps;
+  return p + s.neg_step_size * m / denom;
+}
+
+// An AdamW state in the state type: the moments and, for half/bf16 storage, the master copy.
+// Allocated uninitialised: the first step writes every value without reading it.
+template <class Acc, class MemorySpace>
+struct MomentState {
+  Kokkos::View<Acc*, MemorySpace> exp_avg, exp_avg_sq, master;
+
+  MomentState() = default;
+  MomentState(const std::string& label, std::size_t n, bool master_weights)
+      : exp_avg(Kokkos::view_alloc(Kokkos::WithoutInitializing, label + "::exp_avg"), n),
+        exp_avg_sq(Kokkos::view_alloc(Kokkos::WithoutInitializing, label + "::exp_avg_sq"), n),
+        master(Kokkos::view_alloc(Kokkos::WithoutInitializing, label + "::master"),
+               master_weights ? n : 0) {}
+
+  std::size_t bytes() const {
+    return (exp_avg.span() + exp_avg_sq.span() + master.span()) * sizeof(Acc);
+  }
+};
+
+// One step of AdamW over one tensor, one element per thread.
+template <class ExecSpace, class T, class MemorySpace>
+void adamw_tensor_step(const ExecSpace& space, const char* label,
+                       const ParameterGradient<T, MemorySpace>& tensor,
+                       const MomentState<state_t<T>, MemorySpace>& state,
+                       const AdamWScalars<state_t<T>>& s) {
+  using Acc = state_t<T>;
+  constexpr bool master_weights = needs_master_v<T>;
+  const auto param = tensor.parameter;
+  const auto grad = tensor.gradient;
+  const auto exp_avg = state.exp_avg, exp_avg_sq = state.exp_avg_sq, master = state.master;
+  Kokkos::parallel_for(
+      label, Kokkos::RangePolicy<ExecSpace>(space, 0, static_cast<long>(param.extent(0))),
+      KOKKOS_LAMBDA(long i) {
+        const Acc g = static_cast<Acc>(grad(i));
+        Acc p;
+        if constexpr (master_weights) {
+          p = s.first ? static_cast<Acc>(param(i)) : master(i);
+        } else {
+          p = static_cast<Acc>(param(i));
+        }
+        const Acc m = first_moment(s, s.first ? Acc(0) : exp_avg(i), g);
+        const Acc v = second_moment(s, s.first ? Acc(0) : exp_avg_sq(i), g);
+        exp_avg(i) = m;
+        exp_avg_sq(i) = v;
+        p = adamw_parameter(s, p, m, v);
+        if constexpr (master_weights) master(i) = p;
+        param(i) = static_cast<T>(p);
+      });
+}
+
+// Files of a MomentState, PyTorch's names: <name>.exp_avg.npy, <name>.exp_avg_sq.npy and, for
+// half/bf16 storage, <name>.master.npy (the fp32 master weights).
+template <class Acc, class MemorySpace>
+void write_moment_state(StateWriter& writer, const TensorRecord& record,
+                        const MomentState<Acc, MemorySpace>& state) {
+  writer.write(record.name + ".exp_avg.npy", record.shape, host_values<Acc>(state.exp_avg));
+  writer.write(record.name + ".exp_avg_sq.npy", record.shape, host_values<Acc>(state.exp_avg_sq));
+  if (state.master.extent(0) > 0) {
+    writer.write(record.name + ".master.npy", record.shape, host_values<Acc>(state.master));
+  }
+}
+
+// The values of those files, read and checked (nothing is copied yet).
+struct MomentFiles {
+  std::vector<double> exp_avg, exp_avg_sq, master;
+};
+
+inline MomentFiles read_moment_state(const char* fn, const std::string& directory,
+                                     const TensorRecord& record, bool master_weights) {
+  MomentFiles files;
+  files.exp_avg = read_state_file(fn, directory, record.name + ".exp_avg.npy", record.shape);
+  files.exp_avg_sq = read_state_file(fn, directory, record.name + ".exp_avg_sq.npy", record.shape,
+                                     StateValues::non_negative);
+  if (master_weights) {
+    files.master = read_state_file(fn, directory, record.name + ".master.npy", record.shape);
+  }
+  return files;
+}
+
+template <class Acc, class MemorySpace>
+void copy_moment_state(const MomentFiles& files, const MomentState<Acc, MemorySpace>& state) {
+  copy_to_view(files.exp_avg, state.exp_avg);
+  copy_to_view(files.exp_avg_sq, state.exp_avg_sq);
+  if (state.master.extent(0) > 0) copy_to_view(files.master, state.master);
+}
+
+}  // namespace dilated::training::Impl
+
+#endif  // DILATED_IMPL_ADAMW_KERNELS_HPP
