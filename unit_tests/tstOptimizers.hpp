@@ -688,6 +688,10 @@ struct ToolCounts {
   static void on_fence(const char*, const std::uint32_t, std::uint64_t*) {
     if (counting) ++fences;
   }
+  static inline std::vector<std::string> regions;
+  static void on_push_region(const char* name) {
+    if (counting) regions.emplace_back(name);
+  }
 };
 
 }  // namespace
@@ -699,7 +703,7 @@ TEMPLATE_LIST_TEST_CASE("Optimizer state: save, load, step equals step without s
   check_resume<training::AdamW8bit<T, MemSpace>>("resume_adamw8bit");
 }
 
-TEST_CASE("Optimizer steps after the first allocate nothing and do not fence",
+TEST_CASE("Optimizer steps after the first allocate nothing, do not fence, open a region",
           "[optimizers]" TEST_CATEGORY) {
   TwoTensors<float> tensors;
   training::AdamW<float, MemSpace> adamw;
@@ -710,6 +714,7 @@ TEST_CASE("Optimizer steps after the first allocate nothing and do not fence",
   ExecSpace().fence();
   Kokkos::Tools::Experimental::set_allocate_data_callback(&ToolCounts::on_allocate);
   Kokkos::Tools::Experimental::set_begin_fence_callback(&ToolCounts::on_fence);
+  Kokkos::Tools::Experimental::set_push_region_callback(&ToolCounts::on_push_region);
   const auto list = tensors.list();
   ToolCounts::counting = true;
   for (int step = 0; step < 3; ++step) {
@@ -720,8 +725,13 @@ TEST_CASE("Optimizer steps after the first allocate nothing and do not fence",
   ExecSpace().fence();
   Kokkos::Tools::Experimental::set_allocate_data_callback(nullptr);
   Kokkos::Tools::Experimental::set_begin_fence_callback(nullptr);
+  Kokkos::Tools::Experimental::set_push_region_callback(nullptr);
   CHECK(ToolCounts::allocations == 0);
   CHECK(ToolCounts::fences == 0);
+  const std::vector<std::string> once{"dilated::training::AdamW::step",
+                                      "dilated::training::AdamW8bit::step"};
+  CHECK(ToolCounts::regions ==
+        std::vector<std::string>{once[0], once[1], once[0], once[1], once[0], once[1]});
   CHECK(adamw.state_bytes() == (5000 + 300) * 8);
   CHECK(adam8.state_bytes() == 5000 * 2 + 3 * 2 * 4 + 300 * 8);
 }

@@ -59,6 +59,7 @@ class AdamW8bit {
         maps_(Kokkos::view_alloc(Kokkos::WithoutInitializing,
                                  "dilated::training::AdamW8bit::quantization_maps"),
               2 * Impl::map_entries) {
+    dilated::Impl::ScopedRegion region("dilated::training::AdamW8bit::AdamW8bit");
     Impl::check_options("dilated::training::AdamW8bit", options_);
     auto host = Kokkos::create_mirror_view(maps_);
     const auto signed_map = Impl::dynamic_map(true), unsigned_map = Impl::dynamic_map(false);
