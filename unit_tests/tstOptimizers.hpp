@@ -784,6 +784,12 @@ TEST_CASE("Optimizers reject bad input, naming the argument", "[optimizers]" TES
   REQUIRE_THROWS_WITH(adamw.step(ExecSpace(), bad),
                       ContainsSubstring("tensors[0] is 'blocks.0.b' (300,) but the optimizer's "
                                         "state was made for 'blocks.0.w' (5000,)"));
+  bad = list;
+  bad[0].parameter = Flat<float>(tensors.p.data(), 5001);
+  bad[0].gradient = Flat<float>(tensors.g.data(), 5001);
+  REQUIRE_THROWS_WITH(adamw.step(ExecSpace(), bad),
+                      ContainsSubstring("tensors[0] ('blocks.0.w'): parameter has 5001 values, its "
+                                        "shape (5000,) holds 5000"));
   CHECK(adamw.step_count() == 1);
 
   // pair_gradients: the lists must match.

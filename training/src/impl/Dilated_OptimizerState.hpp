@@ -101,6 +101,9 @@ void check_same_tensors(const char* fn, const std::vector<TensorRecord>& records
             t.name, "' ", dilated::Impl::shape_string(t.shape),
             " but the optimizer's state was made for '", records[i].name, "' ",
             dilated::Impl::shape_string(records[i].shape));
+    require(t.parameter.extent(0) == shape_size(t.shape), fn, "tensors[", i, "] ('", t.name,
+            "'): parameter has ", t.parameter.extent(0), " values, its shape ",
+            dilated::Impl::shape_string(t.shape), " holds ", shape_size(t.shape));
     require(t.gradient.extent(0) == t.parameter.extent(0), fn, "tensors[", i, "] ('", t.name,
             "'): gradient has ", t.gradient.extent(0), " values but parameter has ",
             t.parameter.extent(0));
