@@ -420,7 +420,7 @@ class FusedLinearCrossEntropy {
   Kokkos::View<Acc*, MemorySpace> partials_;
   Kokkos::View<long*, MemorySpace> firsts_;
   Kokkos::View<double[2], MemorySpace> result_;
-  typename Kokkos::View<double[2], MemorySpace>::HostMirror host_result_;
+  Impl::host_mirror_t<Kokkos::View<double[2], MemorySpace>> host_result_;
 };
 
 }  // namespace dilated

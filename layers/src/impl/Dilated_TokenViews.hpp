@@ -15,6 +15,7 @@
 #include <limits>
 #include <string>
 #include <type_traits>
+#include <utility>
 
 namespace dilated::Impl {
 
@@ -83,6 +84,10 @@ bool ensure_capacity(View& view, const std::string& label, Extents... extents) {
 }
 
 // The device check of token ids, with the two scalars it reduces into kept between calls.
+// The type create_mirror_view gives for a View (HostMirror is renamed in newer Kokkos).
+template <class View>
+using host_mirror_t = decltype(Kokkos::create_mirror_view(std::declval<const View&>()));
+
 // An ignore_index no int id can equal: every id is checked.
 inline constexpr long no_ignore_index = std::numeric_limits<long>::min();
 
@@ -132,7 +137,7 @@ class TokenIdCheck {
 
  private:
   Kokkos::View<long[2], MemorySpace> result_;
-  typename Kokkos::View<long[2], MemorySpace>::HostMirror host_;
+  host_mirror_t<Kokkos::View<long[2], MemorySpace>> host_;
 };
 
 }  // namespace dilated::Impl
