@@ -308,6 +308,45 @@ TEMPLATE_TEST_CASE("Layer gradients equal finite differences (double)",
     check_gradients<TestType>(c, seed += 10);
 }
 
+TEMPLATE_TEST_CASE("Column sums equal host sums for every number of partial levels",
+                   "[layer][column_sums]" TEST_CATEGORY, float, double) {
+  // The bias and LayerNorm parameter gradients: rows summed 32 at a time, then the partials 32 at
+  // a time per level. Row counts around each level boundary (1, 32: the rows straight into the
+  // outputs; 33: one level; 1024, 1025, 32769: two and three levels), two sums at once, and a
+  // reused partial buffer larger than needed. Small integers: the sums are exact in float too.
+  using T = TestType;
+  const long cols = 37;
+  Kokkos::View<T**, Kokkos::LayoutRight, MemSpace> partial;
+  for (long rows : {1L, 32L, 33L, 1024L, 1025L, 32769L}) {
+    CAPTURE(rows);
+    Kokkos::View<T**, Kokkos::LayoutRight, MemSpace> x("x", rows, cols);
+    auto xh = Kokkos::create_mirror_view(x);
+    std::mt19937_64 engine(rows);
+    std::uniform_int_distribution<int> small(-8, 8);
+    for (std::size_t i = 0; i < xh.size(); ++i)
+      xh.data()[i] = static_cast<T>(small(engine));
+    Kokkos::deep_copy(x, xh);
+    Kokkos::View<T*, MemSpace> sum("sum", cols), twice("twice", cols);
+    if (rows == 1024) partial = decltype(partial)("partial", 200, 3 * cols);
+    dilated::Impl::column_sums<T, 2>(
+        ExecSpace(), "dilated::test::column_sums", rows, cols,
+        KOKKOS_LAMBDA(long i, long j, T(&sums)[2]) {
+          sums[0] += x(i, j);
+          sums[1] += 2 * x(i, j);
+        },
+        partial, sum, twice);
+    const auto got = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), sum);
+    const auto got2 = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), twice);
+    for (long j = 0; j < cols; ++j) {
+      double expected = 0;
+      for (long i = 0; i < rows; ++i)
+        expected += static_cast<double>(xh(i, j));
+      CHECK(static_cast<double>(got(j)) == expected);
+      CHECK(static_cast<double>(got2(j)) == 2 * expected);
+    }
+  }
+}
+
 TEMPLATE_TEST_CASE(
     "Layer: reused Activations, Gradients and workspace give a fresh layer's results",
     "[layer][workspace]" TEST_CATEGORY, dilated::Original, dilated::Improved) {

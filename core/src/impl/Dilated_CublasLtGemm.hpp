@@ -93,11 +93,11 @@ class CublasLtPlans {
                                                 sizeof(bias)),
                  "cublasLtMatmulDescSetAttribute(BIAS_POINTER)");
     const Compute one = 1, zero = 0;
-    Workspace& ws = workspace(stream);
+    void* ws = workspace(stream);
     // Row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T: B goes first.
     cublas_check(cublasLtMatmul(handle_, plan.desc, &one, b, plan.layout_b, a, plan.layout_a, &zero,
-                                c, plan.layout_c, c, plan.layout_c, &plan.algo, ws.view.data(),
-                                ws.view.size(), stream),
+                                c, plan.layout_c, c, plan.layout_c, &plan.algo, ws,
+                                workspace_bytes, stream),
                  "cublasLtMatmul");
     return true;
   }
@@ -125,15 +125,19 @@ class CublasLtPlans {
     cublasLtDestroy(handle_);
   }
 
-  Workspace& workspace(cudaStream_t stream) {
+  // cuBLASLt wants its workspace 256-byte aligned (else cublasLtMatmul returns
+  // CUBLAS_STATUS_INVALID_VALUE), and a Kokkos View's data follows a 128-byte header: allocate
+  // 256 bytes more and align up.
+  void* workspace(cudaStream_t stream) {
     auto it = workspaces_.find(stream);
     if (it == workspaces_.end()) {
       Workspace ws{Kokkos::View<unsigned char*, Kokkos::CudaSpace>(
           Kokkos::view_alloc(Kokkos::WithoutInitializing, "dilated::cublasLt::workspace"),
-          workspace_bytes)};
+          workspace_bytes + 256)};
       it = workspaces_.emplace(stream, std::move(ws)).first;
     }
-    return it->second;
+    const auto address = reinterpret_cast<std::uintptr_t>(it->second.view.data());
+    return reinterpret_cast<void*>((address + 255) / 256 * 256);
   }
 
   template <class Compute>
@@ -191,9 +195,10 @@ class CublasLtPlans {
         handle_, plan.desc, plan.layout_b, plan.layout_a, plan.layout_c, plan.layout_c, preference,
         1, &result, &found);
     cublasLtMatmulPreferenceDestroy(preference);
-    // No algorithm (or a combination cuBLASLt does not take, e.g. a bias alignment it needs):
-    // remembered, so that the plain product is taken without asking again.
-    plan.usable = status == CUBLAS_STATUS_SUCCESS && found > 0 && key.align_bias >= 4;
+    // No algorithm, or a bias less than 16-byte aligned (other users of this epilogue, e.g.
+    // Marian NMT, require 16 bytes after alignment errors): remembered, so that the plain
+    // product is taken without asking again.
+    plan.usable = status == CUBLAS_STATUS_SUCCESS && found > 0 && key.align_bias >= 16;
     if (plan.usable) plan.algo = result.algo;
     return plans_.emplace(key, plan).first->second;
   }
