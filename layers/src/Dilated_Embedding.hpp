@@ -5,19 +5,20 @@
 // The weight is the caller's (a language model ties it to its LM head, docs/training.md); an
 // Embedding holds only what its calls reuse. The forward copies rows a warp per row on CUDA (a
 // team thread per row on the host), 16 bytes at a time where the rows allow it. The backward is
-// deterministic: each weight row sums its positions' gradient rows in position order, in float
-// (double for double), so the result has the same bits on every backend and thread count and
-// equals a host loop in double exactly. Atomic float adds would depend on the threads' order;
-// instead a stable counting pass lists the positions of every id in order (see backward()),
-// and one row kernel then sums each list.
+// deterministic: each weight row sums its positions' gradient rows in an order fixed by the
+// positions alone, in float (double for double), so the result has the same bits on every
+// backend and thread count (and in double equals a host loop in that order exactly). Atomic
+// float adds would depend on the threads' order; instead a stable counting pass lists the
+// positions of every id in increasing order, and each id's list is summed in segments of
+// sum_segment positions (in parallel), the segments then in order (see backward()).
 #ifndef DILATED_EMBEDDING_HPP
 #define DILATED_EMBEDDING_HPP
 
 #include <Dilated_Compat.hpp>
 #include <Dilated_Gemm.hpp>
 #include <Dilated_LayerNorm.hpp>
+#include <impl/Dilated_EmbeddingKernels.hpp>
 #include <impl/Dilated_Error.hpp>
-#include <impl/Dilated_RowPieces.hpp>
 #include <impl/Dilated_TokenViews.hpp>
 
 #include <Kokkos_Core.hpp>
@@ -28,137 +29,6 @@
 #include <type_traits>
 
 namespace dilated {
-
-namespace Impl {
-
-// out(i, :) = weight(ids(i), :), a row per vector group (MatrixRowLaunch), W elements a move.
-template <class T, int W, class ExecSpace, class Weight, class Ids, class Out>
-void embedding_gather(const ExecSpace& space, const Weight& weight, const Ids& ids,
-                      const Out& out) {
-  using P = Pack<T, W>;
-  using Launch = MatrixRowLaunch<ExecSpace>;
-  using Member = typename Kokkos::TeamPolicy<ExecSpace>::member_type;
-  const long rows = out.extent(0), w_stride = weight.stride(0), o_stride = out.stride(0);
-  const int packs = static_cast<int>(out.extent(1)) / W;
-  const T* wp = weight.data();
-  T* op = out.data();
-  Kokkos::parallel_for(
-      "dilated::embedding::gather", Launch::policy(space, rows),
-      KOKKOS_LAMBDA(const Member& member) {
-        Kokkos::parallel_for(Kokkos::TeamThreadRange(member, Launch::rows_per_team), [&](int r) {
-          const long i = long(member.league_rank()) * Launch::rows_per_team + r;
-          if (i >= rows) return;
-          const P* src = reinterpret_cast<const P*>(wp + ids(i) * w_stride);
-          P* dst = reinterpret_cast<P*>(op + i * o_stride);
-          Kokkos::parallel_for(Kokkos::ThreadVectorRange(member, packs),
-                               [&](int p) { dst[p] = src[p]; });
-        });
-      });
-}
-
-// table(c, v) = occurrences of id v in chunk c (positions [c chunk, (c + 1) chunk)), and
-// rank(p) = equal ids before p in its chunk: a team per chunk, its ids in scratch; the first of
-// each id in the chunk counts the id (plain writes, no atomics).
-template <class ExecSpace, class Ids, class Rank, class Table>
-void embedding_count_chunks(const ExecSpace& space, const Ids& ids, long chunk, long chunks,
-                            long vocab, const Rank& rank, const Table& table) {
-  using Member = typename Kokkos::TeamPolicy<ExecSpace>::member_type;
-  using Scratch = Kokkos::View<int*, typename ExecSpace::scratch_memory_space,
-                               Kokkos::MemoryTraits<Kokkos::Unmanaged>>;
-  const long positions = ids.extent(0);
-  Kokkos::TeamPolicy<ExecSpace> policy(space, static_cast<int>(chunks),
-                                       is_cuda_v<ExecSpace> ? 256 : 1);
-  policy.set_scratch_size(0, Kokkos::PerTeam(Scratch::shmem_size(chunk)));
-  Kokkos::parallel_for(
-      "dilated::embedding::count_chunks", policy, KOKKOS_LAMBDA(const Member& member) {
-        const long c = member.league_rank(), begin = c * chunk;
-        const int len = static_cast<int>(positions - begin < chunk ? positions - begin : chunk);
-        Scratch ids_here(member.team_scratch(0), chunk);
-        Kokkos::parallel_for(Kokkos::TeamThreadRange(member, vocab),
-                             [&](long v) { table(c, v) = 0; });
-        Kokkos::parallel_for(Kokkos::TeamThreadRange(member, len),
-                             [&](int j) { ids_here(j) = ids(begin + j); });
-        member.team_barrier();
-        Kokkos::parallel_for(Kokkos::TeamThreadRange(member, len), [&](int j) {
-          const int id = ids_here(j);
-          int before = 0;
-          for (int k = 0; k < j; ++k)
-            before += ids_here(k) == id ? 1 : 0;
-          rank(begin + j) = before;
-          if (before == 0) {
-            int count = 1;
-            for (int k = j + 1; k < len; ++k)
-              count += ids_here(k) == id ? 1 : 0;
-            table(c, id) = count;
-          }
-        });
-      });
-}
-
-// table(c, v) = where chunk c's positions of id v start in the list (an exclusive scan of the
-// counts in (id, chunk) order); then order(table(c, id) + rank) = position.
-template <class ExecSpace, class Ids, class Rank, class Table, class Order>
-void embedding_list_positions(const ExecSpace& space, const Ids& ids, long chunk, long chunks,
-                              long vocab, const Rank& rank, const Table& table,
-                              const Order& order) {
-  Kokkos::parallel_scan(
-      "dilated::embedding::offsets", Kokkos::RangePolicy<ExecSpace>(space, 0, vocab * chunks),
-      KOKKOS_LAMBDA(long e, int& update, bool final) {
-        const long v = e / chunks, c = e % chunks;
-        const int count = table(c, v);
-        if (final) table(c, v) = update;
-        update += count;
-      });
-  Kokkos::parallel_for(
-      "dilated::embedding::place",
-      Kokkos::RangePolicy<ExecSpace>(space, 0, static_cast<long>(ids.extent(0))),
-      KOKKOS_LAMBDA(long p) { order(table(p / chunk, ids(p)) + rank(p)) = static_cast<int>(p); });
-}
-
-// dweight(v, :) = [dweight(v, :) +] sum over i in list[start(v), start(v + 1)) of
-// dout(list(i), :), in list order, in Acc; start(v) = table(0, v) (after the offsets scan).
-template <class T, int W, class Acc, class ExecSpace, class List, class Table, class DOut, class DW>
-void embedding_weight_gradient(const ExecSpace& space, const List& list, const Table& table,
-                               long positions, const DOut& dout, const DW& dweight,
-                               bool accumulate) {
-  using P = Pack<T, W>;
-  using Launch = MatrixRowLaunch<ExecSpace>;
-  using Member = typename Kokkos::TeamPolicy<ExecSpace>::member_type;
-  const long vocab = dweight.extent(0), d_stride = dout.stride(0), w_stride = dweight.stride(0);
-  const int packs = static_cast<int>(dweight.extent(1)) / W;
-  const T* dp = dout.data();
-  T* wp = dweight.data();
-  Kokkos::parallel_for(
-      "dilated::embedding::weight_gradient", Launch::policy(space, vocab),
-      KOKKOS_LAMBDA(const Member& member) {
-        Kokkos::parallel_for(Kokkos::TeamThreadRange(member, Launch::rows_per_team), [&](int r) {
-          const long v = long(member.league_rank()) * Launch::rows_per_team + r;
-          if (v >= vocab) return;
-          const long start = table(0, v), end = v + 1 < vocab ? table(0, v + 1) : positions;
-          P* row = reinterpret_cast<P*>(wp + v * w_stride);
-          Kokkos::parallel_for(Kokkos::ThreadVectorRange(member, packs), [&](int p) {
-            Acc sum[W] = {};
-            for (long i = start; i < end; ++i) {
-              const P d = reinterpret_cast<const P*>(dp + list(i) * d_stride)[p];
-              for (int w = 0; w < W; ++w)
-                sum[w] += static_cast<Acc>(d.v[w]);
-            }
-            P o;
-            if (accumulate) {
-              const P old = row[p];
-              for (int w = 0; w < W; ++w)
-                o.v[w] = static_cast<T>(static_cast<Acc>(old.v[w]) + sum[w]);
-            } else {
-              for (int w = 0; w < W; ++w)
-                o.v[w] = static_cast<T>(sum[w]);
-            }
-            row[p] = o;
-          });
-        });
-      });
-}
-
-}  // namespace Impl
 
 template <class T, class MemorySpace = Kokkos::DefaultExecutionSpace::memory_space>
 class Embedding {
@@ -174,6 +44,11 @@ class Embedding {
   // (4 KiB), and the pass keeps one count per (chunk, vocabulary row): (tokens / 1024) x vocab
   // ints, 13 MB for 65,536 tokens and GPT-2's 50,257 ids.
   static constexpr long index_chunk = 1024;
+  // Positions whose gradient rows one vector group sums in a row (a warp on CUDA). Ids that
+  // occur more often (the space is 17 % of English bytes) have their run cut into segments of
+  // this many, summed in parallel into (< 2 tokens / 32, E) partial sums in Acc, which are then
+  // added in segment order: no row waits on one warp's 11,000 sequential loads.
+  static constexpr long sum_segment = 32;
 
   // out(p, :) = weight(ids(p), :). weight (vocab, E); ids (b, n) or (tokens,) int32; out
   // (b, n, E) or (tokens, E), LayoutRight, of weight's storage type. Throws std::invalid_argument
@@ -199,11 +74,16 @@ class Embedding {
     }
   }
 
-  // dweight(v, :) = sum of dout(p, :) over the positions p with ids(p) == v, in position order
-  // (added to dweight when `accumulate`: a tied weight's other gradient). dweight (vocab, E);
-  // ids and dout as forward's ids and out. Rows of ids that do not occur get 0 (or keep their
-  // value). Throws std::invalid_argument for an id outside [0, vocab), before anything is
-  // written. Waits for `space` once (the check); buffers grow to the largest call and stay.
+  // dweight(v, :) = sum of dout(p, :) over the positions p with ids(p) == v (added to dweight
+  // when `accumulate`: a tied weight's other gradient). dweight (vocab, E); ids and dout as
+  // forward's ids and out. Rows of ids that do not occur get 0 (or keep their value). Throws
+  // std::invalid_argument for an id outside [0, vocab), before anything is written. Waits for
+  // `space` once (the check); buffers grow to the largest call and stay.
+  //
+  // The order of the sums: an id's positions p_1 < p_2 < ... are summed from 0 in increasing
+  // order when there are at most sum_segment of them; otherwise in segments of sum_segment
+  // (p_1..p_32, p_33..p_64, ...), each from 0, and the segment sums from 0 in order. With
+  // `accumulate` the total is then added to dweight's value.
   //
   // How the positions of each id are listed in order without a sort or atomics: the positions
   // are cut into chunks of index_chunk; a team per chunk reads the chunk's ids into scratch and
@@ -233,14 +113,26 @@ class Embedding {
     Impl::ensure_capacity(table_, "dilated::Embedding::table", chunks, vocab);
     Impl::embedding_count_chunks(space, list, index_chunk, chunks, vocab, rank_, table_);
     Impl::embedding_list_positions(space, list, index_chunk, chunks, vocab, rank_, table_, order_);
-    const auto run = [&](auto width) {
-      Impl::embedding_weight_gradient<T, decltype(width)::value, Acc>(
-          space, order_, table_, positions, rows, dweight, accumulate);
+    const long e = static_cast<long>(dweight.extent(1));
+    Impl::ensure_capacity(first_segment_, "dilated::Embedding::first_segment", vocab + 1);
+    Impl::ensure_capacity(first_partial_, "dilated::Embedding::first_partial", vocab + 1);
+    // Long runs (count > sum_segment) have ceil(count / 32) < 2 count / 32 segments.
+    Impl::ensure_capacity(partials_, "dilated::Embedding::partials",
+                          std::max(1L, 2 * positions / sum_segment) * e);
+    const Impl::EmbeddingRuns<decltype(table_)> runs{table_, vocab, positions, sum_segment};
+    Impl::embedding_segment_offsets(space, runs, first_segment_, first_partial_);
+    const long items = vocab + (positions + sum_segment - 1) / sum_segment;
+    const auto sums = [&](auto width) {
+      constexpr int W = decltype(width)::value;
+      Impl::embedding_segment_sums<T, W, Acc>(space, runs, items, first_segment_, first_partial_,
+                                              order_, rows, dweight, partials_, accumulate);
+      Impl::embedding_long_runs<T, W, Acc>(space, runs, first_partial_, dweight, partials_,
+                                           accumulate);
     };
-    if (Impl::rows_take_packs<T>(static_cast<int>(rows.extent(1)), rows, dweight)) {
-      run(std::integral_constant<int, Impl::row_pack_width<T>()>());
+    if (Impl::rows_take_packs<T>(static_cast<int>(e), rows, dweight)) {
+      sums(std::integral_constant<int, Impl::row_pack_width<T>()>());
     } else {
-      run(std::integral_constant<int, 1>());
+      sums(std::integral_constant<int, 1>());
     }
   }
 
@@ -253,14 +145,21 @@ class Embedding {
     backward(typename MemorySpace::execution_space(), ids, dout, dweight, accumulate);
   }
 
-  // Bytes of the backward's buffers held now (4 per position twice, 4 per chunk and id).
+  // Bytes of the backward's buffers held now: 4 per position twice, 4 per chunk and id, 8 per id,
+  // and the partial sums (< 2 tokens / 32 rows of E values of Acc).
   std::size_t workspace_bytes() const {
-    return (rank_.span() + order_.span() + table_.span()) * sizeof(int);
+    return (rank_.span() + order_.span() + table_.span() + first_segment_.span() +
+            first_partial_.span()) *
+               sizeof(int) +
+           partials_.span() * sizeof(Acc);
   }
   void release_workspace() {
     rank_ = {};
     order_ = {};
     table_ = {};
+    first_segment_ = {};
+    first_partial_ = {};
+    partials_ = {};
   }
 
  private:
@@ -293,8 +192,9 @@ class Embedding {
   }
 
   Impl::TokenIdCheck<MemorySpace> check_;
-  Kokkos::View<int*, MemorySpace> rank_, order_;
+  Kokkos::View<int*, MemorySpace> rank_, order_, first_segment_, first_partial_;
   Kokkos::View<int**, Kokkos::LayoutRight, MemorySpace> table_;
+  Kokkos::View<Acc*, MemorySpace> partials_;
 };
 
 }  // namespace dilated
