@@ -183,8 +183,10 @@ void layer_norm_forward(const ExecSpace& space, const X& x, const G& gamma, cons
 }
 
 // Gradients of layer_norm_forward for the upstream gradient dy: dx, dgamma = column sums of
-// dy xhat and dbeta = column sums of dy. `partial` holds the column sums' partial results
-// (column_sum_partials<2>(rows, cols) of them); an empty one is allocated for the call.
+// dy xhat and dbeta = column sums of dy. dx may be dy itself (in place: each row's dy is read
+// whole before its dx is written, and the column sums run first), which saves the layer one
+// (rows, features) buffer during the attention's backward. `partial` holds the column sums' partial
+// results (column_sum_partials<2>(rows, cols) of them); an empty one is allocated for the call.
 template <class ExecSpace, class X, class G, class Stat, class DY, class DX, class DG, class DB,
           class Partial =
               ColumnPartials<typename Stat::non_const_value_type, typename ExecSpace::memory_space>>
@@ -197,10 +199,7 @@ void layer_norm_backward(const ExecSpace& space, const X& x, const G& gamma, con
                     std::is_same_v<typename DY::non_const_value_type, T>,
                 "dilated::Impl::layer_norm_backward: x, dy and dx must share the storage type");
   const int cols = x.extent(1);
-  if (rows_take_packs<T>(cols, x, dy, dx, gamma))
-    layer_norm_input_gradient_rows<T, row_pack_width<T>()>(space, x, gamma, mean, rstd, dy, dx);
-  else
-    layer_norm_input_gradient_rows<T, 1>(space, x, gamma, mean, rstd, dy, dx);
+  // The parameter gradients first: they read dy, which dx may overwrite (in place).
   column_sums<Acc, 2>(
       space, "dilated::layer_norm::parameter_gradients", x.extent(0), cols,
       KOKKOS_LAMBDA(long i, long j, Acc(&sums)[2]) {
@@ -209,6 +208,10 @@ void layer_norm_backward(const ExecSpace& space, const X& x, const G& gamma, con
         sums[1] += d;
       },
       partial, dgamma, dbeta);
+  if (rows_take_packs<T>(cols, x, dy, dx, gamma))
+    layer_norm_input_gradient_rows<T, row_pack_width<T>()>(space, x, gamma, mean, rstd, dy, dx);
+  else
+    layer_norm_input_gradient_rows<T, 1>(space, x, gamma, mean, rstd, dy, dx);
 }
 
 }  // namespace dilated::Impl

@@ -33,21 +33,29 @@ void broadcast_rows(const ExecSpace& space, const char* label, const Bias& bias,
 }
 
 // Column sums in a fixed order (the result does not depend on the backend's scheduling): the
-// rows in chunks of column_sum_rows (one partial per chunk, sum and column; consecutive threads
+// rows in chunks of column_sum_rows, longer past column_sum_max_chunks chunks (one partial per
+// chunk, sum and column; consecutive threads
 // on consecutive columns, so that every thread has few dependent loads and many are in flight),
 // then the partials column_sum_fan_in at a time, level after level, until one is left. On the
 // H200, chunks of 256 rows and one pass over the partials ran the 64K layer's column sums at
 // 1.7-2.9 TB/s plus ~31 us per second pass (one thread per column, latency-bound).
 inline constexpr long column_sum_rows = 32;
 inline constexpr long column_sum_fan_in = 32;
+inline constexpr long column_sum_max_chunks = 512;
 
 template <class Acc, class MemorySpace>
 using ColumnPartials = Kokkos::View<Acc**, Kokkos::LayoutRight, MemorySpace>;
 
 // Partials per level for `rows` rows: chunks of column_sum_rows, then fan-ins of
 // column_sum_fan_in; the last level (one partial) is the output itself.
+inline long column_sum_chunk_rows(long rows) {
+  // At most column_sum_max_chunks first partials (their buffer is then <= ~1.03 x that many rows
+  // of K x cols floats, whatever the sequence length): longer chunks for more rows.
+  return std::max(column_sum_rows, (rows + column_sum_max_chunks - 1) / column_sum_max_chunks);
+}
 inline std::vector<long> column_sum_levels(long rows) {
-  std::vector<long> levels{std::max(1L, (rows + column_sum_rows - 1) / column_sum_rows)};
+  const long chunk = column_sum_chunk_rows(rows);
+  std::vector<long> levels{std::max(1L, (rows + chunk - 1) / chunk)};
   while (levels.back() > 1)
     levels.push_back((levels.back() + column_sum_fan_in - 1) / column_sum_fan_in);
   levels.pop_back();  // the single last partial is written to the outputs
@@ -83,12 +91,13 @@ void column_sums(const ExecSpace& space, const char* label, long rows, long cols
   const long first = levels.empty() ? 1 : levels[0];
   // The rows: into level 0 of the partials, or straight into the outputs for <= 32 rows.
   const bool direct = levels.empty();
+  const long chunk = column_sum_chunk_rows(rows);
   Kokkos::parallel_for(
       label, Kokkos::RangePolicy<ExecSpace>(space, 0, first * cols), KOKKOS_LAMBDA(long e) {
         const long c = e / cols, j = e % cols,
-                   end = (c + 1) * column_sum_rows < rows ? (c + 1) * column_sum_rows : rows;
+                   end = (c + 1) * chunk < rows ? (c + 1) * chunk : rows;
         Acc sums[K] = {};
-        for (long i = c * column_sum_rows; i < end; ++i)
+        for (long i = c * chunk; i < end; ++i)
           term(i, j, sums);
         for (int s = 0; s < K; ++s) {
           if (direct)

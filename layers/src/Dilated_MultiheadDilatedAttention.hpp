@@ -71,7 +71,7 @@ struct MultiheadWorkspace {
   using Matrix = Kokkos::View<T**, Kokkos::LayoutRight, MemorySpace>;
   using Acc = Impl::accumulation_t<T>;
   MultiheadActivations<T, MemorySpace> forward;  // used by calls without `saved`
-  Matrix dz, da, dqkv;
+  Matrix dz, dqkv;  // dz: the out projection's input gradient, then the norm's (in place)
   Kokkos::View<Acc**, Kokkos::LayoutRight, MemorySpace> partial;
   Matrix dense_input[3], dense_output, dense_dout;
 
@@ -83,7 +83,7 @@ struct MultiheadWorkspace {
               (views.span() * sizeof(typename std::decay_t<decltype(views)>::value_type)));
     };
     return sum(forward.qkv, forward.attention, forward.normed, forward.lse, forward.mean,
-               forward.rstd, dz, da, dqkv, partial, dense_input[0], dense_input[1], dense_input[2],
+               forward.rstd, dz, dqkv, partial, dense_input[0], dense_input[1], dense_input[2],
                dense_output, dense_dout);
   }
 };
@@ -558,13 +558,12 @@ class MultiheadDilatedAttention {
     Impl::ensure_extents(ws.dz, "dilated::MultiheadDilatedAttention::dz", m, e);
     Impl::linear_backward(space, z, p.out_proj_weight, rows_of(space, dout, ws.dense_dout), ws.dz,
                           false, dp.out_proj_weight, dp.out_proj_bias, gemm_, ws.partial);
-    Matrix da = ws.dz;
-    if (layer_norm_) {
-      Impl::ensure_extents(ws.da, "dilated::MultiheadDilatedAttention::d_attention", m, e);
-      da = ws.da;
+    // The norm's input gradient overwrites dz (in place: one buffer less while the attention's
+    // backward holds its temporaries).
+    const Matrix da = ws.dz;
+    if (layer_norm_)
       Impl::layer_norm_backward(space, a.attention, p.norm_weight, a.mean, a.rstd, ws.dz, da,
                                 dp.norm_weight, dp.norm_bias, ws.partial);
-    }
 
     // The attention, into a gradient buffer laid out as the projections.
     Impl::ensure_extents(ws.dqkv, "dilated::MultiheadDilatedAttention::dqkv", a.qkv.extent(0),

@@ -103,6 +103,8 @@ void adamw_tensor_step(const ExecSpace& space, const char* label,
   Kokkos::parallel_for(
       label, Kokkos::RangePolicy<ExecSpace>(space, 0, static_cast<long>(param.extent(0))),
       KOKKOS_LAMBDA(long i) {
+        // nvcc's extended lambdas cannot first capture a variable inside `if constexpr`.
+        (void)master;
         const Acc g = static_cast<Acc>(grad(i));
         Acc p;
         if constexpr (master_weights) {

@@ -127,6 +127,8 @@ void adamw8bit_tensor_step(const ExecSpace& space, const char* label,
   Kokkos::parallel_for(
       label, Policy(space, blocks, team_size).set_scratch_size(0, Kokkos::PerTeam(scratch)),
       KOKKOS_LAMBDA(const Member& member) {
+        // nvcc's extended lambdas cannot first capture a variable inside `if constexpr`.
+        (void)master;
         const long b = member.league_rank();
         const long begin = b * block;
         const int length = static_cast<int>(n - begin < block ? n - begin : block);
