@@ -38,13 +38,14 @@ rows = {}
 for b in ours["benchmarks"]:
     if b.get("aggregate_name") != "median":
         continue
-    parts = b["run_name"].split("/")
-    layer, pass_name, n = parts[0], parts[5], int(parts[-1].split(":")[1])
+    parts = b["run_name"].split("/")  # layer/semantics/dtype/E:/h:/pass[/causal]/n:N/manual_time
+    layer, pass_name = parts[0], parts[5]
+    n = int(next(p for p in parts if p.startswith("n:"))[2:])
     unit = {"ms": 1, "us": 1e-3, "ns": 1e-6, "s": 1e3}[b["time_unit"]]
     rows[(layer, pass_name, n)] = (b["real_time"] * unit, b["attention_ms"], b["gemm_ms"],
                                    b["extra_MiB"])
 print(f"{'layer':36} {'pass':8} {'n':>7} {'ours ms':>9} {'attn ms':>8} {'gemm ms':>8} "
-      f"{'extra MiB':>9} {'peer ms':>9} {'peer MiB':>9} {'peer/ours':>9}")
+      f"{'extra MiB':>9} {'beyond/gemm':>11} {'peer ms':>9} {'peer MiB':>9} {'peer/ours':>9}")
 for p in peer["benchmarks"]:
     key = (p["layer"], p["pass"], p["n"])
     o = rows.get(key)
@@ -52,6 +53,9 @@ for p in peer["benchmarks"]:
     if o is None:
         continue
     ratio = f"{pm / o[0]:9.2f}" if pm else "      n/a"
+    # beyond/gemm: the layer's time beyond its attention over the time of its GEMMs alone.
+    beyond = (o[0] - o[1]) / o[2]
     print(f"{key[0]:36} {key[1]:8} {key[2]:7d} {o[0]:9.3f} {o[1]:8.3f} {o[2]:8.3f} {o[3]:9.0f} "
-          f"{(pm or float('nan')):9.3f} {p.get('extra_MiB', float('nan')):9.0f} {ratio}")
+          f"{beyond:11.2f} {(pm or float('nan')):9.3f} {p.get('extra_MiB', float('nan')):9.0f} "
+          f"{ratio}")
 PY

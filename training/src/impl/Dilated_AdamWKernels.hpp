@@ -96,6 +96,8 @@ void adamw_tensor_step(const ExecSpace& space, const char* label,
                        const MomentState<state_t<T>, MemorySpace>& state,
                        const AdamWScalars<state_t<T>>& s) {
   using Acc = state_t<T>;
+  // A plain `if` on it below, not `if constexpr`: nvcc's extended lambdas cannot first
+  // capture a variable inside `if constexpr` (the dead branch folds away all the same).
   constexpr bool master_weights = needs_master_v<T>;
   const auto param = tensor.parameter;
   const auto grad = tensor.gradient;
@@ -103,11 +105,9 @@ void adamw_tensor_step(const ExecSpace& space, const char* label,
   Kokkos::parallel_for(
       label, Kokkos::RangePolicy<ExecSpace>(space, 0, static_cast<long>(param.extent(0))),
       KOKKOS_LAMBDA(long i) {
-        // nvcc's extended lambdas cannot first capture a variable inside `if constexpr`.
-        (void)master;
         const Acc g = static_cast<Acc>(grad(i));
         Acc p;
-        if constexpr (master_weights) {
+        if (master_weights) {
           p = s.first ? static_cast<Acc>(param(i)) : master(i);
         } else {
           p = static_cast<Acc>(param(i));
@@ -117,7 +117,7 @@ void adamw_tensor_step(const ExecSpace& space, const char* label,
         exp_avg(i) = m;
         exp_avg_sq(i) = v;
         p = adamw_parameter(s, p, m, v);
-        if constexpr (master_weights) master(i) = p;
+        if (master_weights) master(i) = p;
         param(i) = static_cast<T>(p);
       });
 }

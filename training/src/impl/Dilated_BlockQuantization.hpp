@@ -111,6 +111,8 @@ void adamw8bit_tensor_step(const ExecSpace& space, const char* label,
   using Scratch = typename ExecSpace::scratch_memory_space;
   using AccScratch = Kokkos::View<Acc*, Scratch, Kokkos::MemoryTraits<Kokkos::Unmanaged>>;
   using MapScratch = Kokkos::View<float*, Scratch, Kokkos::MemoryTraits<Kokkos::Unmanaged>>;
+  // A plain `if` on it below, not `if constexpr`: nvcc's extended lambdas cannot first
+  // capture a variable inside `if constexpr` (the dead branch folds away all the same).
   constexpr bool master_weights = needs_master_v<T>;
   constexpr int block = quantization_block;
   const long n = static_cast<long>(tensor.parameter.extent(0));
@@ -127,8 +129,6 @@ void adamw8bit_tensor_step(const ExecSpace& space, const char* label,
   Kokkos::parallel_for(
       label, Policy(space, blocks, team_size).set_scratch_size(0, Kokkos::PerTeam(scratch)),
       KOKKOS_LAMBDA(const Member& member) {
-        // nvcc's extended lambdas cannot first capture a variable inside `if constexpr`.
-        (void)master;
         const long b = member.league_rank();
         const long begin = b * block;
         const int length = static_cast<int>(n - begin < block ? n - begin : block);
@@ -179,13 +179,13 @@ void adamw8bit_tensor_step(const ExecSpace& space, const char* label,
           const long i = begin + j;
           const Acc m1 = m(j), v1 = v(j);
           Acc p;
-          if constexpr (master_weights) {
+          if (master_weights) {
             p = s.first ? static_cast<Acc>(param(i)) : master(i);
           } else {
             p = static_cast<Acc>(param(i));
           }
           p = adamw_parameter(s, p, m1, v1);
-          if constexpr (master_weights) master(i) = p;
+          if (master_weights) master(i) = p;
           param(i) = static_cast<T>(p);
           state1(i) = quantize(&map(0), static_cast<float>(m1 * inverse1));
           state2(i) = quantize(&map(map_entries), static_cast<float>(v1 * inverse2));
