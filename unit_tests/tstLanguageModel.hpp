@@ -7,6 +7,7 @@
 #include <Dilated_ByteCorpus.hpp>
 #include <Dilated_CrossEntropy.hpp>
 #include <Dilated_Embedding.hpp>
+#include <Dilated_TestData.hpp>
 
 #include <catch2/catch_template_test_macros.hpp>
 #include <catch2/catch_test_macros.hpp>
@@ -50,14 +51,7 @@ double unit_roundoff() {
   return 0x1p-8;  // bf16
 }
 
-std::vector<double> normal_values(std::size_t n, std::uint64_t seed, double scale = 1.0) {
-  std::mt19937_64 engine(seed);
-  std::normal_distribution<double> normal;
-  std::vector<double> values(n);
-  for (auto& x : values)
-    x = scale * normal(engine);
-  return values;
-}
+using dilated::testing::normal_values;
 
 // Stores `values` (row-major) into the dense View rounded to its type; returns what was stored.
 template <class View>

@@ -9,6 +9,7 @@
 #include <Dilated_GradientClipping.hpp>
 #include <Dilated_LearningRateSchedule.hpp>
 #include <Dilated_Npy.hpp>
+#include <Dilated_TestData.hpp>
 #include <Dilated_ParameterGradients.hpp>
 #include <Dilated_Parameters.hpp>
 
@@ -47,15 +48,7 @@ std::string scratch_directory(const std::string& name) {
   return dir.string();
 }
 
-// N(0, scale^2) values from a fixed seed.
-std::vector<double> normal_values(std::size_t n, std::uint64_t seed, double scale = 1.0) {
-  std::mt19937_64 engine(seed);
-  std::normal_distribution<double> normal;
-  std::vector<double> values(n);
-  for (auto& x : values)
-    x = scale * normal(engine);
-  return values;
-}
+using dilated::testing::normal_values;
 
 // Stores `values` into `view` rounded to T; returns what was stored, in double.
 template <class T>

@@ -129,7 +129,9 @@ void cross_entropy_rows(const ExecSpace& space, const Logits& logits, const Targ
           const long y = targets(first + i);
           P* row = reinterpret_cast<P*>(lp + i * stride);
           if (y == ignore_index) {
-            if constexpr (Gradient) {
+            // A plain if (Gradient is a template constant): nvcc's extended lambdas cannot
+            // first capture a variable inside `if constexpr`.
+            if (Gradient) {
               Kokkos::parallel_for(Kokkos::ThreadVectorRange(member, packs), [&](int p) {
                 P zero;
                 for (int w = 0; w < W; ++w)
@@ -161,7 +163,7 @@ void cross_entropy_rows(const ExecSpace& space, const Logits& logits, const Targ
               },
               sum);
           const Acc lse = mx + math::log(sum);
-          if constexpr (Gradient) {
+          if (Gradient) {
             // The lane that rewrites y's pack reads x_y from it first: no other lane reads
             // a value another one overwrites.
             Kokkos::parallel_for(Kokkos::ThreadVectorRange(member, packs), [&](int p) {

@@ -10,6 +10,7 @@
 #include <cstdlib>
 #include <random>
 #include <string>
+#include <vector>
 
 namespace dilated::testing {
 
@@ -55,6 +56,16 @@ inline std::string golden_dir() {
 #else
   return "";
 #endif
+}
+
+// n values N(0, scale^2) from a fixed seed, generated on the host.
+inline std::vector<double> normal_values(std::size_t n, std::uint64_t seed, double scale = 1.0) {
+  std::mt19937_64 engine(seed);
+  std::normal_distribution<double> normal;
+  std::vector<double> values(n);
+  for (auto& x : values)
+    x = scale * normal(engine);
+  return values;
 }
 
 }  // namespace dilated::testing
