@@ -95,10 +95,10 @@ class CublasLtPlans {
     const Compute one = 1, zero = 0;
     void* ws = workspace(stream);
     // Row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T: B goes first.
-    cublas_check(cublasLtMatmul(handle_, plan.desc, &one, b, plan.layout_b, a, plan.layout_a, &zero,
-                                c, plan.layout_c, c, plan.layout_c, &plan.algo, ws,
-                                workspace_bytes, stream),
-                 "cublasLtMatmul");
+    cublas_check(
+        cublasLtMatmul(handle_, plan.desc, &one, b, plan.layout_b, a, plan.layout_a, &zero, c,
+                       plan.layout_c, c, plan.layout_c, &plan.algo, ws, workspace_bytes, stream),
+        "cublasLtMatmul");
     return true;
   }
 
