@@ -61,7 +61,7 @@ class CublasLtPlans {
     return *plans;
   }
 
-  // Enqueues row-major C (m x n) = alpha op(A) op(B) + bias on `stream`; false when cuBLASLt has
+  // Enqueues row-major C (m x n) = op(A) op(B) + bias on `stream`; false when cuBLASLt has
   // no algorithm for it (nothing enqueued).
   template <class T>
   bool matmul_bias(cudaStream_t stream, bool ta, bool tb, long m, long n, long k, const T* a,
