@@ -132,4 +132,15 @@ KOKKOS_INLINE_FUNCTION constexpr T infinity() {
 #define DILATED_BHALF_IS_FLOAT 1
 #endif
 
+namespace dilated::Impl {
+// The storage types every public class takes (float, double, half; bf16 where Kokkos has it).
+template <class T>
+inline constexpr bool is_storage_type_v = std::is_same_v<T, float> || std::is_same_v<T, double> ||
+                                          std::is_same_v<T, Kokkos::Experimental::half_t>
+#if DILATED_HAVE_BHALF
+                                          || std::is_same_v<T, Kokkos::Experimental::bhalf_t>
+#endif
+    ;
+}  // namespace dilated::Impl
+
 #endif  // DILATED_COMPAT_HPP

@@ -26,14 +26,6 @@ namespace dilated {
 
 namespace Impl {
 
-template <class T>
-inline constexpr bool is_storage_type_v = std::is_same_v<T, float> || std::is_same_v<T, double> ||
-                                          std::is_same_v<T, Kokkos::Experimental::half_t>
-#if DILATED_HAVE_BHALF
-                                          || std::is_same_v<T, Kokkos::Experimental::bhalf_t>
-#endif
-    ;
-
 // Compile-time checks shared by forward and backward: Views of rank `rank`, reachable from
 // ExecSpace, of the same storage type T.
 template <class ExecSpace, class T, int rank, class... Views>

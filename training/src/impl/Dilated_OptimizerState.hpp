@@ -27,13 +27,7 @@ namespace dilated::training::Impl {
 
 using dilated::Impl::require;
 
-template <class T>
-inline constexpr bool is_storage_type_v = std::is_same_v<T, float> || std::is_same_v<T, double> ||
-                                          std::is_same_v<T, Kokkos::Experimental::half_t>
-#if DILATED_HAVE_BHALF
-                                          || std::is_same_v<T, Kokkos::Experimental::bhalf_t>
-#endif
-    ;
+using dilated::Impl::is_storage_type_v;  // core/src/Dilated_Compat.hpp
 
 // Moments, master weights and every update in float, in double for double storage.
 template <class T>
