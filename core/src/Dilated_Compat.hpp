@@ -94,10 +94,12 @@ inline constexpr bool is_accessible_from_v =
 // Device-callable math: Kokkos::exp & co. are 3.7+ spellings; 3.4 has them in Experimental.
 namespace math {
 #if KOKKOS_VERSION >= 30700
+using Kokkos::erf;
 using Kokkos::exp;
 using Kokkos::log;
 using Kokkos::sqrt;
 #else
+using Kokkos::Experimental::erf;
 using Kokkos::Experimental::exp;
 using Kokkos::Experimental::log;
 using Kokkos::Experimental::sqrt;

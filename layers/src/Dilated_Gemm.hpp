@@ -264,10 +264,12 @@ void gemm(const ExecSpace& space, Op op_a, Op op_b, double alpha, const AV& a, c
 // C = op(A) op(B) + bias (bias: one value per column of C) with the bias added in the product's
 // epilogue: cuBLASLt on CUDA (not for double: the fp64 epilogue is not among cuBLASLt's
 // kernels). Returns false, having done nothing, where this backend or storage type has no such
-// epilogue (the caller then writes the bias and calls gemm with beta = 1).
+// epilogue (the caller then writes the bias and calls gemm with beta = 1). With `residual` (not
+// null; C's shape and row stride): C = residual + op(A) op(B) + bias in the same epilogue.
 template <class ExecSpace, class AV, class BV, class Bias, class CV>
 bool gemm_bias(const ExecSpace& space, Op op_a, Op op_b, const AV& a, const BV& b, const Bias& bias,
-               const CV& c, const GemmOptions& options = {}) {
+               const CV& c, const GemmOptions& options = {},
+               const typename CV::value_type* residual = nullptr) {
   constexpr const char* fn = "dilated::Impl::gemm_bias";
   check_gemm_views<ExecSpace, AV, BV, CV>();
   const int k = gemm_inner_extent(fn, op_a, a, op_b, b, c);
@@ -287,10 +289,10 @@ bool gemm_bias(const ExecSpace& space, Op op_a, Op op_b, const AV& a, const BV& 
     const auto ld = [](const auto& x) { return x.stride(0) > 0 ? long(x.stride(0)) : 1L; };
     return CublasLtPlans::instance().matmul_bias<T>(
         space.cuda_stream(), op_a == Op::T, op_b == Op::T, m, n, k, a.data(), ld(a), b.data(),
-        ld(b), c.data(), ld(c), bias.data(), compute);
+        ld(b), c.data(), ld(c), bias.data(), compute, residual);
   }
 #endif
-  (void)space, (void)a, (void)b, (void)bias, (void)c, (void)k;
+  (void)space, (void)a, (void)b, (void)bias, (void)c, (void)k, (void)residual;
   return false;
 }
 

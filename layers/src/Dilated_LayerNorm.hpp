@@ -31,9 +31,13 @@ struct MatrixRowLaunch {
   }
 };
 
+// With residual (r, s not null): the row normalised is x + r, and s receives it (a residual
+// connection and the next LayerNorm in one pass: the sum is written once and not read back).
 template <class T, int W, class ExecSpace, class X, class G, class B, class Y, class Stat>
 void layer_norm_forward_rows(const ExecSpace& space, const X& x, const G& gamma, const B& beta,
-                             double eps, const Y& y, const Stat& mean, const Stat& rstd) {
+                             double eps, const Y& y, const Stat& mean, const Stat& rstd,
+                             const T* rp = nullptr, long r_stride = 0, T* sp = nullptr,
+                             long s_stride = 0) {
   using Acc = typename Stat::non_const_value_type;
   using P = Pack<T, W>;
   using Launch = MatrixRowLaunch<ExecSpace>;
@@ -53,6 +57,20 @@ void layer_norm_forward_rows(const ExecSpace& space, const X& x, const G& gamma,
           const long i = long(member.league_rank()) * Launch::rows_per_team + r;
           if (i >= rows) return;
           const P* row = reinterpret_cast<const P*>(xp + i * x_stride);
+          if (rp) {
+            // The sum x + r, rounded to T as the unfused add would store it, then normalised
+            // from s (this thread's own writes: read back from cache).
+            const P* rr = reinterpret_cast<const P*>(rp + i * r_stride);
+            P* sr = reinterpret_cast<P*>(sp + i * s_stride);
+            Kokkos::parallel_for(Kokkos::ThreadVectorRange(member, packs), [&](int p) {
+              const P a = row[p], b = rr[p];
+              P o;
+              for (int w = 0; w < W; ++w)
+                o.v[w] = static_cast<T>(static_cast<Acc>(a.v[w]) + static_cast<Acc>(b.v[w]));
+              sr[p] = o;
+            });
+            row = sr;
+          }
           Acc sum = 0;
           Kokkos::parallel_reduce(
               Kokkos::ThreadVectorRange(member, packs),
@@ -94,10 +112,12 @@ void layer_norm_forward_rows(const ExecSpace& space, const X& x, const G& gamma,
 }
 
 // dx = rstd (g - mean_j(g) - xhat mean_j(g xhat)) with g = dy gamma, xhat = (x - mean) rstd.
+// With add (not null): dx = that + add, the gradient of a residual branch joined in the same pass
+// (add may be dx itself).
 template <class T, int W, class ExecSpace, class X, class G, class Stat, class DY, class DX>
 void layer_norm_input_gradient_rows(const ExecSpace& space, const X& x, const G& gamma,
-                                    const Stat& mean, const Stat& rstd, const DY& dy,
-                                    const DX& dx) {
+                                    const Stat& mean, const Stat& rstd, const DY& dy, const DX& dx,
+                                    const T* add = nullptr, long add_stride = 0) {
   using Acc = typename Stat::non_const_value_type;
   using P = Pack<T, W>;
   using Launch = MatrixRowLaunch<ExecSpace>;
@@ -138,13 +158,17 @@ void layer_norm_input_gradient_rows(const ExecSpace& space, const X& x, const G&
               sum_gx);
           const Acc a = sum_g / cols, b = sum_gx / cols;
           P* out = reinterpret_cast<P*>(dxp + i * dx_stride);
+          const P* ar = add ? reinterpret_cast<const P*>(add + i * add_stride) : nullptr;
           Kokkos::parallel_for(Kokkos::ThreadVectorRange(member, packs), [&](int p) {
             const P v = xr[p], d = dyr[p], g = gp[p];
+            P extra;
+            if (ar) extra = ar[p];
             P o;
             for (int w = 0; w < W; ++w) {
               const Acc xhat = (static_cast<Acc>(v.v[w]) - mu) * rs;
               const Acc gw = static_cast<Acc>(d.v[w]) * static_cast<Acc>(g.v[w]);
-              o.v[w] = static_cast<T>(rs * (gw - a - xhat * b));
+              const Acc grad = rs * (gw - a - xhat * b);
+              o.v[w] = static_cast<T>(ar ? grad + static_cast<Acc>(extra.v[w]) : grad);
             }
             out[p] = o;
           });
@@ -182,17 +206,42 @@ void layer_norm_forward(const ExecSpace& space, const X& x, const G& gamma, cons
     layer_norm_forward_rows<T, 1>(space, x, gamma, beta, eps, y, mean, rstd);
 }
 
+// sum = x + r (a residual connection), then y = LayerNorm(sum), in one pass over the rows (sum
+// is written once and normalised from cache). sum may be x or r itself.
+template <class ExecSpace, class X, class R, class S, class G, class B, class Y, class Stat>
+void add_layer_norm_forward(const ExecSpace& space, const X& x, const R& r, const S& sum,
+                            const G& gamma, const B& beta, double eps, const Y& y, const Stat& mean,
+                            const Stat& rstd) {
+  using T = typename Y::non_const_value_type;
+  static_assert(std::is_same_v<typename X::non_const_value_type, T> &&
+                    std::is_same_v<typename R::non_const_value_type, T> &&
+                    std::is_same_v<typename S::non_const_value_type, T>,
+                "dilated::Impl::add_layer_norm_forward: x, r, sum and y must share the storage "
+                "type");
+  if (rows_take_packs<T>(x.extent(1), x, r, sum, y, gamma, beta))
+    layer_norm_forward_rows<T, row_pack_width<T>()>(space, x, gamma, beta, eps, y, mean, rstd,
+                                                    r.data(), r.stride(0), sum.data(),
+                                                    sum.stride(0));
+  else
+    layer_norm_forward_rows<T, 1>(space, x, gamma, beta, eps, y, mean, rstd, r.data(), r.stride(0),
+                                  sum.data(), sum.stride(0));
+}
+
 // Gradients of layer_norm_forward for the upstream gradient dy: dx, dgamma = column sums of
 // dy xhat and dbeta = column sums of dy. dx may be dy itself (in place: each row's dy is read
 // whole before its dx is written, and the column sums run first), which saves the layer one
 // (rows, features) buffer during the attention's backward. `partial` holds the column sums' partial
 // results (column_sum_partials<2>(rows, cols) of them); an empty one is allocated for the call.
+//
+// `add` (not empty): dx = the norm's input gradient + add, the other gradient of a residual
+// stream (a block's dy); it may be dx itself.
 template <class ExecSpace, class X, class G, class Stat, class DY, class DX, class DG, class DB,
           class Partial =
-              ColumnPartials<typename Stat::non_const_value_type, typename ExecSpace::memory_space>>
+              ColumnPartials<typename Stat::non_const_value_type, typename ExecSpace::memory_space>,
+          class Add = DX>
 void layer_norm_backward(const ExecSpace& space, const X& x, const G& gamma, const Stat& mean,
                          const Stat& rstd, const DY& dy, const DX& dx, const DG& dgamma,
-                         const DB& dbeta, const Partial& partial = {}) {
+                         const DB& dbeta, const Partial& partial = {}, const Add& add = {}) {
   using T = typename DX::non_const_value_type;
   using Acc = typename Stat::non_const_value_type;
   static_assert(std::is_same_v<typename X::non_const_value_type, T> &&
@@ -208,10 +257,15 @@ void layer_norm_backward(const ExecSpace& space, const X& x, const G& gamma, con
         sums[1] += d;
       },
       partial, dgamma, dbeta);
-  if (rows_take_packs<T>(cols, x, dy, dx, gamma))
-    layer_norm_input_gradient_rows<T, row_pack_width<T>()>(space, x, gamma, mean, rstd, dy, dx);
+  const T* add_data = add.extent(0) > 0 ? add.data() : nullptr;
+  const long add_stride = add.extent(0) > 0 ? static_cast<long>(add.stride(0)) : 0;
+  const bool packs = add_data ? rows_take_packs<T>(cols, x, dy, dx, gamma, add)
+                              : rows_take_packs<T>(cols, x, dy, dx, gamma);
+  if (packs)
+    layer_norm_input_gradient_rows<T, row_pack_width<T>()>(space, x, gamma, mean, rstd, dy, dx,
+                                                           add_data, add_stride);
   else
-    layer_norm_input_gradient_rows<T, 1>(space, x, gamma, mean, rstd, dy, dx);
+    layer_norm_input_gradient_rows<T, 1>(space, x, gamma, mean, rstd, dy, dx, add_data, add_stride);
 }
 
 }  // namespace dilated::Impl

@@ -151,6 +151,43 @@ void linear_forward(const ExecSpace& space, const X& x, const W& w, const Bias& 
   }
 }
 
+// y (M, out) = residual + x w^T + bias (a residual connection; residual has y's shape and may be
+// y itself). On CUDA the residual and the bias go into the product's epilogue (beta = 1 on the
+// residual); elsewhere one pass writes y = residual + bias and the product adds into it.
+template <class ExecSpace, class X, class W, class Bias, class R, class Y>
+void linear_forward_residual(const ExecSpace& space, const X& x, const W& w, const Bias& bias,
+                             const R& residual, const Y& y, const GemmOptions& options = {}) {
+  constexpr const char* fn = "dilated::Impl::linear_forward_residual";
+  require(bias.extent(0) == 0 || bias.extent(0) == y.extent(1), fn,
+          "bias.extent(0) = ", bias.extent(0), " does not match out_features = ", y.extent(1));
+  require(residual.extent(0) == y.extent(0) && residual.extent(1) == y.extent(1), fn,
+          "residual is (", residual.extent(0), ", ", residual.extent(1), "), y is (", y.extent(0),
+          ", ", y.extent(1), ")");
+  const bool same_rows = y.extent(0) <= 1 || residual.stride(0) == y.stride(0);
+  if (bias.extent(0) > 0 && same_rows &&
+      gemm_bias(space, Op::N, Op::T, x, w, bias, y, options, residual.data()))
+    return;
+  if (static_cast<const void*>(residual.data()) != static_cast<const void*>(y.data()) ||
+      bias.extent(0) > 0) {
+    using Policy =
+        Kokkos::MDRangePolicy<ExecSpace,
+                              Kokkos::Rank<2, Kokkos::Iterate::Right, Kokkos::Iterate::Right>>;
+    const bool has_bias = bias.extent(0) > 0;
+    using T = typename Y::non_const_value_type;
+    using Acc = linear_accumulation_t<T>;
+    Kokkos::parallel_for(
+        "dilated::linear::residual_bias",
+        Policy(space, {0, 0}, {static_cast<long>(y.extent(0)), static_cast<long>(y.extent(1))}),
+        KOKKOS_LAMBDA(long i, long j) {
+          y(i, j) =
+              has_bias
+                  ? static_cast<T>(static_cast<Acc>(residual(i, j)) + static_cast<Acc>(bias(j)))
+                  : residual(i, j);
+        });
+  }
+  gemm(space, Op::N, Op::T, 1.0, x, w, 1.0, y, options);
+}
+
 // Gradients of y = x w^T + b for the upstream gradient dy: dx = dy w (added to dx when
 // accumulate_dx), dw = dy^T x, db = column sums of dy. An empty dx or db is skipped.
 // `partial`: scratch for the bias gradient (column_sum_partials(1, M, out)); empty: allocated.

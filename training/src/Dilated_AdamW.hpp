@@ -26,6 +26,7 @@
 
 #include <Kokkos_Core.hpp>
 
+#include <cmath>
 #include <string>
 #include <type_traits>
 #include <vector>
@@ -113,10 +114,13 @@ class AdamW {
   }
 
   // One AdamW step over `tensors` (the same list, in the same order, every step; the first step
-  // or load_state fixes it). Throws std::invalid_argument for a list the state was not made for
-  // or a gradient of another length than its parameter; nothing is changed then.
+  // or load_state fixes it). Every gradient is read times gradient_scale (in the state type; 1,
+  // the default, is PyTorch's step exactly): 1 / the loss scale, times a clipping factor, so that
+  // the gradients themselves are never rewritten. Throws std::invalid_argument for a list the
+  // state was not made for, a gradient of another length than its parameter, or a gradient_scale
+  // that is not finite and > 0; nothing is changed then.
   template <class ExecSpace>
-  void step(const ExecSpace& space, const Tensors& tensors) {
+  void step(const ExecSpace& space, const Tensors& tensors, double gradient_scale = 1.0) {
     constexpr const char* fn = "dilated::training::AdamW::step";
     static_assert(dilated::Impl::is_execution_space_v<ExecSpace>,
                   "dilated::training::AdamW::step: the first argument must be a Kokkos "
@@ -125,6 +129,8 @@ class AdamW {
                   "dilated::training::AdamW::step: the tensors' memory space must be accessible "
                   "from the execution space");
     dilated::Impl::ScopedRegion region(fn);
+    dilated::Impl::require(std::isfinite(gradient_scale) && gradient_scale > 0, fn,
+                           "gradient_scale = ", gradient_scale, " must be finite and > 0");
     const bool first = states_.empty();
     if (first) {
       Impl::check_tensor_list(fn, tensors);
@@ -139,14 +145,16 @@ class AdamW {
       }
     }
     ++step_count_;
-    const auto s = Impl::adamw_scalars<state_type>(options_.lr(), options_.beta1(),
-                                                   options_.beta2(), options_.eps(),
-                                                   options_.weight_decay(), step_count_, first);
+    const auto s = Impl::adamw_scalars<state_type>(
+        options_.lr(), options_.beta1(), options_.beta2(), options_.eps(), options_.weight_decay(),
+        step_count_, first, gradient_scale);
     for (std::size_t i = 0; i < tensors.size(); ++i) {
       Impl::adamw_tensor_step(space, "dilated::training::AdamW::step", tensors[i], states_[i], s);
     }
   }
-  void step(const Tensors& tensors) { step(typename MemorySpace::execution_space(), tensors); }
+  void step(const Tensors& tensors, double gradient_scale = 1.0) {
+    step(typename MemorySpace::execution_space(), tensors, gradient_scale);
+  }
 
   // Writes the state of every tensor into `directory` (which must exist) once the work on
   // `space` is done: <name>.exp_avg.npy, <name>.exp_avg_sq.npy (float32, float64 for double),

@@ -90,7 +90,7 @@ class AdamW8bit {
 
   // One 8-bit AdamW step over `tensors`; the same contract as AdamW::step.
   template <class ExecSpace>
-  void step(const ExecSpace& space, const Tensors& tensors) {
+  void step(const ExecSpace& space, const Tensors& tensors, double gradient_scale = 1.0) {
     constexpr const char* fn = "dilated::training::AdamW8bit::step";
     static_assert(dilated::Impl::is_execution_space_v<ExecSpace>,
                   "dilated::training::AdamW8bit::step: the first argument must be a Kokkos "
@@ -99,6 +99,8 @@ class AdamW8bit {
                   "dilated::training::AdamW8bit::step: the tensors' memory space must be "
                   "accessible from the execution space");
     dilated::Impl::ScopedRegion region(fn);
+    dilated::Impl::require(std::isfinite(gradient_scale) && gradient_scale > 0, fn,
+                           "gradient_scale = ", gradient_scale, " must be finite and > 0");
     const bool first = quantized_.empty();
     if (first) {
       Impl::check_tensor_list(fn, tensors);
@@ -107,9 +109,9 @@ class AdamW8bit {
       Impl::check_same_tensors(fn, records_, tensors);
     }
     ++step_count_;
-    const auto s = Impl::adamw_scalars<state_type>(options_.lr(), options_.beta1(),
-                                                   options_.beta2(), options_.eps(),
-                                                   options_.weight_decay(), step_count_, first);
+    const auto s = Impl::adamw_scalars<state_type>(
+        options_.lr(), options_.beta1(), options_.beta2(), options_.eps(), options_.weight_decay(),
+        step_count_, first, gradient_scale);
     for (std::size_t i = 0; i < tensors.size(); ++i) {
       if (quantized_[i]) {
         Impl::adamw8bit_tensor_step(space, "dilated::training::AdamW8bit::step", tensors[i],
@@ -120,7 +122,9 @@ class AdamW8bit {
       }
     }
   }
-  void step(const Tensors& tensors) { step(typename MemorySpace::execution_space(), tensors); }
+  void step(const Tensors& tensors, double gradient_scale = 1.0) {
+    step(typename MemorySpace::execution_space(), tensors, gradient_scale);
+  }
 
   // As AdamW::save_state, with the files named at the top of this header.
   template <class ExecSpace>

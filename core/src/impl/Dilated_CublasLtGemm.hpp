@@ -16,6 +16,7 @@
 #if defined(KOKKOS_ENABLE_CUDA)
 #include <cublasLt.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -61,12 +62,13 @@ class CublasLtPlans {
     return *plans;
   }
 
-  // Enqueues row-major C (m x n) = op(A) op(B) + bias on `stream`; false when cuBLASLt has
-  // no algorithm for it (nothing enqueued).
+  // Enqueues row-major C (m x n) = op(A) op(B) + bias (+ residual, an m x n matrix with C's
+  // leading dimension, when not null: beta = 1 on it, a residual connection in the same
+  // epilogue) on `stream`; false when cuBLASLt has no algorithm for it (nothing enqueued).
   template <class T>
   bool matmul_bias(cudaStream_t stream, bool ta, bool tb, long m, long n, long k, const T* a,
                    long lda, const T* b, long ldb, T* c, long ldc, const T* bias,
-                   cublasComputeType_t compute) {
+                   cublasComputeType_t compute, const T* residual = nullptr) {
     using Compute = std::conditional_t<std::is_same_v<T, double>, double, float>;
     const Key key{stream,
                   ta,
@@ -81,7 +83,7 @@ class CublasLtPlans {
                   static_cast<int>(compute),
                   pointer_alignment(a),
                   pointer_alignment(b),
-                  pointer_alignment(c),
+                  std::min(pointer_alignment(c), pointer_alignment(residual ? residual : c)),
                   pointer_alignment(bias)};
     const std::lock_guard<std::mutex> lock(mutex_);
     const FloatingPointShield shield;
@@ -95,10 +97,10 @@ class CublasLtPlans {
     const Compute one = 1, zero = 0;
     void* ws = workspace(stream);
     // Row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T: B goes first.
-    cublas_check(
-        cublasLtMatmul(handle_, plan.desc, &one, b, plan.layout_b, a, plan.layout_a, &zero, c,
-                       plan.layout_c, c, plan.layout_c, &plan.algo, ws, workspace_bytes, stream),
-        "cublasLtMatmul");
+    cublas_check(cublasLtMatmul(handle_, plan.desc, &one, b, plan.layout_b, a, plan.layout_a,
+                                residual ? &one : &zero, residual ? residual : c, plan.layout_c, c,
+                                plan.layout_c, &plan.algo, ws, workspace_bytes, stream),
+                 "cublasLtMatmul");
     return true;
   }
 

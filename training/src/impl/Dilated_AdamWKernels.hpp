@@ -32,12 +32,16 @@ struct AdamWScalars {
   Acc bias_correction2_sqrt;  // sqrt(1 - beta2^t)
   Acc eps;
   bool first;  // no state yet: moments read as 0, the master copy as the storage parameter
+  // A factor on every gradient as it is read (in the state type): 1 / the loss scale times the
+  // clipping factor, so that scaled half gradients are unscaled in fp32, never in half where
+  // small values would flush to zero. 1 (exact) for PyTorch's plain step.
+  Acc grad_scale;
 };
 
 // The scalars of step t (1 for the first), as torch.optim.AdamW computes them in Python.
 template <class Acc>
 AdamWScalars<Acc> adamw_scalars(double lr, double beta1, double beta2, double eps,
-                                double weight_decay, long t, bool first) {
+                                double weight_decay, long t, bool first, double grad_scale = 1.0) {
   const double bias_correction1 = 1.0 - std::pow(beta1, static_cast<double>(t));
   const double bias_correction2 = 1.0 - std::pow(beta2, static_cast<double>(t));
   return {static_cast<Acc>(1.0 - lr * weight_decay),
@@ -47,7 +51,8 @@ AdamWScalars<Acc> adamw_scalars(double lr, double beta1, double beta2, double ep
           static_cast<Acc>(-(lr / bias_correction1)),
           static_cast<Acc>(std::sqrt(bias_correction2)),
           static_cast<Acc>(eps),
-          first};
+          first,
+          static_cast<Acc>(grad_scale)};
 }
 
 // torch.lerp(exp_avg, grad, w): start + w (end - start) for w < 0.5, else end - (end - start)
@@ -105,7 +110,7 @@ void adamw_tensor_step(const ExecSpace& space, const char* label,
   Kokkos::parallel_for(
       label, Kokkos::RangePolicy<ExecSpace>(space, 0, static_cast<long>(param.extent(0))),
       KOKKOS_LAMBDA(long i) {
-        const Acc g = static_cast<Acc>(grad(i));
+        const Acc g = static_cast<Acc>(grad(i)) * s.grad_scale;
         Acc p;
         if (master_weights) {
           p = s.first ? static_cast<Acc>(param(i)) : master(i);

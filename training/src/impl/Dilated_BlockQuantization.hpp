@@ -146,7 +146,7 @@ void adamw8bit_tensor_step(const ExecSpace& space, const char* label,
             Kokkos::TeamThreadRange(member, length),
             [&](int j, Acc& largest) {
               const long i = begin + j;
-              const Acc g = static_cast<Acc>(grad(i));
+              const Acc g = static_cast<Acc>(grad(i)) * s.grad_scale;
               Acc m0 = 0, v0 = 0;
               if (!s.first) {
                 m0 = static_cast<Acc>(map(state1(i))) * old_scale1;

@@ -1,0 +1,129 @@
+// PyTorch's nn.GELU() (the exact form, approximate='none') and its derivative, elementwise over
+// dense row-major matrices:
+//
+//   gelu(x)  = x Phi(x) = x (1 + erf(x / sqrt 2)) / 2
+//   gelu'(x) = Phi(x) + x phi(x),  phi(x) = exp(-x^2 / 2) / sqrt(2 pi)
+//
+// in float (double for double storage). Memory-bound: one flat pass, 16 bytes a thread where the
+// buffers allow it (Pack), so each value is read and written once.
+#ifndef DILATED_GELU_HPP
+#define DILATED_GELU_HPP
+
+#include <Dilated_Compat.hpp>
+#include <Dilated_Gemm.hpp>
+#include <impl/Dilated_Error.hpp>
+#include <impl/Dilated_RowPieces.hpp>
+
+#include <Kokkos_Core.hpp>
+
+#include <type_traits>
+
+namespace dilated::Impl {
+
+template <class Acc>
+KOKKOS_INLINE_FUNCTION Acc gelu_value(Acc x) {
+  return Acc(0.5) * x * (Acc(1) + math::erf(x * Acc(0.70710678118654752440)));
+}
+
+template <class Acc>
+KOKKOS_INLINE_FUNCTION Acc gelu_derivative(Acc x) {
+  const Acc cdf = Acc(0.5) * (Acc(1) + math::erf(x * Acc(0.70710678118654752440)));
+  const Acc pdf = Acc(0.39894228040143267794) * math::exp(Acc(-0.5) * x * x);
+  return cdf + x * pdf;
+}
+
+// A dense matrix's values as one flat array (rows contiguous, no padding).
+template <class View>
+bool is_flat_matrix(const View& v) {
+  return v.extent(0) <= 1 || v.stride(0) == v.extent(1);
+}
+
+// Pack width for the flat arrays: 16 bytes when every pointer is 16-byte aligned and the length a
+// whole number of packs.
+template <class T, class... Pointers>
+int flat_pack_width(long size, const Pointers*... pointers) {
+  constexpr int W = 16 % sizeof(T) == 0 ? static_cast<int>(16 / sizeof(T)) : 1;
+  return W > 1 && size % W == 0 && (pack_aligned<T, W>(pointers) && ...) ? W : 1;
+}
+
+template <class T, int W, class ExecSpace>
+void gelu_forward_flat(const ExecSpace& space, const T* hp, T* gp, long size) {
+  using Acc = gemm_accumulation_t<T>;
+  using P = Pack<T, W>;
+  const P* in = reinterpret_cast<const P*>(hp);
+  P* out = reinterpret_cast<P*>(gp);
+  Kokkos::parallel_for(
+      "dilated::gelu::forward", Kokkos::RangePolicy<ExecSpace>(space, 0, size / W),
+      KOKKOS_LAMBDA(long p) {
+        const P v = in[p];
+        P o;
+        for (int w = 0; w < W; ++w)
+          o.v[w] = static_cast<T>(gelu_value(static_cast<Acc>(v.v[w])));
+        out[p] = o;
+      });
+}
+
+template <class T, int W, class ExecSpace>
+void gelu_backward_flat(const ExecSpace& space, const T* hp, const T* dgp, T* dhp, long size) {
+  using Acc = gemm_accumulation_t<T>;
+  using P = Pack<T, W>;
+  const P* h = reinterpret_cast<const P*>(hp);
+  const P* dg = reinterpret_cast<const P*>(dgp);
+  P* dh = reinterpret_cast<P*>(dhp);
+  Kokkos::parallel_for(
+      "dilated::gelu::backward", Kokkos::RangePolicy<ExecSpace>(space, 0, size / W),
+      KOKKOS_LAMBDA(long p) {
+        const P x = h[p], d = dg[p];
+        P o;
+        for (int w = 0; w < W; ++w)
+          o.v[w] =
+              static_cast<T>(static_cast<Acc>(d.v[w]) * gelu_derivative(static_cast<Acc>(x.v[w])));
+        dh[p] = o;
+      });
+}
+
+// g = gelu(h); g may be h (in place). Both dense (rows, cols) matrices of one storage type.
+template <class ExecSpace, class H, class G>
+void gelu_forward(const ExecSpace& space, const H& h, const G& g) {
+  using T = typename G::non_const_value_type;
+  static_assert(std::is_same_v<typename H::non_const_value_type, T>,
+                "dilated::Impl::gelu_forward: h and g must share the storage type");
+  constexpr const char* fn = "dilated::Impl::gelu_forward";
+  require(h.extent(0) == g.extent(0) && h.extent(1) == g.extent(1), fn, "g is (", g.extent(0), ", ",
+          g.extent(1), "), h is (", h.extent(0), ", ", h.extent(1), ")");
+  require(is_flat_matrix(h) && is_flat_matrix(g), fn, "h and g must be dense matrices");
+  const long size = static_cast<long>(h.extent(0) * h.extent(1));
+  if (size == 0) return;
+  if (flat_pack_width<T>(size, h.data(), g.data()) > 1) {
+    gelu_forward_flat<T, 16 % sizeof(T) == 0 ? 16 / sizeof(T) : 1>(space, h.data(), g.data(), size);
+  } else {
+    gelu_forward_flat<T, 1>(space, h.data(), g.data(), size);
+  }
+}
+
+// dh = dg gelu'(h); dh may be dg (in place). h, dg, dh dense matrices of one shape.
+template <class ExecSpace, class H, class DG, class DH>
+void gelu_backward(const ExecSpace& space, const H& h, const DG& dg, const DH& dh) {
+  using T = typename DH::non_const_value_type;
+  static_assert(std::is_same_v<typename H::non_const_value_type, T> &&
+                    std::is_same_v<typename DG::non_const_value_type, T>,
+                "dilated::Impl::gelu_backward: h, dg and dh must share the storage type");
+  constexpr const char* fn = "dilated::Impl::gelu_backward";
+  require(h.extent(0) == dg.extent(0) && h.extent(1) == dg.extent(1) &&
+              h.extent(0) == dh.extent(0) && h.extent(1) == dh.extent(1),
+          fn, "h, dg and dh must have one shape");
+  require(is_flat_matrix(h) && is_flat_matrix(dg) && is_flat_matrix(dh), fn,
+          "h, dg and dh must be dense matrices");
+  const long size = static_cast<long>(h.extent(0) * h.extent(1));
+  if (size == 0) return;
+  if (flat_pack_width<T>(size, h.data(), dg.data(), dh.data()) > 1) {
+    gelu_backward_flat<T, 16 % sizeof(T) == 0 ? 16 / sizeof(T) : 1>(space, h.data(), dg.data(),
+                                                                    dh.data(), size);
+  } else {
+    gelu_backward_flat<T, 1>(space, h.data(), dg.data(), dh.data(), size);
+  }
+}
+
+}  // namespace dilated::Impl
+
+#endif  // DILATED_GELU_HPP

@@ -1,0 +1,308 @@
+// The seed's two transformer blocks (StandardTransformerBlock, CustomTransformerBlock) under both
+// policies on every backend: forward against the host blocks in double (Dilated_BlockReference),
+// every parameter's and the input's gradient against central finite differences of the host
+// block (double), the checkpointed (recomputing) backward against the saved one, dx in place of
+// dy, buffers reused across calls, and the errors for bad arguments.
+#include <DilatedAttention.hpp>
+#include <Dilated_Allclose.hpp>
+#include <Dilated_BlockReference.hpp>
+
+#include <catch2/catch_template_test_macros.hpp>
+#include <catch2/catch_test_macros.hpp>
+#include <catch2/matchers/catch_matchers_string.hpp>
+
+#include <cmath>
+#include <random>
+#include <string>
+#include <vector>
+
+namespace {
+
+using ExecSpace = TEST_EXECSPACE;
+using MemSpace = TEST_MEMSPACE;
+using dilated::Semantics;
+using dilated::testing::Host3;
+using dilated::testing::HostParameters;
+using dilated::testing::LayerConfig;
+
+template <class T>
+using Tokens = Kokkos::View<T***, Kokkos::LayoutRight, MemSpace>;
+
+template <class Policy>
+struct Standard {
+  template <class T>
+  using Block = dilated::StandardTransformerBlock<Policy, T, MemSpace>;
+  static constexpr bool custom = false;
+};
+template <class Policy>
+struct Custom {
+  template <class T>
+  using Block = dilated::CustomTransformerBlock<Policy, T, MemSpace>;
+  static constexpr bool custom = true;
+};
+
+Host3 random_tokens(int b, int n, int e, std::uint64_t seed, double scale = 1.0) {
+  Host3 x("dilated::test::tokens", b, n, e);
+  std::mt19937_64 engine(seed);
+  std::normal_distribution<double> normal;
+  for (std::size_t i = 0; i < x.size(); ++i)
+    x.data()[i] = scale * normal(engine);
+  return x;
+}
+
+// x stored as T in MemSpace; x itself rounded to T so the host sees the same values.
+template <class T>
+Tokens<T> store(Host3& x) {
+  Tokens<T> device("dilated::test::stored", x.extent(0), x.extent(1), x.extent(2));
+  auto staged = Kokkos::create_mirror_view(device);
+  for (std::size_t i = 0; i < x.size(); ++i) {
+    staged.data()[i] = static_cast<T>(x.data()[i]);
+    x.data()[i] = dilated::Impl::to_double(staged.data()[i]);
+  }
+  Kokkos::deep_copy(device, staged);
+  return device;
+}
+
+template <class View>
+Host3 fetch(const View& x) {
+  const auto host = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), x);
+  Host3 out("dilated::test::fetched", x.extent(0), x.extent(1), x.extent(2));
+  for (std::size_t i = 0; i < x.size(); ++i)
+    out.data()[i] = dilated::Impl::to_double(host.data()[i]);
+  return out;
+}
+
+template <class Tensor>
+Kokkos::View<double*, Kokkos::HostSpace> fetch_flat(const Tensor& t) {
+  const auto host = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), t.values);
+  Kokkos::View<double*, Kokkos::HostSpace> out("dilated::test::flat", host.extent(0));
+  for (std::size_t i = 0; i < host.extent(0); ++i)
+    out(i) = dilated::Impl::to_double(host(i));
+  return out;
+}
+
+// Every parameter moved off its initial value (biases and LayerNorms too), so that a gradient
+// path that ignores one of them cannot pass by the parameter being zero or one.
+template <class Block>
+void perturb_parameters(const Block& block) {
+  int index = 0;
+  for (const auto& t : block.parameters().named_tensors()) {
+    auto host = Kokkos::create_mirror_view(t.values);
+    Kokkos::deep_copy(host, t.values);
+    for (std::size_t i = 0; i < host.extent(0); ++i)
+      host(i) = static_cast<typename Block::value_type>(dilated::Impl::to_double(host(i)) +
+                                                        0.1 * std::sin(1.7 * i + index));
+    Kokkos::deep_copy(t.values, host);
+    ++index;
+  }
+}
+
+// Accuracy of a block against double (O(1) data, E <= 24): the layer's tolerance (two
+// projections, the attention, a norm) plus the feed-forward's two products of 4E terms and two
+// more LayerNorms, each a few roundings of T amplified by at most 1 / the rows' spread.
+template <class T>
+double block_tolerance() {
+  if constexpr (std::is_same_v<T, double>) return 1e-10;
+  if constexpr (std::is_same_v<T, float>) return 2e-4;
+  if constexpr (std::is_same_v<T, Kokkos::Experimental::half_t>) return 6e-2;
+  return 3e-1;  // bf16: 8 bits of mantissa, 8x half's rounding
+}
+
+struct Case {
+  LayerConfig config;
+  int b, n;
+  bool causal;
+};
+
+template <class Kind, class Policy, class T>
+void check_forward(const Case& c, std::uint64_t seed) {
+  using Block = typename Kind::template Block<T>;
+  CAPTURE(Kind::custom, dilated::to_string(c.config.semantics), c.config.embed_dim, c.b, c.n,
+          c.causal);
+  const Block block(c.config.embed_dim, c.config.num_heads, c.config.segs, c.config.dils,
+                    c.config.semantics, seed);
+  perturb_parameters(block);
+  const int e = c.config.embed_dim;
+  Host3 hx = random_tokens(c.b, c.n, e, seed + 1);
+  const auto x = store<T>(hx);
+  Tokens<T> y("y", c.b, c.n, e);
+  block.forward(ExecSpace(), x, y, {c.causal, false, 0});
+  const auto expected = dilated::testing::host_block(
+      Kind::custom, c.config, dilated::testing::host_tensors(block.parameters().named_tensors()),
+      hx, c.causal);
+  const double tol = block_tolerance<T>();
+  DILATED_CHECK_ALLCLOSE(fetch(y), expected, tol, tol);
+}
+
+const std::vector<Case> forward_cases = {
+    {{16, 2, {8, 16}, {1, 2}, Semantics::grouped}, 2, 24, true},
+    {{24, 3, {8, 16, 32}, {1, 2, 4}, Semantics::longnet}, 1, 40, false},
+    // embed_dim 12 with 3 heads: rows of no whole 16-byte pack in half (8 per pack).
+    {{12, 3, {8, 16}, {1, 2}, Semantics::longnet}, 1, 21, true},
+};
+
+template <class Kind>
+void forward_all_types() {
+  std::uint64_t seed = 700;
+  for (const auto& c : forward_cases) {
+    check_forward<Kind, void, double>(c, seed += 10);
+    check_forward<Kind, void, float>(c, seed += 10);
+    check_forward<Kind, void, Kokkos::Experimental::half_t>(c, seed += 10);
+#if DILATED_HAVE_BHALF
+    check_forward<Kind, void, Kokkos::Experimental::bhalf_t>(c, seed += 10);
+#endif
+  }
+}
+
+// loss = sum y * r for fixed r: dL/dy = r.
+template <class Kind>
+void check_gradients(const Case& c, std::uint64_t seed) {
+  using Block = typename Kind::template Block<double>;
+  CAPTURE(Kind::custom, dilated::to_string(c.config.semantics), c.config.embed_dim, c.b, c.n,
+          c.causal);
+  const Block block(c.config.embed_dim, c.config.num_heads, c.config.segs, c.config.dils,
+                    c.config.semantics, seed);
+  perturb_parameters(block);
+  const int e = c.config.embed_dim;
+  Host3 hx = random_tokens(c.b, c.n, e, seed + 1);
+  Host3 hr = random_tokens(c.b, c.n, e, seed + 2);
+  const auto x = store<double>(hx);
+  const auto r = store<double>(hr);
+  const dilated::ForwardOptions call{c.causal, false, 0};
+  typename Block::Activations saved;
+  typename Block::Gradients grads;
+  Tokens<double> y("y", c.b, c.n, e), dx("dx", c.b, c.n, e);
+  block.forward(ExecSpace(), x, y, saved, call);
+  block.backward(ExecSpace(), x, r, dx, saved, grads, call);
+
+  HostParameters p = dilated::testing::host_tensors(block.parameters().named_tensors());
+  const auto loss = [&](const Host3& input) {
+    const Host3 out = dilated::testing::host_block(Kind::custom, c.config, p, input, c.causal);
+    double sum = 0;
+    for (std::size_t i = 0; i < out.size(); ++i)
+      sum += out.data()[i] * hr.data()[i];
+    return sum;
+  };
+  const double eps = 1e-6, rtol = 1e-6, atol = 1e-7;
+  const auto diff = [&](double& v, const Host3& input) {
+    const double v0 = v;
+    v = v0 + eps;
+    const double up = loss(input);
+    v = v0 - eps;
+    const double down = loss(input);
+    v = v0;
+    return (up - down) / (2 * eps);
+  };
+  const auto named = grads.parameters.named_tensors();
+  REQUIRE(named.size() == block.parameters().named_tensors().size());
+  for (const auto& t : named) {
+    CAPTURE(t.name);
+    Kokkos::View<double*, Kokkos::HostSpace> fd("fd", p[t.name].size());
+    for (std::size_t i = 0; i < fd.extent(0); ++i)
+      fd(i) = diff(p[t.name][i], hx);
+    DILATED_CHECK_ALLCLOSE(fetch_flat(t), fd, rtol, atol);
+  }
+  Host3 fd("fd", c.b, c.n, e);
+  for (std::size_t i = 0; i < hx.size(); ++i)
+    fd.data()[i] = diff(hx.data()[i], hx);
+  DILATED_CHECK_ALLCLOSE(fetch(dx), fd, rtol, atol);
+
+  // Activation checkpointing: the backward that recomputes the forward gives the same gradients
+  // (the same kernels on the same values: to rounding, 1e-12).
+  typename Block::Gradients again;
+  Tokens<double> dx_again("dx_again", c.b, c.n, e);
+  block.backward(ExecSpace(), x, r, dx_again, again, call);
+  DILATED_CHECK_ALLCLOSE(fetch(dx_again), fetch(dx), 1e-12, 1e-12);
+  const auto again_named = again.parameters.named_tensors();
+  for (std::size_t i = 0; i < named.size(); ++i) {
+    CAPTURE(named[i].name);
+    DILATED_CHECK_ALLCLOSE(fetch_flat(again_named[i]), fetch_flat(named[i]), 1e-12, 1e-12);
+  }
+  // dx in place of dy (a model's residual-stream gradient buffer).
+  Tokens<double> inplace("inplace", c.b, c.n, e);
+  Kokkos::deep_copy(inplace, r);
+  block.backward(ExecSpace(), x, inplace, inplace, saved, grads, call);
+  DILATED_CHECK_ALLCLOSE(fetch(inplace), fetch(dx), 1e-12, 1e-12);
+}
+
+}  // namespace
+
+TEMPLATE_TEST_CASE("Transformer blocks: forward equals the host block in double",
+                   "[block]" TEST_CATEGORY, Standard<dilated::Original>,
+                   Standard<dilated::Improved>, Custom<dilated::Original>,
+                   Custom<dilated::Improved>) {
+  forward_all_types<TestType>();
+}
+
+TEMPLATE_TEST_CASE("Transformer blocks: gradients equal finite differences (double)",
+                   "[block][backward]" TEST_CATEGORY, Standard<dilated::Original>,
+                   Standard<dilated::Improved>, Custom<dilated::Original>,
+                   Custom<dilated::Improved>) {
+  const Case cases[] = {
+      {{8, 2, {4, 8}, {1, 2}, Semantics::grouped}, 2, 12, true},
+      {{8, 2, {4, 8}, {1, 2}, Semantics::longnet}, 1, 11, false},
+      // embed_dim 9: the one-element paths (double packs are 2 wide).
+      {{9, 3, {4, 8}, {1, 2}, Semantics::longnet}, 1, 10, true},
+  };
+  std::uint64_t seed = 900;
+  for (const auto& c : cases)
+    check_gradients<TestType>(c, seed += 10);
+}
+
+TEMPLATE_TEST_CASE("Transformer blocks: calls after the first reuse every buffer",
+                   "[block]" TEST_CATEGORY, Standard<dilated::Improved>,
+                   Custom<dilated::Original>) {
+  using Block = typename TestType::template Block<float>;
+  const Block block(16, 2, {8, 16}, {1, 2}, Semantics::longnet, 5);
+  Host3 hx = random_tokens(1, 32, 16, 6);
+  const auto x = store<float>(hx);
+  Tokens<float> y("y", 1, 32, 16), dy("dy", 1, 32, 16);
+  Kokkos::deep_copy(dy, 1.0f);
+  typename Block::Activations saved;
+  typename Block::Gradients grads;
+  const dilated::ForwardOptions call{true, false, 0};
+  block.forward(ExecSpace(), x, y, saved, call);
+  block.backward(ExecSpace(), x, dy, dy, saved, grads, call);
+  const auto* x1 = saved.x1.data();
+  const auto* hidden = saved.hidden.data();
+  const auto* gelu = block.workspace()->gelu.data();
+  const auto* dnorm1 = grads.parameters.norm1_weight.data();
+  const std::size_t bytes = block.workspace()->bytes();
+  block.forward(ExecSpace(), x, y, saved, call);
+  block.backward(ExecSpace(), x, dy, dy, saved, grads, call);
+  CHECK(saved.x1.data() == x1);
+  CHECK(saved.hidden.data() == hidden);
+  CHECK(block.workspace()->gelu.data() == gelu);
+  CHECK(grads.parameters.norm1_weight.data() == dnorm1);
+  CHECK(block.workspace()->bytes() == bytes);
+  // Blocks given one workspace share it.
+  Block other(16, 2, {8, 16}, {1, 2}, Semantics::longnet, 7);
+  other.set_workspace(block.workspace());
+  other.forward(ExecSpace(), x, y, saved, call);
+  CHECK(block.workspace()->bytes() == bytes);
+}
+
+TEMPLATE_TEST_CASE("Transformer blocks reject bad arguments, naming them",
+                   "[block][errors]" TEST_CATEGORY, Standard<dilated::Improved>,
+                   Custom<dilated::Improved>) {
+  using Catch::Matchers::ContainsSubstring;
+  using Block = typename TestType::template Block<float>;
+  CHECK_THROWS_WITH(Block(10, 3, {8}, {1}),
+                    ContainsSubstring("embed_dim = 10") && ContainsSubstring("num_heads = 3"));
+  CHECK_THROWS_WITH(Block(0, 1, {8}, {1}), ContainsSubstring("embed_dim = 0"));
+  CHECK_THROWS_WITH(Block(8, 2, {8, 16}, {1}), ContainsSubstring("dilation"));
+  const Block block(8, 2, {4, 8}, {1, 2});
+  Tokens<float> x("x", 1, 8, 8), wide("wide", 1, 8, 16), y("y", 1, 8, 8), short_y("s", 1, 4, 8);
+  CHECK_THROWS_WITH(block.forward(ExecSpace(), wide, y),
+                    ContainsSubstring("x.extent(2) (embed_dim) = 16"));
+  CHECK_THROWS_WITH(block.forward(ExecSpace(), x, short_y), ContainsSubstring("y is (1, 4, 8)"));
+  CHECK_THROWS_WITH(block.forward(ExecSpace(), x, x), ContainsSubstring("y must not be x"));
+  typename Block::Activations saved;
+  typename Block::Gradients grads;
+  block.forward(ExecSpace(), x, y, saved);
+  Tokens<float> longer("longer", 1, 16, 8);
+  CHECK_THROWS_WITH(block.backward(ExecSpace(), longer, longer, longer, saved, grads),
+                    ContainsSubstring("saved activations are of a forward on (1, 8)"));
+  CHECK_THROWS_WITH(block.backward(ExecSpace(), x, y, x, saved, grads),
+                    ContainsSubstring("dx must not be x"));
+}
