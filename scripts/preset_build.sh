@@ -7,7 +7,9 @@ preset_build() {
   local tag=$1 preset=$2
   shift 2
   local prefix
-  prefix=$(bash scripts/setup.sh)
+  # --cpu: the host Kokkos, as before setup.sh learned CUDA (its CUDA path also runs on machines
+  # with nvcc and a GPU); the demo and test presets are host builds until they get a CUDA path.
+  prefix=$(bash scripts/setup.sh --cpu)
   export CMAKE_PREFIX_PATH="$prefix${CMAKE_PREFIX_PATH:+:$CMAKE_PREFIX_PATH}"
   jobs=$(nproc)
   echo "[$tag] configure (Kokkos from $prefix)" >&2
