@@ -37,6 +37,7 @@ class CustomTransformerBlock
 
  public:
   using policy_type = Policy;
+  static constexpr bool is_custom = true;
   using typename Base::Activations;
   using typename Base::Gradients;
   using typename Base::Parameters;

@@ -36,6 +36,7 @@ class StandardTransformerBlock
 
  public:
   using policy_type = Policy;
+  static constexpr bool is_custom = false;
   using Attention = MultiheadDilatedAttention<Policy, T, MemorySpace>;
   using typename Base::Activations;
   using typename Base::Gradients;

@@ -110,6 +110,23 @@ class TransformerBlockBase {
     backward_impl(Derived::backward_name, space, x, dy, dx, a, grads, call);
   }
 
+  // Allocates `g` for this block (zero-filled) where its Views lack this block's shapes;
+  // backward does it when needed.
+  void ensure_gradients(Gradients& g) const {
+    const Parameters& p = parameters_;
+    Parameters& dp = g.parameters;
+    const auto same = [](const auto& u, const auto& v) {
+      return u.extent(0) == v.extent(0) && u.extent(1) == v.extent(1);
+    };
+    if (!same(dp.norm1_weight, p.norm1_weight) || !same(dp.ffn.fc1_weight, p.ffn.fc1_weight) ||
+        !same(dp.attention.in_proj_weight, p.attention.in_proj_weight) ||
+        !same(dp.attention.norm_weight, p.attention.norm_weight)) {
+      dp = Parameters(embed_dim_, derived().make_gradient_attention(), p.attention_prefix,
+                      "dilated::TransformerBlock::gradients");
+    }
+    g.attention.parameters = dp.attention;
+  }
+
  protected:
   using Matrix = Kokkos::View<T**, Kokkos::LayoutRight, MemorySpace>;
 
@@ -176,21 +193,6 @@ class TransformerBlockBase {
       gelu_forward(space, a.hidden, ws.gelu);
       linear_forward_residual(space, ws.gelu, p.ffn.fc2_weight, p.ffn.fc2_bias, a.x1, yr, gemm_);
     }
-  }
-
-  void ensure_gradients(Gradients& g) const {
-    const Parameters& p = parameters_;
-    Parameters& dp = g.parameters;
-    const auto same = [](const auto& u, const auto& v) {
-      return u.extent(0) == v.extent(0) && u.extent(1) == v.extent(1);
-    };
-    if (!same(dp.norm1_weight, p.norm1_weight) || !same(dp.ffn.fc1_weight, p.ffn.fc1_weight) ||
-        !same(dp.attention.in_proj_weight, p.attention.in_proj_weight) ||
-        !same(dp.attention.norm_weight, p.attention.norm_weight)) {
-      dp = Parameters(embed_dim_, derived().make_gradient_attention(), p.attention_prefix,
-                      "dilated::TransformerBlock::gradients");
-    }
-    g.attention.parameters = dp.attention;
   }
 
   template <class ExecSpace, class X, class DY, class DX>

@@ -1,0 +1,337 @@
+// dilated::LanguageModel<Block>: a decoder-only LongNet language model over either of the seed's
+// blocks (StandardTransformerBlock or CustomTransformerBlock, either policy):
+//
+//   x_0 = Embedding(ids)                          (vocab, E) weight, tied with the head
+//   x_l = Block_l(x_{l-1}), l = 1..L              causal dilated attention
+//   loss = CrossEntropy(LN_f(x_L) W_emb^T, targets), in chunks of tokens (the logits never whole)
+//
+// Positions are not encoded (no learned, sinusoidal or rotary embedding): a causal decoder learns
+// where it is from the mask itself (Haviv et al., "Transformer Language Models without
+// Positional Encodings Still Learn Positional Information", 2022), and LongNet's dilated
+// segments give each branch a fixed local frame; docs/training.md says more.
+//
+// One training step (forward_backward) keeps every block's input (the residual stream, L + 1
+// buffers of (M, E)) and, unless checkpointing is on, every block's activations; with
+// checkpointing each block's backward recomputes its forward from its input into one shared set
+// of activations. Every buffer is kept across steps: a step of the same shape allocates nothing.
+#ifndef DILATED_LANGUAGE_MODEL_HPP
+#define DILATED_LANGUAGE_MODEL_HPP
+
+#include <Dilated_CrossEntropy.hpp>
+#include <Dilated_Embedding.hpp>
+#include <Dilated_LayerNorm.hpp>
+#include <Dilated_Options.hpp>
+#include <Dilated_Parameters.hpp>
+#include <Dilated_Semantics.hpp>
+#include <Dilated_TransformerBlockParts.hpp>
+#include <impl/Dilated_Error.hpp>
+
+#include <Kokkos_Core.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace dilated {
+
+// A model's shape. The GPT-3 paper's (Brown et al. 2020, table 2.1) by name: "small" / "125M"
+// (12 layers, width 768, 12 heads of 64), "medium" / "350M" (24, 1024, 16 of 64), "xl" / "1.3B"
+// (24 layers, width 2048, heads of 128: the table lists 24 heads of 128, which do not make 2048,
+// so the head size is kept and the count is 16); vocabulary 50257 (GPT-2's BPE) unless given.
+// Any other shape by its numbers.
+struct ModelShape {
+  std::string name = "custom";
+  int layers = 0, embed_dim = 0, num_heads = 0, vocab = 0;
+
+  // Throws std::invalid_argument naming `name` when it is none of the above.
+  static ModelShape named(const std::string& name, int vocab = 50257) {
+    if (name == "small" || name == "125M") return {"small", 12, 768, 12, vocab};
+    if (name == "medium" || name == "350M") return {"medium", 24, 1024, 16, vocab};
+    if (name == "xl" || name == "1.3B") return {"xl", 24, 2048, 16, vocab};
+    Impl::throw_invalid_argument("dilated::ModelShape::named", "name = '", name,
+                                 "' is not a model shape (small / 125M, medium / 350M, xl / 1.3B)");
+  }
+
+  // Parameters: the tied embedding, L blocks of 12 E^2 + 13 E (+ 2 E for the Standard block's
+  // sub-LayerNorm), the final LayerNorm.
+  long long parameter_count(bool standard) const {
+    const long long e = embed_dim;
+    return static_cast<long long>(vocab) * e + layers * (12 * e * e + (standard ? 15 : 13) * e) +
+           2 * e;
+  }
+};
+
+// How the model attends and trains, beyond its shape.
+struct LanguageModelOptions {
+  std::vector<int> segment_lengths{2048, 4096, 8192};
+  std::vector<int> dilation_rates{1, 2, 4};
+  Semantics semantics = Semantics::grouped;
+  bool checkpointing = false;     // per block: keep its input, recompute it in the backward
+  long loss_chunk_tokens = 4096;  // tokens a chunk of the cross-entropy takes
+  std::uint64_t init_seed = 0;
+};
+
+template <class Block>
+class LanguageModel {
+ public:
+  using block_type = Block;
+  using value_type = typename Block::value_type;
+  using memory_space = typename Block::memory_space;
+  using T = value_type;
+  using Matrix = Kokkos::View<T**, Kokkos::LayoutRight, memory_space>;
+  using Vector = Kokkos::View<T*, Kokkos::LayoutRight, memory_space>;
+  using Tokens = Kokkos::View<T***, Kokkos::LayoutRight, memory_space>;
+  using Ids = Kokkos::View<int**, Kokkos::LayoutRight, memory_space>;
+  using Acc = Impl::accumulation_t<T>;
+  static constexpr bool standard = !Block::is_custom;
+
+  // Gradients of every parameter, in named_tensors() order.
+  struct Gradients {
+    Matrix embedding;
+    std::vector<typename Block::Gradients> blocks;
+    Vector norm_weight, norm_bias;
+  };
+
+  // Throws std::invalid_argument naming the argument: a shape entry < 1, embed_dim not divisible
+  // by num_heads, loss_chunk_tokens < 1, and the blocks' checks of the segment lists.
+  LanguageModel(const ModelShape& shape, const LanguageModelOptions& options = {})
+      : shape_(check_shape(shape)),
+        options_(options),
+        embedding_(Kokkos::view_alloc(Kokkos::WithoutInitializing,
+                                      std::string("dilated::LanguageModel::embedding")),
+                   shape.vocab, shape.embed_dim),
+        norm_weight_("dilated::LanguageModel::norm_weight", shape.embed_dim),
+        norm_bias_("dilated::LanguageModel::norm_bias", shape.embed_dim),
+        loss_(CrossEntropyOptions().set_chunk_tokens(options.loss_chunk_tokens)) {
+    blocks_.reserve(shape.layers);
+    for (int l = 0; l < shape.layers; ++l) {
+      blocks_.emplace_back(shape.embed_dim, shape.num_heads, options.segment_lengths,
+                           options.dilation_rates, options.semantics);
+      if (l > 0) blocks_.back().set_workspace(blocks_.front().workspace());
+    }
+    saved_.resize(shape.layers);
+    reset_parameters(options.init_seed);
+  }
+
+  const ModelShape& shape() const { return shape_; }
+  const LanguageModelOptions& options() const { return options_; }
+  const std::vector<Block>& blocks() const { return blocks_; }
+  bool checkpointing() const { return options_.checkpointing; }
+  // Switches activation checkpointing; with it on, the per-block activations are released.
+  void set_checkpointing(bool on) {
+    options_.checkpointing = on;
+    if (on)
+      for (auto& a : saved_)
+        a = typename Block::Activations();
+  }
+  // The largest segment: sequence lengths must be a multiple of it (check_length).
+  int largest_segment() const {
+    int largest = 1;
+    for (int s : options_.segment_lengths)
+      largest = std::max(largest, s);
+    return largest;
+  }
+
+  // Embedding N(0, 0.02^2) (GPT-2's), final LayerNorm (1, 0), block l from seed + 1 + 2 l.
+  void reset_parameters(std::uint64_t seed) {
+    Impl::ScopedRegion region("dilated::LanguageModel::reset_parameters");
+    Impl::NormalGenerator normal(seed);
+    auto host = Kokkos::create_mirror_view(embedding_);
+    for (std::size_t i = 0; i < host.size(); ++i)
+      host.data()[i] = static_cast<T>(0.02 * normal());
+    Kokkos::deep_copy(embedding_, host);
+    Kokkos::deep_copy(norm_weight_, static_cast<T>(1));
+    Kokkos::deep_copy(norm_bias_, static_cast<T>(0));
+    for (std::size_t l = 0; l < blocks_.size(); ++l)
+      blocks_[l].reset_parameters(seed + 1 + 2 * l);
+  }
+
+  // Every parameter in PyTorch names: embedding.weight (vocab, E; the head's weight too),
+  // blocks.<l>.<block names>, norm.weight, norm.bias.
+  std::vector<NamedTensor<T, memory_space>> named_tensors() const {
+    return tensor_list(embedding_, norm_weight_, norm_bias_,
+                       [&](std::size_t l) { return blocks_[l].parameters().named_tensors(); });
+  }
+  std::vector<NamedTensor<T, memory_space>> named_tensors(const Gradients& g) const {
+    return tensor_list(g.embedding, g.norm_weight, g.norm_bias,
+                       [&](std::size_t l) { return g.blocks[l].parameters.named_tensors(); });
+  }
+
+  // Throws std::invalid_argument naming `sequence_length` when the blocks' segments cannot take
+  // it (not a positive multiple of the largest segment).
+  void check_length(const char* fn, long length) const {
+    const int largest = largest_segment();
+    Impl::require(length >= 1 && length % largest == 0, fn, "sequence_length = ", length,
+                  " must be a positive multiple of the largest segment length ", largest);
+  }
+
+  // One training step's passes: the forward on ids (b, n), the mean next-token cross-entropy
+  // against targets (b, n) (returned, unscaled), and every parameter's gradient times
+  // loss_scale into `grads` (its Views reused from step to step). Throws std::invalid_argument
+  // for ids or targets outside the vocabulary (naming the position) or a length the segments
+  // cannot take, before any work; NonFiniteLoss when the loss is inf or NaN (the gradients are
+  // then written but meaningless: skip the step). Returns once the loss is on the host; the
+  // backward is still enqueued on `space`.
+  template <class ExecSpace>
+  double forward_backward(const ExecSpace& space, const Ids& ids, const Ids& targets,
+                          Gradients& grads, double loss_scale = 1.0) {
+    constexpr const char* fn = "dilated::LanguageModel::forward_backward";
+    Impl::ScopedRegion region(fn);
+    Impl::require(std::isfinite(loss_scale) && loss_scale > 0, fn, "loss_scale = ", loss_scale,
+                  " must be finite and > 0");
+    prepare(fn, ids, targets);
+    ensure_gradients(grads);
+    const ForwardOptions call{true, false, 0};
+    forward_blocks(space, ids, true, call);
+    // The head and loss: dh into dstream_, the head's dW into the embedding's gradient.
+    const Matrix dstream = dstream_;
+    const double loss =
+        loss_.loss_and_gradients(space, normed_, embedding_, targets, dstream, grads.embedding,
+                                 LossGradientOptions().set_scale(loss_scale));
+    const auto& ws = *blocks_.front().workspace();
+    Impl::layer_norm_backward(space, stream_.back(), norm_weight_, mean_, rstd_, dstream, dstream,
+                              grads.norm_weight, grads.norm_bias, ws.partial);
+    for (std::size_t l = blocks_.size(); l-- > 0;) {
+      const Tokens x = tokens(stream_[l], ids), d = tokens(dstream, ids);
+      if (options_.checkpointing)
+        blocks_[l].backward(space, x, d, d, grads.blocks[l], call);
+      else
+        blocks_[l].backward(space, x, d, d, saved_[l], grads.blocks[l], call);
+    }
+    embedding_layer_.backward(space, ids, tokens(dstream, ids), grads.embedding, true);
+    return loss;
+  }
+
+  // The mean loss of ids against targets, forward only (no activations kept; evaluation).
+  template <class ExecSpace>
+  double loss(const ExecSpace& space, const Ids& ids, const Ids& targets) {
+    constexpr const char* fn = "dilated::LanguageModel::loss";
+    Impl::ScopedRegion region(fn);
+    prepare(fn, ids, targets);
+    forward_blocks(space, ids, false, ForwardOptions{true, false, 0});
+    return loss_.loss(space, normed_, embedding_, targets);
+  }
+
+  // Device bytes held now, by kind: parameters; the saved activations (the residual stream and,
+  // without checkpointing, the blocks' activations); workspace (the blocks' shared buffers, the
+  // head's and the embedding backward's). Gradients and optimizer state belong to their owners.
+  struct Memory {
+    std::size_t parameters = 0, activations = 0, workspace = 0;
+  };
+  Memory memory() const {
+    Memory r;
+    for (const auto& t : named_tensors())
+      r.parameters += t.values.extent(0) * sizeof(T);
+    for (const auto& x : stream_)
+      r.activations += x.span() * sizeof(T);
+    for (const auto& a : saved_)
+      r.activations += a.bytes();
+    r.activations += (mean_.span() + rstd_.span()) * sizeof(Acc);
+    r.workspace = blocks_.front().workspace()->bytes() + loss_.workspace_bytes() +
+                  embedding_layer_.workspace_bytes() +
+                  (normed_.span() + dstream_.span()) * sizeof(T);
+    return r;
+  }
+
+  // Allocates `grads` for this model (zero-filled); forward_backward does it when needed.
+  void ensure_gradients(Gradients& g) const {
+    const std::size_t e = shape_.embed_dim;
+    if (g.embedding.extent(0) != embedding_.extent(0) || g.embedding.extent(1) != e ||
+        g.blocks.size() != blocks_.size()) {
+      g.embedding = Matrix("dilated::LanguageModel::gradients::embedding", embedding_.extent(0), e);
+      g.norm_weight = Vector("dilated::LanguageModel::gradients::norm_weight", e);
+      g.norm_bias = Vector("dilated::LanguageModel::gradients::norm_bias", e);
+      g.blocks.assign(blocks_.size(), typename Block::Gradients());
+    }
+    for (std::size_t l = 0; l < blocks_.size(); ++l)
+      blocks_[l].ensure_gradients(g.blocks[l]);
+  }
+
+ private:
+  static ModelShape check_shape(const ModelShape& s) {
+    constexpr const char* fn = "dilated::LanguageModel";
+    Impl::require(s.layers >= 1, fn, "layers = ", s.layers, " must be >= 1");
+    Impl::require(s.embed_dim >= 1, fn, "embed_dim = ", s.embed_dim, " must be >= 1");
+    Impl::require(s.num_heads >= 1 && s.embed_dim % s.num_heads == 0, fn,
+                  "num_heads = ", s.num_heads,
+                  " must be >= 1 and divide embed_dim = ", s.embed_dim);
+    Impl::require(s.vocab >= 1, fn, "vocab = ", s.vocab, " must be >= 1");
+    return s;
+  }
+
+  template <class Weight, class Norm, class BlockList>
+  std::vector<NamedTensor<T, memory_space>> tensor_list(const Weight& embedding, const Norm& weight,
+                                                        const Norm& bias,
+                                                        const BlockList& block_list) const {
+    using Flat = Kokkos::View<T*, memory_space, Kokkos::MemoryTraits<Kokkos::Unmanaged>>;
+    const std::size_t e = shape_.embed_dim, v = shape_.vocab;
+    std::vector<NamedTensor<T, memory_space>> list{
+        {"embedding.weight", {v, e}, Flat(embedding.data(), v * e)}};
+    for (std::size_t l = 0; l < blocks_.size(); ++l) {
+      for (auto& t : block_list(l)) {
+        t.name = "blocks." + std::to_string(l) + "." + t.name;
+        list.push_back(std::move(t));
+      }
+    }
+    list.push_back({"norm.weight", {e}, Flat(weight.data(), e)});
+    list.push_back({"norm.bias", {e}, Flat(bias.data(), e)});
+    return list;
+  }
+
+  // Checks the shapes and the length, sizes the residual stream; returns the token count.
+  std::size_t prepare(const char* fn, const Ids& ids, const Ids& targets) {
+    Impl::require(ids.extent(0) >= 1 && ids.extent(1) >= 1, fn, "ids is (", ids.extent(0), ", ",
+                  ids.extent(1), "): batch and sequence length must be >= 1");
+    Impl::require(targets.extent(0) == ids.extent(0) && targets.extent(1) == ids.extent(1), fn,
+                  "targets is (", targets.extent(0), ", ", targets.extent(1), "), ids is (",
+                  ids.extent(0), ", ", ids.extent(1), ")");
+    check_length(fn, static_cast<long>(ids.extent(1)));
+    const std::size_t m = ids.extent(0) * ids.extent(1), e = shape_.embed_dim;
+    stream_.resize(blocks_.size() + 1);
+    for (auto& x : stream_)
+      Impl::ensure_extents(x, "dilated::LanguageModel::stream", m, e);
+    Impl::ensure_extents(normed_, "dilated::LanguageModel::normed", m, e);
+    Impl::ensure_extents(dstream_, "dilated::LanguageModel::dstream", m, e);
+    Impl::ensure_extents(mean_, "dilated::LanguageModel::mean", m);
+    Impl::ensure_extents(rstd_, "dilated::LanguageModel::rstd", m);
+    return m;
+  }
+
+  Tokens tokens(const Matrix& x, const Ids& ids) const {
+    return Tokens(x.data(), ids.extent(0), ids.extent(1), shape_.embed_dim);
+  }
+
+  template <class ExecSpace>
+  void forward_blocks(const ExecSpace& space, const Ids& ids, bool keep,
+                      const ForwardOptions& call) {
+    embedding_layer_.forward(space, embedding_, ids, tokens(stream_[0], ids));
+    for (std::size_t l = 0; l < blocks_.size(); ++l) {
+      const Tokens x = tokens(stream_[l], ids), y = tokens(stream_[l + 1], ids);
+      if (keep && !options_.checkpointing)
+        blocks_[l].forward(space, x, y, saved_[l], call);
+      else
+        blocks_[l].forward(space, x, y, call);
+    }
+    Impl::layer_norm_forward(space, stream_.back(), norm_weight_, norm_bias_, 1e-5, normed_, mean_,
+                             rstd_);
+  }
+
+  ModelShape shape_;
+  LanguageModelOptions options_;
+  Matrix embedding_;
+  Vector norm_weight_, norm_bias_;
+  std::vector<Block> blocks_;
+  std::vector<typename Block::Activations> saved_;
+  std::vector<Matrix> stream_;  // x_0 .. x_L, (M, E) each
+  Matrix normed_, dstream_;     // LN_f(x_L); the residual stream's gradient
+  Kokkos::View<Acc*, Kokkos::LayoutRight, memory_space> mean_, rstd_;
+  Embedding<T, memory_space> embedding_layer_;
+  FusedLinearCrossEntropy<T, memory_space> loss_;
+};
+
+}  // namespace dilated
+
+#endif  // DILATED_LANGUAGE_MODEL_HPP
