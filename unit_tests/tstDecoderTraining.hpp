@@ -254,7 +254,7 @@ TEST_CASE("Trainer: a step whose scaled gradients overflow is skipped and the sc
   // A scale beyond the storage type's range squared: the scaled gradients cannot be finite
   // (half's 65504^2 on a GPU; on a host build half is float, 3.4e38^2).
   const double max = static_cast<double>(std::numeric_limits<float>::max());
-  const double huge = dilated::Impl::to_double(Kokkos::Experimental::finite_max<Half>::value);
+  const double huge = DILATED_HALF_IS_FLOAT ? max : 65504.0;  // half's largest finite value
   const double init = std::min(1e300, std::max(huge * huge, max * 4));
   training::Trainer trainer(model, adamw, options,
                             training::DynamicLossScaler(true, init, 2.0, 0.5, 2000));
@@ -308,4 +308,45 @@ TEST_CASE("Language model rejects bad arguments, naming them", "[model][errors]"
                     ContainsSubstring("ids"));
   CHECK_THROWS_WITH(model.forward_backward(ExecSpace(), good_targets, good_targets, grads, 0.0),
                     ContainsSubstring("loss_scale = 0"));
+}
+
+namespace {
+struct AllocationCount {
+  static inline long count = 0;
+  static inline bool counting = false;
+  static void on_allocate(Kokkos::Tools::SpaceHandle, const char*, const void*, std::uint64_t) {
+    if (counting) ++count;
+  }
+};
+}  // namespace
+
+TEMPLATE_TEST_CASE("Language model steps after the first allocate nothing",
+                   "[model][memory]" TEST_CATEGORY, Standard<dilated::Improved>,
+                   Custom<dilated::Original>) {
+  using Model = typename TestType::template Model<float>;
+  for (const bool checkpointing : {false, true}) {
+    CAPTURE(checkpointing);
+    Model model(tiny, tiny_options(checkpointing));
+    typename Model::Gradients grads;
+    const auto [ids, targets] = random_batch(2, 8, tiny.vocab, 51);
+    model.forward_backward(ExecSpace(), ids, targets, grads);
+    model.loss(ExecSpace(), ids, targets);
+    ExecSpace().fence();
+    const auto memory = model.memory();
+    Kokkos::Tools::Experimental::set_allocate_data_callback(&AllocationCount::on_allocate);
+    AllocationCount::count = 0;
+    AllocationCount::counting = true;
+    for (int step = 0; step < 2; ++step) {
+      model.forward_backward(ExecSpace(), ids, targets, grads);
+      model.loss(ExecSpace(), ids, targets);
+    }
+    ExecSpace().fence();
+    AllocationCount::counting = false;
+    Kokkos::Tools::Experimental::set_allocate_data_callback(nullptr);
+    CHECK(AllocationCount::count == 0);
+    const auto after = model.memory();
+    CHECK(after.activations == memory.activations);
+    CHECK(after.workspace == memory.workspace);
+    CHECK(after.parameters == memory.parameters);
+  }
 }

@@ -15,9 +15,11 @@
 #include <impl/Dilated_OriginalGemmPath.hpp>
 #include <impl/Dilated_OriginalMmaBackward.hpp>
 #include <impl/Dilated_OriginalMmaForward.hpp>
+#include <impl/Dilated_ScratchPool.hpp>
 #include <impl/Dilated_ShapeChecks.hpp>
 
 #include <cmath>
+#include <memory>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -90,10 +92,24 @@ class DilatedAttention {
     return Geometry(segments_, dilations_, num_heads, options_.semantics());
   }
 
+  // The temporaries of the calls (accumulators, score workspaces, deltas), kept across calls in
+  // a pool that grows to the largest call (impl/Dilated_ScratchPool.hpp): a loop of calls
+  // allocates nothing after the first. Shared by copies of this object and by objects given the
+  // same pool (a model's layers); calls that share one must run in order on one execution space
+  // instance (or fence between). release_scratch() frees it.
+  const std::shared_ptr<Impl::ScratchPool>& scratch() const { return scratch_; }
+  DilatedAttention& set_scratch(std::shared_ptr<Impl::ScratchPool> pool) {
+    Impl::require(pool != nullptr, "dilated::DilatedAttention::set_scratch",
+                  "pool must not be null");
+    scratch_ = std::move(pool);
+    return *this;
+  }
+  void release_scratch() const { scratch_->release(); }
+
   // out = dilated attention of q, k, v; lse (b, n, h) receives the merged log-sum-exp
   // (-inf where no branch keeps the position), which backward can reuse. Like a Kokkos kernel the
-  // call may return before its work on `space` is done (it fences only to release temporaries):
-  // fence `space` before reading the results from another space.
+  // call may return before its work on `space` is done: fence `space` before reading the results
+  // from another space.
   template <class ExecSpace, class Q, class K, class V, class O, class L,
             std::enable_if_t<Impl::is_execution_space_v<ExecSpace> && Impl::is_view_v<L>, int> = 0>
   void forward(const ExecSpace& space, const Q& q, const K& k, const V& v, const O& out,
@@ -160,6 +176,7 @@ class DilatedAttention {
     Impl::check_views<ExecSpace, T, 4, Q, K, V, O>();
     Impl::check_output<ExecSpace, O>();
     Impl::ScopedRegion region("dilated::DilatedAttention::forward");
+    const Impl::ScratchScope scratch(scratch_.get());
     constexpr const char* fn = "dilated::DilatedAttention::forward";
     const Geometry g = geometry_for(fn, q);
     Impl::check_attention_shapes(fn, g, q, k, v, out);
@@ -207,10 +224,11 @@ class DilatedAttention {
       }
     }
 #endif
-    Impl::Accumulator4<ExecSpace, Acc> out_acc("dilated::original::out_accumulator", q.extent(0),
-                                               q.extent(1), q.extent(2), q.extent(3));
-    Impl::Accumulator3<ExecSpace, Acc> lse_acc("dilated::original::lse_accumulator", q.extent(0),
-                                               q.extent(1), q.extent(2));
+    const auto out_acc = Impl::scratch_view<Impl::Accumulator4<ExecSpace, Acc>>(
+        space, "dilated::original::out_accumulator", true, q.extent(0), q.extent(1), q.extent(2),
+        q.extent(3));
+    const auto lse_acc = Impl::scratch_view<Impl::Accumulator3<ExecSpace, Acc>>(
+        space, "dilated::original::lse_accumulator", true, q.extent(0), q.extent(1), q.extent(2));
     if (use_gemm_path(space, q, k, v, out)) {
 #if defined(KOKKOS_ENABLE_CUDA)
       if constexpr (std::is_same_v<ExecSpace, Kokkos::Cuda>) {
@@ -225,12 +243,11 @@ class DilatedAttention {
     }
     Impl::convert_rows(space, "dilated::original::store_out", out_acc, out);
     if (lse) Impl::convert_rows(space, "dilated::original::store_lse", lse_acc, *lse);
-    Impl::fence(space, "dilated::DilatedAttention::forward: temporaries go out of scope");
   }
 
-  // The fused forward: grouped writes the caller's views directly (no temporaries, so no fence:
-  // the call stays asynchronous on `space`); longnet merges branch by branch in the caller's out
-  // when it is float/double, else in a float accumulator.
+  // The fused forward: grouped writes the caller's views directly (no temporaries); longnet
+  // merges branch by branch in the caller's out when it is float/double, else in a float
+  // accumulator (from the scratch pool: no fence, the call stays asynchronous on `space`).
   template <class ExecSpace, class Q, class K, class V, class O, class L>
   void improved_forward(const ExecSpace& space, const Geometry& g, const Q& q, const K& k,
                         const V& v, const O& out, const L* lse, const ForwardOptions& call) const {
@@ -263,20 +280,19 @@ class DilatedAttention {
       }
       return;
     }
-    Impl::Accumulator3<ExecSpace, Acc> lse_acc(
-        Kokkos::view_alloc(Kokkos::WithoutInitializing, "dilated::fused::lse"), batch, n, heads);
+    const auto lse_acc = Impl::scratch_view<Impl::Accumulator3<ExecSpace, Acc>>(
+        space, "dilated::fused::lse", false, batch, n, heads);
     Kokkos::deep_copy(space, lse_acc, -Impl::math::infinity<Acc>());
     if constexpr (std::is_same_v<T, Acc>) {
       Impl::fill(space, out, T(0));
       branches(out, lse_acc, true, false);
     } else {
-      Impl::Accumulator4<ExecSpace, Acc> out_acc("dilated::fused::out_accumulator", batch, n, heads,
-                                                 d);
+      const auto out_acc = Impl::scratch_view<Impl::Accumulator4<ExecSpace, Acc>>(
+          space, "dilated::fused::out_accumulator", true, batch, n, heads, d);
       branches(out_acc, lse_acc, true, false);
       Impl::convert_rows(space, "dilated::fused::store_out", out_acc, out);
     }
     if (lse) Impl::convert_rows(space, "dilated::fused::store_lse", lse_acc, *lse);
-    Impl::fence(space, "dilated::DilatedAttention::forward: temporaries go out of scope");
   }
 
   template <class ExecSpace, class Q, class K, class V, class O, class L, class G, class DQ,
@@ -290,6 +306,7 @@ class DilatedAttention {
     Impl::check_output<ExecSpace, DK>();
     Impl::check_output<ExecSpace, DV>();
     Impl::ScopedRegion region("dilated::DilatedAttention::backward");
+    const Impl::ScratchScope scratch(scratch_.get());
     constexpr const char* fn = "dilated::DilatedAttention::backward";
     const Geometry g = geometry_for(fn, q);
     Impl::check_attention_shapes(fn, g, q, k, v, out);
@@ -338,8 +355,8 @@ class DilatedAttention {
             [&](const auto& lse_acc) {
               Impl::mma::original_forward_branches<64>(
                   space, g, base, q, k, v,
-                  Impl::Accumulator4<ExecSpace, Acc>("dilated::original::out_accumulator", batch, n,
-                                                     heads, d),
+                  Impl::scratch_view<Impl::Accumulator4<ExecSpace, Acc>>(
+                      space, "dilated::original::out_accumulator", true, batch, n, heads, d),
                   lse_acc, true, false, budget);
             },
             [&](const auto& lse_v, const auto& delta, bool branch_deltas, const auto& gq,
@@ -353,8 +370,8 @@ class DilatedAttention {
 #endif
 
     // The merged log-sum-exp L of the forward (longnet branch weights exp(lse_i - L)).
-    Impl::Accumulator3<ExecSpace, Acc> lse_acc("dilated::original::lse_accumulator",
-                                               longnet ? batch : 0, n, heads);
+    const auto lse_acc = Impl::scratch_view<Impl::Accumulator3<ExecSpace, Acc>>(
+        space, "dilated::original::lse_accumulator", true, longnet ? batch : 0, n, heads);
     const bool gemm = use_gemm_path(space, q, k, v, out, dout);
     if (longnet && lse) {
       Impl::convert_rows(space, "dilated::original::load_lse", *lse, lse_acc);
@@ -364,8 +381,8 @@ class DilatedAttention {
       if constexpr (std::is_same_v<ExecSpace, Kokkos::Cuda>) {
         Impl::gemm_forward_branches<T, Acc>(
             space, g, Impl::make_launch<ExecSpace, Acc>(g, options_, call, n, d), q, k, v,
-            Impl::Accumulator4<ExecSpace, Acc>("dilated::original::out_accumulator", batch, n,
-                                               heads, d),
+            Impl::scratch_view<Impl::Accumulator4<ExecSpace, Acc>>(
+                space, "dilated::original::out_accumulator", true, batch, n, heads, d),
             lse_acc, options_.workspace_bytes());
       }
 #endif
@@ -373,9 +390,13 @@ class DilatedAttention {
       Impl::original_forward_branches(space, g, options_, call, q, k, v,
                                       Impl::Accumulator4<ExecSpace, Acc>(), lse_acc, false);
     }
-    Impl::Accumulator4<ExecSpace, Acc> dq_acc("dilated::original::dq", batch, n, heads, d),
-        dk_acc("dilated::original::dk", batch, n, heads, d),
-        dv_acc("dilated::original::dv", batch, n, heads, d);
+    using Acc4 = Impl::Accumulator4<ExecSpace, Acc>;
+    const auto dq_acc =
+        Impl::scratch_view<Acc4>(space, "dilated::original::dq", true, batch, n, heads, d);
+    const auto dk_acc =
+        Impl::scratch_view<Acc4>(space, "dilated::original::dk", true, batch, n, heads, d);
+    const auto dv_acc =
+        Impl::scratch_view<Acc4>(space, "dilated::original::dv", true, batch, n, heads, d);
     const bool through_weights = longnet && !options_.detach_branch_weights();
     if (gemm) {
 #if defined(KOKKOS_ENABLE_CUDA)
@@ -401,7 +422,6 @@ class DilatedAttention {
     Impl::convert_rows(space, "dilated::original::store_dq", dq_acc, dq);
     Impl::convert_rows(space, "dilated::original::store_dk", dk_acc, dk);
     Impl::convert_rows(space, "dilated::original::store_dv", dv_acc, dv);
-    Impl::fence(space, "dilated::DilatedAttention::backward: temporaries go out of scope");
   }
 
   // The fused backward (FlashAttention-2 style): probabilities are recomputed from the merged
@@ -449,8 +469,8 @@ class DilatedAttention {
         return;
       }
     }
-    Impl::Accumulator3<ExecSpace, Acc> lse_acc(
-        Kokkos::view_alloc(Kokkos::WithoutInitializing, "dilated::fused::lse"), batch, n, heads);
+    const auto lse_acc = Impl::scratch_view<Impl::Accumulator3<ExecSpace, Acc>>(
+        space, "dilated::fused::lse", false, batch, n, heads);
     if (lse) {
       Impl::convert_rows(space, "dilated::fused::load_lse", *lse, lse_acc);
     } else {
@@ -471,8 +491,8 @@ class DilatedAttention {
     const bool longnet = g.semantics() == Semantics::longnet;
     // D_t: one per row from dout . out, or per branch (detached longnet weights).
     const bool branch_deltas = longnet && options_.detach_branch_weights();
-    Impl::Accumulator3<ExecSpace, Acc> delta(
-        Kokkos::view_alloc(Kokkos::WithoutInitializing, "dilated::fused::delta"), batch, n, heads);
+    const auto delta = Impl::scratch_view<Impl::Accumulator3<ExecSpace, Acc>>(
+        space, "dilated::fused::delta", false, batch, n, heads);
     if (!longnet) {
       const auto* no_lse = static_cast<const NoLse<ExecSpace>*>(nullptr);
       Impl::zero_unkept_rows(space, g, no_lse, dq, dk, dv);
@@ -483,15 +503,18 @@ class DilatedAttention {
       Impl::fill(space, dv, T(0));
       branches(lse_acc, delta, branch_deltas, dq, dk, dv, true);
     } else {
-      Impl::Accumulator4<ExecSpace, Acc> dq_acc("dilated::fused::dq", batch, n, heads, d),
-          dk_acc("dilated::fused::dk", batch, n, heads, d),
-          dv_acc("dilated::fused::dv", batch, n, heads, d);
+      using Acc4 = Impl::Accumulator4<ExecSpace, Acc>;
+      const auto dq_acc =
+          Impl::scratch_view<Acc4>(space, "dilated::fused::dq", true, batch, n, heads, d);
+      const auto dk_acc =
+          Impl::scratch_view<Acc4>(space, "dilated::fused::dk", true, batch, n, heads, d);
+      const auto dv_acc =
+          Impl::scratch_view<Acc4>(space, "dilated::fused::dv", true, batch, n, heads, d);
       branches(lse_acc, delta, branch_deltas, dq_acc, dk_acc, dv_acc, true);
       Impl::convert_rows(space, "dilated::fused::store_dq", dq_acc, dq);
       Impl::convert_rows(space, "dilated::fused::store_dk", dk_acc, dk);
       Impl::convert_rows(space, "dilated::fused::store_dv", dv_acc, dv);
     }
-    Impl::fence(space, "dilated::DilatedAttention::backward: temporaries go out of scope");
   }
 
   // The cuBLAS path of the Original algorithm: CUDA, asked for, contiguous head_dim.
@@ -519,6 +542,7 @@ class DilatedAttention {
   std::vector<int> segments_;
   std::vector<int> dilations_;
   AttentionOptions options_;
+  std::shared_ptr<Impl::ScratchPool> scratch_ = std::make_shared<Impl::ScratchPool>();
 };
 
 }  // namespace dilated

@@ -56,6 +56,7 @@ class CustomTransformerBlock
                    MultiheadParameters<T, MemorySpace>(
                        embed_dim, true, false, "dilated::CustomTransformerBlock::parameters"),
                    "", "dilated::CustomTransformerBlock::parameters");
+    workspace_changed();
     reset_parameters(init_seed);
   }
 
@@ -101,7 +102,11 @@ class CustomTransformerBlock
     }
   }
 
-  void workspace_changed() {}
+  // The attention's temporaries go to the pool of the workspace's multihead part (shared by
+  // every block given this workspace).
+  void workspace_changed() {
+    attention_.set_scratch(this->workspace_->attention->attention_scratch);
+  }
 
   MultiheadParameters<T, MemorySpace> make_gradient_attention() const {
     return MultiheadParameters<T, MemorySpace>(this->embed_dim_, true, false,

@@ -74,8 +74,15 @@ struct MultiheadWorkspace {
   Matrix dz, dqkv;  // dz: the out projection's input gradient, then the norm's (in place)
   Kokkos::View<Acc**, Kokkos::LayoutRight, MemorySpace> partial;
   Matrix dense_input[3], dense_output, dense_dout;
+  // The attention's temporaries (DilatedAttention::scratch), shared by the layers sharing this.
+  std::shared_ptr<Impl::ScratchPool> attention_scratch = std::make_shared<Impl::ScratchPool>();
 
-  void release() { *this = MultiheadWorkspace(); }
+  void release() {
+    auto scratch = attention_scratch;
+    *this = MultiheadWorkspace();
+    scratch->release();
+    attention_scratch = scratch;
+  }
   // Bytes held now.
   std::size_t bytes() const {
     const auto sum = [](const auto&... views) {
@@ -84,7 +91,8 @@ struct MultiheadWorkspace {
     };
     return sum(forward.qkv, forward.attention, forward.normed, forward.lse, forward.mean,
                forward.rstd, dz, dqkv, partial, dense_input[0], dense_input[1], dense_input[2],
-               dense_output, dense_dout);
+               dense_output, dense_dout) +
+           attention_scratch->bytes();
   }
 };
 
@@ -167,6 +175,7 @@ class MultiheadDilatedAttention {
                                   std::move(dilation_rates), dropout, layer_norm_eps, gamma_init,
                                   semantics)),
         parameters_(embed_dim, bias, layer_norm, "dilated::MultiheadDilatedAttention::parameters") {
+    attention_.set_scratch(workspace_->attention_scratch);
     reset_parameters(init_seed);
   }
 
@@ -219,6 +228,7 @@ class MultiheadDilatedAttention {
     Impl::require(workspace != nullptr, "dilated::MultiheadDilatedAttention::set_workspace",
                   "workspace must not be null");
     workspace_ = std::move(workspace);
+    attention_.set_scratch(workspace_->attention_scratch);
     return *this;
   }
   void release_workspace() { workspace_->release(); }

@@ -6,6 +6,7 @@
 #include <Dilated_Geometry.hpp>
 #include <Dilated_LaunchPolicies.hpp>
 #include <Dilated_Options.hpp>
+#include <impl/Dilated_ScratchPool.hpp>
 #include <impl/Dilated_BranchPlan.hpp>
 #include <impl/Dilated_OriginalKernels.hpp>
 
@@ -56,9 +57,8 @@ void launch_branches(const ExecSpace& space, const char* label,
                      BranchLaunch<typename ExecSpace::memory_space, Acc> launch,
                      MakeKernel&& make_kernel) {
   using Space = typename ExecSpace::memory_space;
-  Kokkos::View<Acc*, Space> workspace(
-      Kokkos::view_alloc(Kokkos::WithoutInitializing, "dilated::original::workspace"),
-      schedule.workspace_entries);
+  const auto workspace = scratch_view<Kokkos::View<Acc*, Space>>(
+      space, "dilated::original::workspace", false, schedule.workspace_entries);
   for (std::size_t i = 0; i < schedule.plans.size(); ++i) {
     launch.plan = schedule.plans[i];
     const long items = launch.plan.num_items();

@@ -7,6 +7,7 @@
 #ifndef DILATED_IMPL_ORIGINAL_GEMM_PATH_HPP
 #define DILATED_IMPL_ORIGINAL_GEMM_PATH_HPP
 
+#include <impl/Dilated_ScratchPool.hpp>
 #include <impl/Dilated_CublasGemm.hpp>
 #include <impl/Dilated_OriginalDriver.hpp>
 
@@ -84,9 +85,8 @@ Kokkos::View<char*, Kokkos::CudaSpace> group_workspace(const std::vector<Segment
   std::size_t need = 0;
   for (const auto& gr : groups)
     need = std::max(need, bytes(gr));
-  return Kokkos::View<char*, Kokkos::CudaSpace>(
-      Kokkos::view_alloc(Kokkos::WithoutInitializing, std::string("dilated::original::gemm_ws")),
-      need);
+  return scratch_view<Kokkos::View<char*, Kokkos::CudaSpace>>(
+      Kokkos::Cuda(), "dilated::original::gemm_ws", false, need);
 }
 
 // The first pass over a row comes from device memory: each lane keeps kLoadsInFlight loads in

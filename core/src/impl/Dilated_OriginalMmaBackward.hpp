@@ -21,6 +21,7 @@
 #if defined(KOKKOS_ENABLE_CUDA)
 
 #include <Dilated_TensorCoreTilePolicies.hpp>
+#include <impl/Dilated_ScratchPool.hpp>
 #include <impl/Dilated_ImprovedDriver.hpp>
 #include <impl/Dilated_ImprovedKernels.hpp>
 #include <impl/Dilated_ImprovedMmaBackward.hpp>
@@ -202,8 +203,8 @@ void original_backward_branches(const Kokkos::Cuda& space,
   const std::size_t item_bytes = 2 * sizeof(std::uint16_t) * static_cast<std::size_t>(ld) * ld;
   const long chunk_items =
       std::max(1L, std::min(most_items, static_cast<long>(workspace_bytes / item_bytes)));
-  const Kokkos::View<std::uint32_t*, Kokkos::CudaSpace> workspace(
-      Kokkos::view_alloc(Kokkos::WithoutInitializing, "dilated::original::stored_matrices"),
+  const auto workspace = scratch_view<Kokkos::View<std::uint32_t*, Kokkos::CudaSpace>>(
+      space, "dilated::original::stored_matrices", false,
       2 * static_cast<std::size_t>(chunk_items) * ld * (ld / 2));
   for (const auto& launch : launches) {
     before_branch(launch);

@@ -33,6 +33,7 @@
 #if defined(KOKKOS_ENABLE_CUDA)
 
 #include <Dilated_TensorCoreTilePolicies.hpp>
+#include <impl/Dilated_ScratchPool.hpp>
 #include <impl/Dilated_ImprovedKernels.hpp>
 #include <impl/Dilated_MmaPrimitives.hpp>
 #include <impl/Dilated_MmaSoftmax.hpp>
@@ -330,11 +331,11 @@ void original_forward_branches(const Kokkos::Cuda& space, const Geometry& g,
   ScoreSlots ws;
   ws.tiles = tiles;
   ws.slots = static_cast<int>(std::max(1L, std::min({resident, most_teams, budget_slots})));
-  ws.scores = Kokkos::View<uint4*, Kokkos::CudaSpace>(
-      Kokkos::view_alloc(Kokkos::WithoutInitializing, "dilated::original::score_slots"),
+  ws.scores = scratch_view<Kokkos::View<uint4*, Kokkos::CudaSpace>>(
+      space, "dilated::original::score_slots", false,
       static_cast<std::size_t>(ws.slots) * tiles * (Tiles::tile_score_bytes / 16));
-  ws.offsets = Kokkos::View<float*, Kokkos::CudaSpace>(
-      Kokkos::view_alloc(Kokkos::WithoutInitializing, "dilated::original::score_offsets"),
+  ws.offsets = scratch_view<Kokkos::View<float*, Kokkos::CudaSpace>>(
+      space, "dilated::original::score_offsets", false,
       static_cast<std::size_t>(ws.slots) * tiles * Tiles::query_rows);
   const bool pieces = rows_in_pieces(out);
   const auto run = [&](auto dropout) {
