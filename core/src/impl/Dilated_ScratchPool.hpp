@@ -100,8 +100,12 @@ View scratch_view(const ExecSpace& space, const char* label, bool zero, Extents.
   } else {
     view = View(Kokkos::view_alloc(Kokkos::WithoutInitializing, std::string(label)), extents...);
   }
-  if (zero && view.span() > 0)
-    Kokkos::deep_copy(space, view, typename View::non_const_value_type(0));
+  using V = typename View::non_const_value_type;
+  if constexpr (std::is_constructible_v<V, int>) {  // raw words (uint4) are never asked zeroed
+    if (zero && view.span() > 0) Kokkos::deep_copy(space, view, V(0));
+  } else {
+    (void)space, (void)zero;
+  }
   return view;
 }
 
