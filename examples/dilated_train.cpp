@@ -21,6 +21,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <sstream>
 #include <stdexcept>
 #include <string>
@@ -41,7 +42,33 @@ struct Config {
   std::vector<int> segments{2048, 4096, 8192, 16384}, dilations{1, 2, 4, 8};
   double lr = 6e-4, min_lr = 6e-5, weight_decay = 0.1, max_norm = 1.0, peak_tflops = 989.4;
   bool checkpointing = false;
+  long profile_steps = 0;
   std::uint64_t seed = 1;
+};
+
+// --profile: the library's profiling regions timed over extra steps, each region fenced at its
+// start and end (Kokkos Tools region callbacks), so that a region's time is its work; nested
+// regions count in their parents too. The fences serialise the step: the profiled steps are
+// slower than the others, and their total is printed beside the region times.
+struct RegionTimer {
+  struct Open {
+    std::string name;
+    std::chrono::steady_clock::time_point start;
+  };
+  static inline std::vector<Open> stack;
+  static inline std::map<std::string, std::pair<double, long>> totals;  // seconds, calls
+  static void push(const char* name) {
+    Kokkos::fence();
+    stack.push_back({name, std::chrono::steady_clock::now()});
+  }
+  static void pop() {
+    Kokkos::fence();
+    const auto& top = stack.back();
+    auto& t = totals[top.name];
+    t.first += std::chrono::duration<double>(std::chrono::steady_clock::now() - top.start).count();
+    ++t.second;
+    stack.pop_back();
+  }
 };
 
 // Model FLOPs of one token's forward (the convention of MFU, Chowdhery et al. 2022): 2 per
@@ -209,6 +236,35 @@ int train(const Config& c) {
     }
   }
 
+  if (c.profile_steps > 0) {
+    RegionTimer::totals.clear();
+    Kokkos::Tools::Experimental::set_push_region_callback(&RegionTimer::push);
+    Kokkos::Tools::Experimental::set_pop_region_callback(&RegionTimer::pop);
+    const auto start = std::chrono::steady_clock::now();
+    for (long i = 0; i < c.profile_steps; ++i) {
+      train_data.draw(space, ids, targets);
+      trainer.step(space, ids, targets);
+    }
+    space.fence();
+    const double total =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    Kokkos::Tools::Experimental::set_push_region_callback(nullptr);
+    Kokkos::Tools::Experimental::set_pop_region_callback(nullptr);
+    std::printf("profile: %ld steps with fenced regions, %.4f s per step\n", c.profile_steps,
+                total / c.profile_steps);
+    log.summary << "\"profile_step_seconds\": " << json_number(total / c.profile_steps)
+                << ", \"profile\": {";
+    bool first = true;
+    for (const auto& [name, t] : RegionTimer::totals) {
+      std::printf("  %-60s %9.3f ms per step (%ld calls)\n", name.c_str(),
+                  1e3 * t.first / c.profile_steps, t.second / c.profile_steps);
+      log.summary << (first ? "" : ", ") << "\"" << name
+                  << "\": " << json_number(t.first / c.profile_steps);
+      first = false;
+    }
+    log.summary << "}, ";
+  }
+
   // The memory split, from the objects that hold it.
   const auto memory = model.memory();
   std::size_t gradient_bytes = 0;
@@ -304,6 +360,9 @@ int main(int argc, char** argv) {
   app.add_option("--save", c.save, "checkpoint directory (replaced whole)");
   app.add_option("--save-every", c.save_every, "checkpoint every this many steps (0: at end)");
   app.add_option("--resume", c.resume, "checkpoint directory to resume from");
+  app.add_option("--profile", c.profile_steps,
+                 "after the run, time the library's regions over this many more steps (fenced)")
+      ->check(CLI::NonNegativeNumber);
   app.add_option("--peak-tflops", c.peak_tflops,
                  "the device's dense fp16/bf16 peak for the MFU (H100/H200 SXM: 989.4)");
   CLI11_PARSE(app, argc, argv);
