@@ -350,3 +350,21 @@ TEMPLATE_TEST_CASE("Language model steps after the first allocate nothing",
     CHECK(after.parameters == memory.parameters);
   }
 }
+
+TEST_CASE("A model that does not fit reports the allocation: label and bytes",
+          "[model][memory][errors]" TEST_CATEGORY) {
+  using Model =
+      dilated::LanguageModel<dilated::CustomTransformerBlock<dilated::Improved, float, MemSpace>>;
+  // 2^26 x 2^24 floats (4 PiB) for the embedding: beyond any device's and any address space.
+  const dilated::ModelShape huge{"huge", 1, 1 << 24, 1, 1 << 26};
+  try {
+    Model model(huge, tiny_options());
+    FAIL("a 4 PiB embedding was allocated");
+  } catch (const dilated::DeviceOutOfMemory& e) {
+    CHECK(e.label() == "dilated::LanguageModel::embedding");
+    CHECK(e.bytes() == (std::size_t(1) << 50) * sizeof(float));
+    CHECK(e.memory_space() == MemSpace::name());
+    CHECK_THAT(std::string(e.what()), Catch::Matchers::ContainsSubstring(
+                                          "allocating 'dilated::LanguageModel::embedding'"));
+  }
+}

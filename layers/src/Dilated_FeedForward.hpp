@@ -10,6 +10,7 @@
 #ifndef DILATED_FEED_FORWARD_HPP
 #define DILATED_FEED_FORWARD_HPP
 
+#include <Dilated_DeviceMemory.hpp>
 #include <Dilated_Gelu.hpp>
 #include <Dilated_Linear.hpp>
 #include <Dilated_Parameters.hpp>
@@ -35,10 +36,10 @@ struct FeedForwardParameters {
   FeedForwardParameters() = default;
   // Zero-filled.
   FeedForwardParameters(int embed_dim, int hidden, const std::string& label)
-      : fc1_weight(label + "::fc1_weight", hidden, embed_dim),
-        fc1_bias(label + "::fc1_bias", hidden),
-        fc2_weight(label + "::fc2_weight", embed_dim, hidden),
-        fc2_bias(label + "::fc2_bias", embed_dim) {}
+      : fc1_weight(Impl::allocate_view<Matrix>(label + "::fc1_weight", true, hidden, embed_dim)),
+        fc1_bias(Impl::allocate_view<Vector>(label + "::fc1_bias", true, hidden)),
+        fc2_weight(Impl::allocate_view<Matrix>(label + "::fc2_weight", true, embed_dim, hidden)),
+        fc2_bias(Impl::allocate_view<Vector>(label + "::fc2_bias", true, embed_dim)) {}
 
   int embed_dim() const { return static_cast<int>(fc1_weight.extent(1)); }
   int hidden() const { return static_cast<int>(fc1_weight.extent(0)); }

@@ -18,6 +18,7 @@
 #define DILATED_LANGUAGE_MODEL_HPP
 
 #include <Dilated_CrossEntropy.hpp>
+#include <Dilated_DeviceMemory.hpp>
 #include <Dilated_Embedding.hpp>
 #include <Dilated_LayerNorm.hpp>
 #include <Dilated_Options.hpp>
@@ -100,11 +101,12 @@ class LanguageModel {
   LanguageModel(const ModelShape& shape, const LanguageModelOptions& options = {})
       : shape_(check_shape(shape)),
         options_(options),
-        embedding_(Kokkos::view_alloc(Kokkos::WithoutInitializing,
-                                      std::string("dilated::LanguageModel::embedding")),
-                   shape.vocab, shape.embed_dim),
-        norm_weight_("dilated::LanguageModel::norm_weight", shape.embed_dim),
-        norm_bias_("dilated::LanguageModel::norm_bias", shape.embed_dim),
+        embedding_(Impl::allocate_view<Matrix>("dilated::LanguageModel::embedding", false,
+                                               shape.vocab, shape.embed_dim)),
+        norm_weight_(Impl::allocate_view<Vector>("dilated::LanguageModel::norm_weight", false,
+                                                 shape.embed_dim)),
+        norm_bias_(Impl::allocate_view<Vector>("dilated::LanguageModel::norm_bias", false,
+                                               shape.embed_dim)),
         loss_(CrossEntropyOptions().set_chunk_tokens(options.loss_chunk_tokens)) {
     blocks_.reserve(shape.layers);
     for (int l = 0; l < shape.layers; ++l) {
@@ -241,9 +243,13 @@ class LanguageModel {
     const std::size_t e = shape_.embed_dim;
     if (g.embedding.extent(0) != embedding_.extent(0) || g.embedding.extent(1) != e ||
         g.blocks.size() != blocks_.size()) {
-      g.embedding = Matrix("dilated::LanguageModel::gradients::embedding", embedding_.extent(0), e);
-      g.norm_weight = Vector("dilated::LanguageModel::gradients::norm_weight", e);
-      g.norm_bias = Vector("dilated::LanguageModel::gradients::norm_bias", e);
+      g = Gradients();  // the old ones first: both need not fit
+      g.embedding = Impl::allocate_view<Matrix>("dilated::LanguageModel::gradients::embedding",
+                                                true, embedding_.extent(0), e);
+      g.norm_weight =
+          Impl::allocate_view<Vector>("dilated::LanguageModel::gradients::norm_weight", true, e);
+      g.norm_bias =
+          Impl::allocate_view<Vector>("dilated::LanguageModel::gradients::norm_bias", true, e);
       g.blocks.assign(blocks_.size(), typename Block::Gradients());
     }
     for (std::size_t l = 0; l < blocks_.size(); ++l)

@@ -11,6 +11,7 @@
 
 #include <Dilated_AlgorithmPolicies.hpp>
 #include <Dilated_Compat.hpp>
+#include <Dilated_DeviceMemory.hpp>
 #include <Dilated_DilatedAttention.hpp>
 #include <Dilated_Gemm.hpp>
 #include <Dilated_LayerNorm.hpp>
@@ -105,7 +106,7 @@ void ensure_extents(View& view, const char* label, Extents... extents) {
   for (std::size_t i = 0; i < sizeof...(Extents); ++i) {
     if (view.extent(i) != wanted[i]) {
       view = View();  // release first: the old and the new buffer need not coexist
-      view = View(Kokkos::view_alloc(Kokkos::WithoutInitializing, std::string(label)), extents...);
+      view = allocate_view<View>(label, false, extents...);
       return;
     }
   }

@@ -17,6 +17,7 @@
 #ifndef DILATED_PARAMETERS_HPP
 #define DILATED_PARAMETERS_HPP
 
+#include <Dilated_DeviceMemory.hpp>
 #include <Dilated_Npy.hpp>
 #include <impl/Dilated_Error.hpp>
 #include <impl/Dilated_Numeric.hpp>
@@ -58,12 +59,18 @@ struct MultiheadParameters {
 
   // Zero-filled parameters of a layer with embed_dim E.
   MultiheadParameters(int embed_dim, bool bias, bool layer_norm, const std::string& label)
-      : in_proj_weight(label + "::in_proj_weight", 3 * embed_dim, embed_dim),
-        in_proj_bias(label + "::in_proj_bias", bias ? 3 * embed_dim : 0),
-        norm_weight(label + "::norm_weight", layer_norm ? embed_dim : 0),
-        norm_bias(label + "::norm_bias", layer_norm ? embed_dim : 0),
-        out_proj_weight(label + "::out_proj_weight", embed_dim, embed_dim),
-        out_proj_bias(label + "::out_proj_bias", bias ? embed_dim : 0) {}
+      : in_proj_weight(Impl::allocate_view<Matrix>(label + "::in_proj_weight", true, 3 * embed_dim,
+                                                   embed_dim)),
+        in_proj_bias(
+            Impl::allocate_view<Vector>(label + "::in_proj_bias", true, bias ? 3 * embed_dim : 0)),
+        norm_weight(
+            Impl::allocate_view<Vector>(label + "::norm_weight", true, layer_norm ? embed_dim : 0)),
+        norm_bias(
+            Impl::allocate_view<Vector>(label + "::norm_bias", true, layer_norm ? embed_dim : 0)),
+        out_proj_weight(
+            Impl::allocate_view<Matrix>(label + "::out_proj_weight", true, embed_dim, embed_dim)),
+        out_proj_bias(
+            Impl::allocate_view<Vector>(label + "::out_proj_bias", true, bias ? embed_dim : 0)) {}
 
   int embed_dim() const { return static_cast<int>(out_proj_weight.extent(0)); }
 

@@ -15,6 +15,7 @@
 #ifndef DILATED_TRANSFORMER_BLOCK_PARTS_HPP
 #define DILATED_TRANSFORMER_BLOCK_PARTS_HPP
 
+#include <Dilated_DeviceMemory.hpp>
 #include <Dilated_FeedForward.hpp>
 #include <Dilated_MultiheadDilatedAttention.hpp>
 #include <Dilated_Parameters.hpp>
@@ -47,11 +48,11 @@ struct TransformerBlockParameters {
   TransformerBlockParameters(int embed_dim,
                              MultiheadParameters<T, MemorySpace> attention_parameters,
                              std::string prefix, const std::string& label)
-      : norm1_weight(label + "::norm1_weight", embed_dim),
-        norm1_bias(label + "::norm1_bias", embed_dim),
+      : norm1_weight(Impl::allocate_view<Vector>(label + "::norm1_weight", true, embed_dim)),
+        norm1_bias(Impl::allocate_view<Vector>(label + "::norm1_bias", true, embed_dim)),
         attention(std::move(attention_parameters)),
-        norm2_weight(label + "::norm2_weight", embed_dim),
-        norm2_bias(label + "::norm2_bias", embed_dim),
+        norm2_weight(Impl::allocate_view<Vector>(label + "::norm2_weight", true, embed_dim)),
+        norm2_bias(Impl::allocate_view<Vector>(label + "::norm2_bias", true, embed_dim)),
         ffn(embed_dim, 4 * embed_dim, label + "::ffn"),
         attention_prefix(std::move(prefix)) {}
 

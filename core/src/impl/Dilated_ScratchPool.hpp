@@ -13,6 +13,8 @@
 #ifndef DILATED_IMPL_SCRATCH_POOL_HPP
 #define DILATED_IMPL_SCRATCH_POOL_HPP
 
+#include <Dilated_DeviceMemory.hpp>
+
 #include <Kokkos_Core.hpp>
 
 #include <any>
@@ -34,17 +36,15 @@ class ScratchPool {
       if (e.label == label && e.space == space) {
         if (e.bytes < bytes) {
           e.buffer = Buffer();  // the old buffer first: the two need not coexist
-          e.buffer =
-              Buffer(Kokkos::view_alloc(Kokkos::WithoutInitializing, std::string(label)), bytes);
+          e.bytes = 0;          // (and none held if the new one does not fit)
+          e.buffer = allocate_view<Buffer>(label, false, bytes);
           e.bytes = bytes;
         }
         return std::any_cast<Buffer&>(e.buffer).data();
       }
     }
-    entries_.push_back(
-        {label, space,
-         Buffer(Kokkos::view_alloc(Kokkos::WithoutInitializing, std::string(label)), bytes),
-         bytes});
+    Buffer buffer = allocate_view<Buffer>(label, false, bytes);
+    entries_.push_back({label, space, buffer, bytes});
     return std::any_cast<Buffer&>(entries_.back().buffer).data();
   }
 
@@ -98,7 +98,7 @@ View scratch_view(const ExecSpace& space, const char* label, bool zero, Extents.
                     pool->get<typename View::memory_space>(label, bytes > 0 ? bytes : 1)),
                 extents...);
   } else {
-    view = View(Kokkos::view_alloc(Kokkos::WithoutInitializing, std::string(label)), extents...);
+    view = allocate_view<View>(label, false, extents...);
   }
   using V = typename View::non_const_value_type;
   if constexpr (std::is_constructible_v<V, int>) {  // raw words (uint4) are never asked zeroed

@@ -7,6 +7,7 @@
 #define DILATED_IMPL_TOKEN_VIEWS_HPP
 
 #include <Dilated_Compat.hpp>
+#include <Dilated_DeviceMemory.hpp>
 #include <impl/Dilated_Error.hpp>
 
 #include <Kokkos_Core.hpp>
@@ -79,7 +80,7 @@ bool ensure_capacity(View& view, const std::string& label, Extents... extents) {
     enough = enough && view.extent(i) >= wanted[i];
   if (enough) return false;
   view = View();  // the old buffer is released before the new one is made
-  view = View(Kokkos::view_alloc(Kokkos::WithoutInitializing, label), extents...);
+  view = allocate_view<View>(label, false, extents...);
   return true;
 }
 

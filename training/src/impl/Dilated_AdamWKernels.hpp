@@ -12,6 +12,7 @@
 #define DILATED_IMPL_ADAMW_KERNELS_HPP
 
 #include <Dilated_Compat.hpp>
+#include <Dilated_DeviceMemory.hpp>
 #include <Dilated_ParameterGradients.hpp>
 #include <impl/Dilated_OptimizerState.hpp>
 
@@ -80,14 +81,15 @@ KOKKOS_INLINE_FUNCTION Acc adamw_parameter(const AdamWScalars<Acc>& s, Acc p, Ac
 // Allocated uninitialised: the first step writes every value without reading it.
 template <class Acc, class MemorySpace>
 struct MomentState {
-  Kokkos::View<Acc*, MemorySpace> exp_avg, exp_avg_sq, master;
+  using View = Kokkos::View<Acc*, MemorySpace>;
+  View exp_avg, exp_avg_sq, master;
 
   MomentState() = default;
   MomentState(const std::string& label, std::size_t n, bool master_weights)
-      : exp_avg(Kokkos::view_alloc(Kokkos::WithoutInitializing, label + "::exp_avg"), n),
-        exp_avg_sq(Kokkos::view_alloc(Kokkos::WithoutInitializing, label + "::exp_avg_sq"), n),
-        master(Kokkos::view_alloc(Kokkos::WithoutInitializing, label + "::master"),
-               master_weights ? n : 0) {}
+      : exp_avg(dilated::Impl::allocate_view<View>(label + "::exp_avg", false, n)),
+        exp_avg_sq(dilated::Impl::allocate_view<View>(label + "::exp_avg_sq", false, n)),
+        master(dilated::Impl::allocate_view<View>(label + "::master", false,
+                                                  master_weights ? n : 0)) {}
 
   std::size_t bytes() const {
     return (exp_avg.span() + exp_avg_sq.span() + master.span()) * sizeof(Acc);

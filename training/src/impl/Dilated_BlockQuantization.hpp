@@ -15,6 +15,7 @@
 #define DILATED_IMPL_BLOCK_QUANTIZATION_HPP
 
 #include <Dilated_Compat.hpp>
+#include <Dilated_DeviceMemory.hpp>
 #include <Dilated_ParameterGradients.hpp>
 #include <impl/Dilated_AdamWKernels.hpp>
 #include <impl/Dilated_OptimizerState.hpp>
@@ -79,12 +80,14 @@ struct QuantizedState {
 
   QuantizedState() = default;
   QuantizedState(const std::string& label, std::size_t n, bool master_weights)
-      : state1(Kokkos::view_alloc(Kokkos::WithoutInitializing, label + "::state1"), n),
-        state2(Kokkos::view_alloc(Kokkos::WithoutInitializing, label + "::state2"), n),
-        absmax1(Kokkos::view_alloc(Kokkos::WithoutInitializing, label + "::absmax1"), blocks(n)),
-        absmax2(Kokkos::view_alloc(Kokkos::WithoutInitializing, label + "::absmax2"), blocks(n)),
-        master(Kokkos::view_alloc(Kokkos::WithoutInitializing, label + "::master"),
-               master_weights ? n : 0) {}
+      : state1(dilated::Impl::allocate_view<decltype(state1)>(label + "::state1", false, n)),
+        state2(dilated::Impl::allocate_view<decltype(state2)>(label + "::state2", false, n)),
+        absmax1(
+            dilated::Impl::allocate_view<decltype(absmax1)>(label + "::absmax1", false, blocks(n))),
+        absmax2(
+            dilated::Impl::allocate_view<decltype(absmax2)>(label + "::absmax2", false, blocks(n))),
+        master(dilated::Impl::allocate_view<decltype(master)>(label + "::master", false,
+                                                              master_weights ? n : 0)) {}
 
   static std::size_t blocks(std::size_t n) {
     return (n + quantization_block - 1) / quantization_block;
