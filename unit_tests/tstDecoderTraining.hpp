@@ -15,6 +15,7 @@
 #include <cmath>
 #include <filesystem>
 #include <limits>
+#include <map>
 #include <random>
 #include <string>
 #include <vector>
@@ -314,8 +315,18 @@ namespace {
 struct AllocationCount {
   static inline long count = 0;
   static inline bool counting = false;
-  static void on_allocate(Kokkos::Tools::SpaceHandle, const char*, const void*, std::uint64_t) {
-    if (counting) ++count;
+  static inline std::map<std::string, long> labels;  // what was allocated, for the report
+  static void on_allocate(Kokkos::Tools::SpaceHandle space, const char* label, const void*,
+                          std::uint64_t size) {
+    if (!counting) return;
+    ++count;
+    ++labels[std::string(space.name) + ":" + label + " (" + std::to_string(size) + " B)"];
+  }
+  static std::string report() {
+    std::string out;
+    for (const auto& [label, times] : labels)
+      out += label + " x" + std::to_string(times) + "\n";
+    return out;
   }
 };
 }  // namespace
@@ -335,6 +346,7 @@ TEMPLATE_TEST_CASE("Language model steps after the first allocate nothing",
     const auto memory = model.memory();
     Kokkos::Tools::Experimental::set_allocate_data_callback(&AllocationCount::on_allocate);
     AllocationCount::count = 0;
+    AllocationCount::labels.clear();
     AllocationCount::counting = true;
     for (int step = 0; step < 2; ++step) {
       model.forward_backward(ExecSpace(), ids, targets, grads);
@@ -343,6 +355,7 @@ TEMPLATE_TEST_CASE("Language model steps after the first allocate nothing",
     ExecSpace().fence();
     AllocationCount::counting = false;
     Kokkos::Tools::Experimental::set_allocate_data_callback(nullptr);
+    INFO(AllocationCount::report());
     CHECK(AllocationCount::count == 0);
     const auto after = model.memory();
     CHECK(after.activations == memory.activations);
