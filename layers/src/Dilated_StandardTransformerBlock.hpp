@@ -104,8 +104,14 @@ class StandardTransformerBlock
                              ws.rstd);
     const Tokens normed(ws.normed.data(), a.batch, a.length, this->embed_dim_);
     const Tokens dout(dx1.data(), a.batch, a.length, this->embed_dim_);
+    // The layer's input gradient is a temporary of this pass, not a parameter gradient: it goes
+    // into the shared workspace (ws.dnormed, free once LN2's backward has read it), not into a
+    // buffer of each block's Gradients (L buffers of (M, E) for a model of L blocks).
+    g.attention.query = Tokens(ws.dnormed.data(), a.batch, a.length, this->embed_dim_);
     attention_.backward(space, normed, normed, normed, dout, a.attention, g.attention, call);
-    return Matrix(g.attention.query.data(), x.extent(0), x.extent(1));
+    const Matrix dn1(g.attention.query.data(), x.extent(0), x.extent(1));
+    g.attention.query = Tokens();
+    return dn1;
   }
 
   Attention attention_;

@@ -102,7 +102,8 @@ struct TransformerBlockActivations {
 
 // A block's parameter gradients (the input's gradient is an argument of backward). For the
 // Standard block, `attention` is what its MultiheadDilatedAttention::backward fills (its
-// parameters are the Views of parameters.attention; its `query` the gradient of LN1's output).
+// parameters are the Views of parameters.attention; its `query`, the gradient of LN1's output, is
+// a workspace buffer during the call and empty after it).
 template <class T, class MemorySpace>
 struct TransformerBlockGradients {
   TransformerBlockParameters<T, MemorySpace> parameters;
