@@ -17,7 +17,9 @@
 #include <Kokkos_Core.hpp>
 
 #include <cmath>
+#include <cstdint>
 #include <string>
+#include <vector>
 
 namespace dilated::training {
 
@@ -28,6 +30,12 @@ struct GradNormWorkspace {
   Kokkos::View<Acc**, Kokkos::LayoutRight, MemorySpace> partials;  // (tensors, P)
   Kokkos::View<Acc*, MemorySpace> sums;                            // (tensors): sum of squares
   Kokkos::View<Acc, MemorySpace> total;
+  // Every gradient's address and length on the device, for the one kernel over all tensors;
+  // copied again only when the list changes (host_data / host_sizes: what they hold).
+  Kokkos::View<std::uintptr_t*, MemorySpace> data;
+  Kokkos::View<long*, MemorySpace> sizes;
+  std::vector<std::uintptr_t> host_data;
+  std::vector<long> host_sizes;
 };
 
 namespace Impl {
@@ -64,23 +72,54 @@ state_t<T> sum_of_squares(const ExecSpace& space, const char* fn,
     workspace.total = decltype(workspace.total)(
         Kokkos::view_alloc(Kokkos::WithoutInitializing, "dilated::training::grad_norm::total"));
   }
+  // The tensors' addresses and lengths, sent to the device when the list changed.
+  std::vector<std::uintptr_t> addresses(count);
+  std::vector<long> lengths(count);
+  for (long t = 0; t < count; ++t) {
+    addresses[t] = reinterpret_cast<std::uintptr_t>(tensors[t].gradient.data());
+    lengths[t] = static_cast<long>(tensors[t].gradient.extent(0));
+  }
+  if (addresses != workspace.host_data || lengths != workspace.host_sizes) {
+    if (workspace.data.extent(0) != static_cast<std::size_t>(count)) {
+      workspace.data = decltype(workspace.data)(
+          Kokkos::view_alloc(Kokkos::WithoutInitializing, "dilated::training::grad_norm::data"),
+          count);
+      workspace.sizes = decltype(workspace.sizes)(
+          Kokkos::view_alloc(Kokkos::WithoutInitializing, "dilated::training::grad_norm::sizes"),
+          count);
+    }
+    using Unmanaged = Kokkos::MemoryTraits<Kokkos::Unmanaged>;
+    Kokkos::deep_copy(
+        space, workspace.data,
+        Kokkos::View<const std::uintptr_t*, Kokkos::HostSpace, Unmanaged>(addresses.data(), count));
+    Kokkos::deep_copy(
+        space, workspace.sizes,
+        Kokkos::View<const long*, Kokkos::HostSpace, Unmanaged>(lengths.data(), count));
+    dilated::Impl::fence(space, "dilated::training::grad_norm: the tensor list copied");
+    workspace.host_data = std::move(addresses);
+    workspace.host_sizes = std::move(lengths);
+  }
   const auto partials = workspace.partials;
   const auto sums = workspace.sums;
   const auto total = workspace.total;
-  for (long t = 0; t < count; ++t) {
-    const auto g = tensors[t].gradient;
-    const long n = static_cast<long>(g.extent(0));
-    Kokkos::parallel_for(
-        "dilated::training::grad_norm::partials", Kokkos::RangePolicy<ExecSpace>(space, 0, P),
-        KOKKOS_LAMBDA(long j) {
-          Acc sum = 0;
-          for (long i = j; i < n; i += P) {
-            const Acc x = static_cast<Acc>(g(i));
-            sum += x * x;
-          }
-          partials(t, j) = sum;
-        });
-  }
+  const auto data = workspace.data;
+  const auto sizes = workspace.sizes;
+  // Every tensor's P partials in one launch (one launch per tensor left the GPU latency-bound:
+  // 1024 threads each; the H200 took 3.6 ms for the 85 M-parameter model's 150 tensors). The
+  // sums and their order are those of the design above: the same bits.
+  Kokkos::parallel_for(
+      "dilated::training::grad_norm::partials", Kokkos::RangePolicy<ExecSpace>(space, 0, count * P),
+      KOKKOS_LAMBDA(long e) {
+        const long t = e / P, j = e % P;
+        const T* g = reinterpret_cast<const T*>(data(t));
+        const long n = sizes(t);
+        Acc sum = 0;
+        for (long i = j; i < n; i += P) {
+          const Acc x = static_cast<Acc>(g[i]);
+          sum += x * x;
+        }
+        partials(t, j) = sum;
+      });
   Kokkos::parallel_for(
       "dilated::training::grad_norm::tensor_sums", Kokkos::RangePolicy<ExecSpace>(space, 0, count),
       KOKKOS_LAMBDA(long t) {
