@@ -162,30 +162,55 @@ TEMPLATE_TEST_CASE("Language model gradients equal finite differences (double)",
   CHECK(checkpointed.memory().activations < model.memory().activations);
 }
 
-TEMPLATE_TEST_CASE("Language model: the loss falls over 50 AdamW steps on a fixed sequence",
-                   "[model][training]" TEST_CATEGORY, Standard<dilated::Improved>,
-                   Custom<dilated::Original>) {
-  using Model = typename TestType::template Model<float>;
+namespace {
+
+// 50 steps of AdamW on one fixed sequence of 16 tokens (warm-up 5, cosine from 1e-2): the model
+// memorises it. In half the loss scaler is on (2^16), in bf16 and float off.
+template <class TestType, class T, class Optimizer>
+void check_loss_falls() {
+  using Model = typename TestType::template Model<T>;
   Model model({"tiny", 2, 16, 2, 13}, tiny_options());
-  training::AdamW<float, MemSpace> adamw(training::AdamWOptions().set_weight_decay(0.0));
+  Optimizer optimizer(training::AdamWOptions().set_weight_decay(0.0));
   training::TrainerOptions options;
   options.schedule = training::WarmupCosineSchedule()
                          .set_peak_lr(1e-2)
                          .set_min_lr(1e-3)
                          .set_warmup_steps(5)
                          .set_total_steps(50);
-  training::Trainer trainer(model, adamw, options);
+  training::Trainer trainer(model, optimizer, options);
   const auto [ids, targets] = random_batch(1, 16, 13, 21);
   double first = 0, last = 0;
+  long skipped = 0;
   for (int s = 0; s < 50; ++s) {
     const auto r = trainer.step(ExecSpace(), ids, targets);
-    REQUIRE(r.taken);
+    skipped += r.taken ? 0 : 1;
     if (s == 0) first = r.loss;
     last = r.loss;
   }
-  CAPTURE(first, last);
+  CAPTURE(first, last, skipped);
+  CHECK(skipped <= 2);        // a half step may overflow at the first scales
   CHECK(first > 2.0);         // about log(13) = 2.56 at the start
   CHECK(last < 0.5 * first);  // memorising 16 tokens
+}
+
+}  // namespace
+
+TEMPLATE_TEST_CASE("Language model: the loss falls over 50 AdamW steps on a fixed sequence",
+                   "[model][training]" TEST_CATEGORY, Standard<dilated::Improved>,
+                   Custom<dilated::Original>) {
+  SECTION("float, AdamW") {
+    check_loss_falls<TestType, float, training::AdamW<float, MemSpace>>();
+  }
+  SECTION("half, AdamW8bit (loss scaling)") {
+    using Half = Kokkos::Experimental::half_t;
+    check_loss_falls<TestType, Half, training::AdamW8bit<Half, MemSpace>>();
+  }
+#if DILATED_HAVE_BHALF
+  SECTION("bf16, AdamW") {
+    using Bf16 = Kokkos::Experimental::bhalf_t;
+    check_loss_falls<TestType, Bf16, training::AdamW<Bf16, MemSpace>>();
+  }
+#endif
 }
 
 TEMPLATE_TEST_CASE("Trainer: save, load and step equals stepping without stopping (bitwise)",
