@@ -1,10 +1,20 @@
 #!/usr/bin/env bash
 # The README's test command: set up a fresh machine (scripts/setup.sh), configure and build the
-# library with its tests (preset "tests"), and run them with ctest. Extra arguments go to ctest.
+# library with its tests (preset "tests"; on a machine with CUDA the "cuda" preset, every backend
+# the build has: Serial, OpenMP and CUDA), and run them with ctest. `--cpu` first keeps the host
+# build on a CUDA machine. Extra arguments go to ctest.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here"
+if [ "${1:-}" = --cpu ]; then
+  export DILATED_CPU_ONLY=1
+  shift
+fi
 source scripts/preset_build.sh
 preset_build test tests
 echo "[test] ctest" >&2
-ctest --preset tests "$@"
+if [ "$gpu" = 1 ]; then
+  ctest --test-dir "$build_dir" --output-on-failure "$@"
+else
+  ctest --preset tests "$@"
+fi
