@@ -4,6 +4,7 @@
 // initialisation, .npy save/load, strided inputs, and the errors for bad arguments.
 #include <DilatedAttention.hpp>
 #include <Dilated_Allclose.hpp>
+#include <Dilated_TokenTestData.hpp>
 #include <Dilated_AttentionTestUtils.hpp>
 #include <Dilated_LayerReference.hpp>
 
@@ -41,52 +42,13 @@ static_assert(std::is_same_v<dilated::seed::MultiheadDilatedAttention<double, Me
 static_assert(std::is_same_v<dilated::seed::ImprovedMultiheadDilatedAttention<float, MemSpace>,
                              Layer<dilated::Improved, float>>);
 
-Host3 random_tokens(int b, int n, int e, std::uint64_t seed) {
-  Host3 x("dilated::test::tokens", b, n, e);
-  std::mt19937_64 engine(seed);
-  std::normal_distribution<double> normal;
-  for (std::size_t i = 0; i < x.size(); ++i)
-    x.data()[i] = normal(engine);
-  return x;
-}
-
-// x stored as T in MemSpace; x itself is rounded to T so the host sees the same values.
+// The shared token helpers (Dilated_TokenTestData.hpp) with this backend's memory space.
+using dilated::testing::fetch;
+using dilated::testing::fetch_flat;
+using dilated::testing::random_tokens;
 template <class T>
 Tokens<T> store(Host3& x) {
-  Tokens<T> device("dilated::test::stored", x.extent(0), x.extent(1), x.extent(2));
-  auto staged = Kokkos::create_mirror_view(device);
-  for (std::size_t i = 0; i < x.size(); ++i) {
-    staged.data()[i] = static_cast<T>(x.data()[i]);
-    x.data()[i] = dilated::Impl::to_double(staged.data()[i]);
-  }
-  Kokkos::deep_copy(device, staged);
-  return device;
-}
-
-template <class View>
-Host3 fetch(const View& x) {
-  // Dense first: a strided device View cannot be copied to the host directly.
-  Kokkos::View<typename View::non_const_value_type***, Kokkos::LayoutRight,
-               typename View::memory_space>
-      dense("dilated::test::dense", x.extent(0), x.extent(1), x.extent(2));
-  Kokkos::deep_copy(dense, x);
-  const auto host = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), dense);
-  Host3 out("dilated::test::fetched", x.extent(0), x.extent(1), x.extent(2));
-  for (std::size_t i = 0; i < x.extent(0); ++i)
-    for (std::size_t j = 0; j < x.extent(1); ++j)
-      for (std::size_t k = 0; k < x.extent(2); ++k)
-        out(i, j, k) = dilated::Impl::to_double(host(i, j, k));
-  return out;
-}
-
-// A flat parameter (or gradient) tensor as a 1-element-per-entry host View, for allclose.
-template <class Tensor>
-Kokkos::View<double*, Kokkos::HostSpace> fetch_flat(const Tensor& t) {
-  const auto host = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), t.values);
-  Kokkos::View<double*, Kokkos::HostSpace> out("dilated::test::flat", host.extent(0));
-  for (std::size_t i = 0; i < host.extent(0); ++i)
-    out(i) = dilated::Impl::to_double(host(i));
-  return out;
+  return dilated::testing::store<T, MemSpace>(x);
 }
 
 // Accuracy of the layer against double: a few roundings of T through two projections, the

@@ -5,6 +5,7 @@
 // dy, buffers reused across calls, and the errors for bad arguments.
 #include <DilatedAttention.hpp>
 #include <Dilated_Allclose.hpp>
+#include <Dilated_TokenTestData.hpp>
 #include <Dilated_BlockReference.hpp>
 
 #include <catch2/catch_template_test_macros.hpp>
@@ -41,44 +42,13 @@ struct Custom {
   static constexpr bool custom = true;
 };
 
-Host3 random_tokens(int b, int n, int e, std::uint64_t seed, double scale = 1.0) {
-  Host3 x("dilated::test::tokens", b, n, e);
-  std::mt19937_64 engine(seed);
-  std::normal_distribution<double> normal;
-  for (std::size_t i = 0; i < x.size(); ++i)
-    x.data()[i] = scale * normal(engine);
-  return x;
-}
-
-// x stored as T in MemSpace; x itself rounded to T so the host sees the same values.
+// The shared token helpers (Dilated_TokenTestData.hpp) with this backend's memory space.
+using dilated::testing::fetch;
+using dilated::testing::fetch_flat;
+using dilated::testing::random_tokens;
 template <class T>
 Tokens<T> store(Host3& x) {
-  Tokens<T> device("dilated::test::stored", x.extent(0), x.extent(1), x.extent(2));
-  auto staged = Kokkos::create_mirror_view(device);
-  for (std::size_t i = 0; i < x.size(); ++i) {
-    staged.data()[i] = static_cast<T>(x.data()[i]);
-    x.data()[i] = dilated::Impl::to_double(staged.data()[i]);
-  }
-  Kokkos::deep_copy(device, staged);
-  return device;
-}
-
-template <class View>
-Host3 fetch(const View& x) {
-  const auto host = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), x);
-  Host3 out("dilated::test::fetched", x.extent(0), x.extent(1), x.extent(2));
-  for (std::size_t i = 0; i < x.size(); ++i)
-    out.data()[i] = dilated::Impl::to_double(host.data()[i]);
-  return out;
-}
-
-template <class Tensor>
-Kokkos::View<double*, Kokkos::HostSpace> fetch_flat(const Tensor& t) {
-  const auto host = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), t.values);
-  Kokkos::View<double*, Kokkos::HostSpace> out("dilated::test::flat", host.extent(0));
-  for (std::size_t i = 0; i < host.extent(0); ++i)
-    out(i) = dilated::Impl::to_double(host(i));
-  return out;
+  return dilated::testing::store<T, MemSpace>(x);
 }
 
 // Every parameter moved off its initial value (biases and LayerNorms too), so that a gradient

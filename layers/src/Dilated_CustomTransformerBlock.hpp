@@ -14,6 +14,7 @@
 #include <Dilated_AlgorithmPolicies.hpp>
 #include <Dilated_DilatedAttention.hpp>
 #include <Dilated_Linear.hpp>
+#include <Dilated_MultiheadDilatedAttention.hpp>
 #include <Dilated_TransformerBlock.hpp>
 
 #include <Kokkos_Core.hpp>
@@ -49,8 +50,9 @@ class CustomTransformerBlock
                          std::vector<int> dilation_rates, Semantics semantics = Semantics::grouped,
                          std::uint64_t init_seed = 0, double dropout = 0.0)
       : Base(embed_dim, num_heads, 1e-5),
-        attention_(make_attention(embed_dim, num_heads, std::move(segment_lengths),
-                                  std::move(dilation_rates), semantics, dropout)) {
+        attention_(Impl::make_layer_attention<Policy>(
+            "dilated::CustomTransformerBlock", embed_dim, num_heads, std::move(segment_lengths),
+            std::move(dilation_rates), semantics, dropout)) {
     this->parameters_ =
         Parameters(embed_dim,
                    MultiheadParameters<T, MemorySpace>(
@@ -81,26 +83,6 @@ class CustomTransformerBlock
   using Matrix = typename Base::Matrix;
   using Heads = Kokkos::View<T****, Kokkos::LayoutStride, MemorySpace>;
   using Merged = Kokkos::View<T****, Kokkos::LayoutRight, MemorySpace>;
-
-  static DilatedAttention<Policy> make_attention(int embed_dim, int num_heads,
-                                                 std::vector<int> segments,
-                                                 std::vector<int> dilations, Semantics semantics,
-                                                 double dropout) {
-    constexpr const char* fn = "dilated::CustomTransformerBlock";
-    Impl::require(embed_dim >= 1, fn, "embed_dim = ", embed_dim, " must be >= 1");
-    Impl::require(num_heads >= 1, fn, "num_heads = ", num_heads, " must be >= 1");
-    Impl::require(embed_dim % num_heads == 0, fn, "embed_dim = ", embed_dim,
-                  " is not divisible by num_heads = ", num_heads);
-    try {
-      DilatedAttention<Policy> attention(
-          std::move(segments), std::move(dilations),
-          AttentionOptions().set_semantics(semantics).set_attention_dropout(dropout));
-      (void)attention.geometry(num_heads);  // grouped: at least one head per branch
-      return attention;
-    } catch (const std::invalid_argument& e) {
-      Impl::throw_invalid_argument(fn, e.what());
-    }
-  }
 
   // The attention's temporaries go to the pool of the workspace's multihead part (shared by
   // every block given this workspace).

@@ -124,6 +124,28 @@ bool same_view(const Views&... views) {
   return (same(views) && ...);
 }
 
+// The attention of a layer or block of embed_dim E in num_heads heads, its arguments checked in
+// the caller's name `fn`: E and the heads >= 1, E divisible by the heads, and DilatedAttention's
+// own checks of the lists and dropout (grouped: at least one head per branch).
+template <class Policy>
+DilatedAttention<Policy> make_layer_attention(const char* fn, int embed_dim, int num_heads,
+                                              std::vector<int> segments, std::vector<int> dilations,
+                                              Semantics semantics, double dropout) {
+  require(embed_dim >= 1, fn, "embed_dim = ", embed_dim, " must be >= 1");
+  require(num_heads >= 1, fn, "num_heads = ", num_heads, " must be >= 1");
+  require(embed_dim % num_heads == 0, fn, "embed_dim = ", embed_dim,
+          " is not divisible by num_heads = ", num_heads);
+  try {
+    DilatedAttention<Policy> attention(
+        std::move(segments), std::move(dilations),
+        AttentionOptions().set_semantics(semantics).set_attention_dropout(dropout));
+    (void)attention.geometry(num_heads);
+    return attention;
+  } catch (const std::invalid_argument& e) {
+    throw_invalid_argument(fn, e.what());
+  }
+}
+
 // A (b, n, E) View is the row-major (b n, E) matrix at its data pointer.
 template <class View>
 bool rows_are_dense(const View& x) {
@@ -366,23 +388,12 @@ class MultiheadDilatedAttention {
                                                  double eps, double gamma_init,
                                                  Semantics semantics) {
     constexpr const char* fn = "dilated::MultiheadDilatedAttention";
-    Impl::require(embed_dim >= 1, fn, "embed_dim = ", embed_dim, " must be >= 1");
-    Impl::require(num_heads >= 1, fn, "num_heads = ", num_heads, " must be >= 1");
-    Impl::require(embed_dim % num_heads == 0, fn, "embed_dim = ", embed_dim,
-                  " is not divisible by num_heads = ", num_heads);
     Impl::require(dropout >= 0 && dropout < 1, fn, "dropout = ", dropout, " must be in [0, 1)");
     Impl::require(std::isfinite(eps) && eps > 0, fn, "layer_norm_eps = ", eps,
                   " must be finite and > 0");
     Impl::require(std::isfinite(gamma_init), fn, "gamma_init = ", gamma_init, " must be finite");
-    try {
-      DilatedAttention<Policy> attention(
-          std::move(segments), std::move(dilations),
-          AttentionOptions().set_semantics(semantics).set_attention_dropout(dropout));
-      (void)attention.geometry(num_heads);  // grouped: at least one head per branch
-      return attention;
-    } catch (const std::invalid_argument& e) {
-      Impl::throw_invalid_argument(fn, e.what());
-    }
+    return Impl::make_layer_attention<Policy>(fn, embed_dim, num_heads, std::move(segments),
+                                              std::move(dilations), semantics, dropout);
   }
 
   template <class ExecSpace, class... Views>

@@ -13,19 +13,6 @@
 
 namespace dilated::testing {
 
-template <class Tensors>
-HostParameters host_tensors(const Tensors& list) {
-  HostParameters h;
-  for (const auto& tensor : list) {
-    const auto host = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), tensor.values);
-    std::vector<double> values(host.extent(0));
-    for (std::size_t i = 0; i < values.size(); ++i)
-      values[i] = dilated::Impl::to_double(host(i));
-    h.tensors[tensor.name] = values;
-  }
-  return h;
-}
-
 // y = x W^T + b, W (out, in) in C order.
 inline Host3 host_linear_rect(const Host3& x, const std::vector<double>& w,
                               const std::vector<double>& bias) {

@@ -28,10 +28,11 @@ struct HostParameters {
   bool has(const std::string& name) const { return tensors.count(name) > 0; }
 };
 
-template <class T, class MemorySpace>
-HostParameters host_parameters(const MultiheadParameters<T, MemorySpace>& p) {
+// Any list of NamedTensors (a layer's, a block's, a model's) by name, in double.
+template <class Tensors>
+HostParameters host_tensors(const Tensors& list) {
   HostParameters h;
-  for (const auto& tensor : p.named_tensors()) {
+  for (const auto& tensor : list) {
     const auto host = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), tensor.values);
     std::vector<double> values(host.extent(0));
     for (std::size_t i = 0; i < values.size(); ++i)
@@ -39,6 +40,11 @@ HostParameters host_parameters(const MultiheadParameters<T, MemorySpace>& p) {
     h.tensors[tensor.name] = values;
   }
   return h;
+}
+
+template <class T, class MemorySpace>
+HostParameters host_parameters(const MultiheadParameters<T, MemorySpace>& p) {
+  return host_tensors(p.named_tensors());
 }
 
 struct LayerConfig {
