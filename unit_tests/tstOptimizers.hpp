@@ -683,8 +683,11 @@ void check_resume(const std::string& name) {
 struct ToolCounts {
   static inline std::atomic<int> allocations{0}, fences{0};
   static inline std::atomic<bool> counting{false};
-  static void on_allocate(Kokkos::Tools::SpaceHandle, const char*, const void*, std::uint64_t) {
-    if (counting) ++allocations;
+  // Zero-byte allocations hold no memory: Kokkos 4.6 on CUDA records one per team-policy launch
+  // ("Kokkos::CudaSpace::TeamScratchMemory (0 B)", the 8-bit kernel's teams), not ours.
+  static void on_allocate(Kokkos::Tools::SpaceHandle, const char*, const void*,
+                          std::uint64_t size) {
+    if (counting && size > 0) ++allocations;
   }
   static void on_fence(const char*, const std::uint32_t, std::uint64_t*) {
     if (counting) ++fences;
