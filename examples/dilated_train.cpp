@@ -1,7 +1,8 @@
 // dilated_train: trains a LongNet language model (dilated::LanguageModel over the seed's
 // StandardTransformerBlock or CustomTransformerBlock) on a byte corpus (scripts/prepare_corpus.sh)
 // on the default Kokkos device, and logs what a user watches: per step the loss, tokens/s and
-// peak device memory; every --eval-every steps the held-out loss; at the end the memory split
+// peak device memory (and in the log, per step, the memory split); every --eval-every steps the
+// held-out loss; at the end the memory split
 // (weights, gradients, optimizer state, saved activations, workspace), the step time and the
 // model FLOP utilisation. --log writes all of it as JSON (rewritten whole after every
 // evaluation, through a temporary); scripts/plot_training.py draws the curves.
@@ -186,6 +187,21 @@ int train(const Config& c) {
     return sum / c.eval_batches;
   };
 
+  // What holds device memory now, by kind (the objects' own sizes; the tracker's peak is the
+  // measured total): weights, gradients, optimizer state, saved activations, workspace.
+  const auto memory_split = [&]() {
+    const auto memory = model.memory();
+    std::size_t gradient_bytes = 0;
+    for (const auto& t : trainer.tensors())
+      gradient_bytes += t.gradient.extent(0) * sizeof(T);
+    std::ostringstream out;
+    out << "\"weights_bytes\": " << memory.parameters << ", \"gradient_bytes\": " << gradient_bytes
+        << ", \"optimizer_bytes\": " << optimizer.state_bytes()
+        << ", \"activation_bytes\": " << memory.activations
+        << ", \"workspace_bytes\": " << memory.workspace;
+    return out.str();
+  };
+
   double timed_seconds = 0;
   long timed_steps = 0;
   std::printf("%s %s/%s %s, %lld parameters, n = %ld, batch %d, %s%s\n", shape.name.c_str(),
@@ -217,7 +233,8 @@ int train(const Config& c) {
               << ", \"loss_scale\": " << json_number(r.loss_scale)
               << ", \"taken\": " << (r.taken ? "true" : "false")
               << ", \"seconds\": " << json_number(seconds)
-              << ", \"peak_bytes\": " << dilated::tools::MemoryTracker::peak_extra() << "}";
+              << ", \"peak_bytes\": " << dilated::tools::MemoryTracker::peak_extra() << ", "
+              << memory_split() << "}";
     log.first_step = false;
     const bool last = step + 1 == c.steps;
     if ((c.eval_every > 0 && (step + 1) % c.eval_every == 0) || last) {
