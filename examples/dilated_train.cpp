@@ -1,10 +1,9 @@
 // dilated_train: trains a LongNet language model (dilated::LanguageModel over the seed's
 // StandardTransformerBlock or CustomTransformerBlock) on a byte corpus (scripts/prepare_corpus.sh)
 // on the default Kokkos device, and logs what a user watches: per step the loss, tokens/s and
-// peak device memory (and in the log, per step, the memory split); every --eval-every steps the
-// held-out loss; at the end the memory split
-// (weights, gradients, optimizer state, saved activations, workspace), the step time and the
-// model FLOP utilisation. --log writes all of it as JSON (rewritten whole after every
+// peak device memory (and in the log, per step, the memory split: weights, gradients, optimizer
+// state, saved activations, workspace); every --eval-every steps the held-out loss; at the end
+// the memory split, the step time and the model FLOP utilisation. --log writes all of it as JSON (rewritten whole after every
 // evaluation, through a temporary); scripts/plot_training.py draws the curves.
 //
 //   dilated_train --data build/corpus --model small --block standard --policy improved
