@@ -689,8 +689,11 @@ struct ToolCounts {
                           std::uint64_t size) {
     if (counting && size > 0) ++allocations;
   }
-  static void on_fence(const char*, const std::uint32_t, std::uint64_t*) {
-    if (counting) ++fences;
+  static inline std::vector<std::string> fence_names;  // for the report
+  static void on_fence(const char* name, const std::uint32_t, std::uint64_t*) {
+    if (!counting) return;
+    ++fences;
+    fence_names.emplace_back(name);
   }
   static inline std::vector<std::string> regions;
   static void on_push_region(const char* name) {
@@ -731,6 +734,10 @@ TEST_CASE("Optimizer steps after the first allocate nothing, do not fence, open 
   Kokkos::Tools::Experimental::set_begin_fence_callback(nullptr);
   Kokkos::Tools::Experimental::set_push_region_callback(nullptr);
   CHECK(ToolCounts::allocations == 0);
+  std::string fences;
+  for (const auto& name : ToolCounts::fence_names)
+    fences += name + "\n";
+  INFO(fences);
   CHECK(ToolCounts::fences == 0);
   const std::vector<std::string> once{"dilated::training::AdamW::step",
                                       "dilated::training::AdamW8bit::step"};
