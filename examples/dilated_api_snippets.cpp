@@ -4,6 +4,7 @@
 // the ctest dilated_docs_api_snippets checks (cmake/DilatedAttention_CheckSnippets.cmake).
 // Exits non-zero when a result is wrong.
 #include <DilatedAttention.hpp>
+#include <DilatedAttentionTraining.hpp>
 
 #include <cmath>
 #include <cstdio>
@@ -138,6 +139,57 @@ void layer_snippet(const std::string& dir) {
   expect(grads.self_attention && grads.query.extent(1) == std::size_t(n), "layer gradients");
 }
 
+void block_snippet() {
+  const int batch = 1, n = 256;
+  // [snippet:block]
+  // The seed's two transformer blocks (pre-LN, GELU feed-forward 4E), here the Standard one
+  // (MultiheadDilatedAttention inside); CustomTransformerBlock has the same calls.
+  using Block = dilated::StandardTransformerBlock<dilated::Improved, float>;
+  Block block(/*embed_dim=*/64, /*num_heads=*/4, {64, 128}, {1, 2}, dilated::Semantics::longnet);
+  Kokkos::View<float***, Kokkos::LayoutRight> x("x", batch, n, 64), y("y", batch, n, 64),
+      dy("dy", batch, n, 64);
+  // ... fill x and dy ...
+  const dilated::ForwardOptions call{/*is_causal=*/true, /*training=*/false, /*seed=*/0};
+  Block::Activations saved;  // kept across steps with the Gradients: no reallocation
+  Block::Gradients grads;
+  block.forward(Kokkos::DefaultExecutionSpace(), x, y, saved, call);
+  block.backward(Kokkos::DefaultExecutionSpace(), x, dy, /*dx=*/dy, saved, grads, call);
+  // dy now holds d<y, dy>/dx; grads.parameters.named_tensors(): "norm1.weight", ...,
+  // "attention.q_proj.weight", ..., "ffn.0.weight", ... Checkpointing: the forward recomputed
+  // from x alone, block.backward(space, x, dy, dx, grads, call).
+  // [snippet-end]
+  expect(grads.parameters.named_tensors().size() == 18, "block gradients");
+}
+
+void training_snippet(const std::string& dir) {
+  // [snippet:training]
+  // A LongNet language model (2 Custom blocks of width 32, vocabulary 256) trained with AdamW.
+  using Model = dilated::LanguageModel<dilated::CustomTransformerBlock<dilated::Improved, float>>;
+  dilated::LanguageModelOptions options;
+  options.segment_lengths = {64, 128};
+  options.dilation_rates = {1, 2};
+  options.checkpointing = true;  // keep each block's input, recompute the block in the backward
+  Model model(dilated::ModelShape{"tiny", /*layers=*/2, /*embed_dim=*/32, /*heads=*/2, 256},
+              options);  // or dilated::ModelShape::named("125M", 256)
+  namespace training = dilated::training;
+  training::AdamW<float> adamw(training::AdamWOptions().set_weight_decay(0.1));
+  training::TrainerOptions trainer_options;  // clipping at 1.0, warm-up + cosine schedule
+  trainer_options.schedule = training::WarmupCosineSchedule()
+                                 .set_peak_lr(1e-3)
+                                 .set_min_lr(1e-4)
+                                 .set_warmup_steps(2)
+                                 .set_total_steps(10);
+  training::Trainer trainer(model, adamw, trainer_options);   // half: loss scaling on
+  Model::Ids ids("ids", 1, 128), targets("targets", 1, 128);  // next-token targets
+  // ... fill ids and targets (training::ByteCorpus::draw does it from a byte file) ...
+  const training::StepResult r = trainer.step(Kokkos::DefaultExecutionSpace(), ids, targets);
+  // r.loss, r.grad_norm, r.lr, r.taken (false: an overflowing step skipped)
+  trainer.save(Kokkos::DefaultExecutionSpace(), dir + "/checkpoint");  // replaced whole
+  trainer.load(Kokkos::DefaultExecutionSpace(), dir + "/checkpoint");  // resumes bitwise
+  // [snippet-end]
+  expect(r.taken && std::isfinite(r.loss) && trainer.steps_taken() == 1, "training step");
+}
+
 void seed_names_snippet() {
   // [snippet:seed-names]
   // The seed's four class names.
@@ -184,6 +236,8 @@ int main(int argc, char* argv[]) {
   geometry_snippet();
   npy_snippet(dir);
   layer_snippet(dir);
+  block_snippet();
+  training_snippet(dir);
   seed_names_snippet();
   options_snippet();
   std::printf("%s\n", failures ? "FAIL" : "all snippets ran");
