@@ -3,8 +3,9 @@
 // on the default Kokkos device, and logs what a user watches: per step the loss, tokens/s and
 // peak device memory (and in the log, per step, the memory split: weights, gradients, optimizer
 // state, saved activations, workspace); every --eval-every steps the held-out loss; at the end
-// the memory split, the step time and the model FLOP utilisation. --log writes all of it as JSON (rewritten whole after every
-// evaluation, through a temporary); scripts/plot_training.py draws the curves.
+// the memory split, the step time and the model FLOP utilisation. --log writes all of it as
+// JSON (rewritten whole after every evaluation, through a temporary); scripts/plot_training.py
+// draws the curves.
 //
 //   dilated_train --data build/corpus --model small --block standard --policy improved
 //                 --dtype half --length 65536 --steps 300 --log run.json
@@ -188,13 +189,17 @@ int train(const Config& c) {
 
   // What holds device memory now, by kind (the objects' own sizes; the tracker's peak is the
   // measured total): weights, gradients, optimizer state, saved activations, workspace.
+  const auto gradient_bytes = [&]() {
+    std::size_t bytes = 0;
+    for (const auto& t : trainer.tensors())
+      bytes += t.gradient.extent(0) * sizeof(T);
+    return bytes;
+  };
   const auto memory_split = [&]() {
     const auto memory = model.memory();
-    std::size_t gradient_bytes = 0;
-    for (const auto& t : trainer.tensors())
-      gradient_bytes += t.gradient.extent(0) * sizeof(T);
     std::ostringstream out;
-    out << "\"weights_bytes\": " << memory.parameters << ", \"gradient_bytes\": " << gradient_bytes
+    out << "\"weights_bytes\": " << memory.parameters
+        << ", \"gradient_bytes\": " << gradient_bytes()
         << ", \"optimizer_bytes\": " << optimizer.state_bytes()
         << ", \"activation_bytes\": " << memory.activations
         << ", \"workspace_bytes\": " << memory.workspace;
@@ -283,9 +288,6 @@ int train(const Config& c) {
 
   // The memory split, from the objects that hold it.
   const auto memory = model.memory();
-  std::size_t gradient_bytes = 0;
-  for (const auto& t : trainer.tensors())
-    gradient_bytes += t.gradient.extent(0) * sizeof(T);
   const double step_seconds = timed_steps > 0 ? timed_seconds / timed_steps : NAN;
   const double tokens_per_second = tokens / step_seconds;
   const double mfu = tokens_per_second * flops_token / (c.peak_tflops * 1e12);
@@ -295,16 +297,16 @@ int train(const Config& c) {
       "(weights %.2f, gradients %.2f, optimizer %.2f, activations %.2f, workspace "
       "%.2f GiB); skipped steps %ld\n",
       step_seconds, tokens_per_second, 100 * mfu, c.peak_tflops,
-      gib(dilated::tools::MemoryTracker::peak_extra()), gib(memory.parameters), gib(gradient_bytes),
-      gib(optimizer.state_bytes()), gib(memory.activations), gib(memory.workspace),
-      trainer.scaler().skipped_steps());
+      gib(dilated::tools::MemoryTracker::peak_extra()), gib(memory.parameters),
+      gib(gradient_bytes()), gib(optimizer.state_bytes()), gib(memory.activations),
+      gib(memory.workspace), trainer.scaler().skipped_steps());
   log.summary << "\"step_seconds\": " << json_number(step_seconds)
               << ", \"tokens_per_second\": " << json_number(tokens_per_second)
               << ", \"mfu\": " << json_number(mfu)
               << ", \"peak_tflops\": " << json_number(c.peak_tflops)
               << ", \"peak_bytes\": " << dilated::tools::MemoryTracker::peak_extra()
               << ", \"weights_bytes\": " << memory.parameters
-              << ", \"gradient_bytes\": " << gradient_bytes
+              << ", \"gradient_bytes\": " << gradient_bytes()
               << ", \"optimizer_bytes\": " << optimizer.state_bytes()
               << ", \"activation_bytes\": " << memory.activations
               << ", \"workspace_bytes\": " << memory.workspace

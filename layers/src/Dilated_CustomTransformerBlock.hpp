@@ -78,7 +78,6 @@ class CustomTransformerBlock
  private:
   static constexpr const char* forward_name = "dilated::CustomTransformerBlock::forward";
   static constexpr const char* backward_name = "dilated::CustomTransformerBlock::backward";
-  static constexpr bool custom = true;
   static constexpr bool residual_in_attention = true;
   using Matrix = typename Base::Matrix;
   using Heads = Kokkos::View<T****, Kokkos::LayoutStride, MemorySpace>;

@@ -42,7 +42,7 @@ bool is_flat_matrix(const View& v) {
 // whole number of packs.
 template <class T, class... Pointers>
 int flat_pack_width(long size, const Pointers*... pointers) {
-  constexpr int W = 16 % sizeof(T) == 0 ? static_cast<int>(16 / sizeof(T)) : 1;
+  constexpr int W = row_pack_width<T>();
   return W > 1 && size % W == 0 && (pack_aligned<T, W>(pointers) && ...) ? W : 1;
 }
 
@@ -95,7 +95,7 @@ void gelu_forward(const ExecSpace& space, const H& h, const G& g) {
   const long size = static_cast<long>(h.extent(0) * h.extent(1));
   if (size == 0) return;
   if (flat_pack_width<T>(size, h.data(), g.data()) > 1) {
-    gelu_forward_flat<T, 16 % sizeof(T) == 0 ? 16 / sizeof(T) : 1>(space, h.data(), g.data(), size);
+    gelu_forward_flat<T, row_pack_width<T>()>(space, h.data(), g.data(), size);
   } else {
     gelu_forward_flat<T, 1>(space, h.data(), g.data(), size);
   }
@@ -117,8 +117,7 @@ void gelu_backward(const ExecSpace& space, const H& h, const DG& dg, const DH& d
   const long size = static_cast<long>(h.extent(0) * h.extent(1));
   if (size == 0) return;
   if (flat_pack_width<T>(size, h.data(), dg.data(), dh.data()) > 1) {
-    gelu_backward_flat<T, 16 % sizeof(T) == 0 ? 16 / sizeof(T) : 1>(space, h.data(), dg.data(),
-                                                                    dh.data(), size);
+    gelu_backward_flat<T, row_pack_width<T>()>(space, h.data(), dg.data(), dh.data(), size);
   } else {
     gelu_backward_flat<T, 1>(space, h.data(), dg.data(), dh.data(), size);
   }

@@ -287,8 +287,8 @@ class LanguageModel {
     return list;
   }
 
-  // Checks the shapes and the length, sizes the residual stream; returns the token count.
-  std::size_t prepare(const char* fn, const Ids& ids, const Ids& targets) {
+  // Checks the shapes and the length, sizes the residual stream.
+  void prepare(const char* fn, const Ids& ids, const Ids& targets) {
     Impl::require(ids.extent(0) >= 1 && ids.extent(1) >= 1, fn, "ids is (", ids.extent(0), ", ",
                   ids.extent(1), "): batch and sequence length must be >= 1");
     Impl::require(targets.extent(0) == ids.extent(0) && targets.extent(1) == ids.extent(1), fn,
@@ -303,7 +303,6 @@ class LanguageModel {
     Impl::ensure_extents(dstream_, "dilated::LanguageModel::dstream", m, e);
     Impl::ensure_extents(mean_, "dilated::LanguageModel::mean", m);
     Impl::ensure_extents(rstd_, "dilated::LanguageModel::rstd", m);
-    return m;
   }
 
   Tokens tokens(const Matrix& x, const Ids& ids) const {

@@ -178,10 +178,6 @@ void layer_norm_input_gradient_rows(const ExecSpace& space, const X& x, const G&
 
 // The pack width rows of x, y (and gamma, beta) allow: 16 bytes when every row start and the
 // parameters are 16-byte aligned and the row is whole packs, else one element.
-template <class T>
-constexpr int row_pack_width() {
-  return 16 % sizeof(T) == 0 ? static_cast<int>(16 / sizeof(T)) : 1;
-}
 template <class T, class... Views>
 bool rows_take_packs(int cols, const Views&... views) {
   constexpr int W = row_pack_width<T>();

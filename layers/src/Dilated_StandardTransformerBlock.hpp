@@ -71,7 +71,6 @@ class StandardTransformerBlock
  private:
   static constexpr const char* forward_name = "dilated::StandardTransformerBlock::forward";
   static constexpr const char* backward_name = "dilated::StandardTransformerBlock::backward";
-  static constexpr bool custom = false;
   static constexpr bool residual_in_attention = false;
   using Matrix = typename Base::Matrix;
   using Tokens = typename Base::Tokens;

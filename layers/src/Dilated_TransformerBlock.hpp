@@ -175,7 +175,7 @@ class TransformerBlockBase {
       require(yr.data() != xr.data(), fn, "y must not be x (x is read by the backward)");
     }
     Workspace& ws = *workspace_;
-    ensure_block_workspace(ws, m, e, Derived::custom);
+    ensure_block_workspace(ws, m, e, Derived::is_custom);
     ensure_block_activations(a, static_cast<int>(b), static_cast<int>(n), e);
     const Parameters& p = parameters_;
     layer_norm_forward(space, xr, p.norm1_weight, p.norm1_bias, eps_, ws.normed, a.mean1, a.rstd1);
@@ -205,7 +205,7 @@ class TransformerBlockBase {
     const Matrix dxr = block_rows<Matrix>(fn, "dx", dx, b, n, e);
     require(dxr.data() != xr.data(), fn, "dx must not be x");
     Workspace& ws = *workspace_;
-    ensure_block_workspace(ws, m, e, Derived::custom);
+    ensure_block_workspace(ws, m, e, Derived::is_custom);
     ensure_gradients(g);
     const Parameters& p = parameters_;
     Parameters& dp = g.parameters;

@@ -20,6 +20,12 @@ struct alignas(sizeof(T) * W) Pack {
   T v[W];
 };
 
+// The widest pack of T: 16 bytes where T divides them, else one element.
+template <class T>
+constexpr int row_pack_width() {
+  return 16 % sizeof(T) == 0 ? static_cast<int>(16 / sizeof(T)) : 1;
+}
+
 // Whether every address p + s * stride (s >= 0) is aligned for Pack<T, W>.
 template <class T, int W>
 bool pack_aligned(const void* p, long stride = 0) {
