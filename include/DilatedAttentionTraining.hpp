@@ -14,5 +14,6 @@
 #include <Dilated_Checkpoint.hpp>
 #include <Dilated_ByteCorpus.hpp>
 #include <Dilated_Trainer.hpp>
+#include <Dilated_TrainingMemoryPlan.hpp>
 
 #endif  // DILATED_ATTENTION_TRAINING_HPP

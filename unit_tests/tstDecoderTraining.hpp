@@ -11,6 +11,7 @@
 #include <catch2/catch_test_macros.hpp>
 #include <catch2/matchers/catch_matchers_string.hpp>
 
+#include <algorithm>
 #include <cfenv>
 #include <cmath>
 #include <filesystem>
@@ -407,5 +408,39 @@ TEST_CASE("A model that does not fit reports the allocation: label and bytes",
     CHECK(e.memory_space() == MemSpace::name());
     CHECK_THAT(std::string(e.what()), Catch::Matchers::ContainsSubstring(
                                           "allocating 'dilated::LanguageModel::embedding'"));
+  }
+}
+
+TEMPLATE_TEST_CASE("A model's initial parameters do not depend on the threads that draw them",
+                   "[model][init]" TEST_CATEGORY, Standard<dilated::Improved>,
+                   Custom<dilated::Original>) {
+  using Model = typename TestType::template Model<double>;
+  using Block = typename Model::block_type;
+  // More blocks than a 2-core machine's threads: several batches of drawing and copying.
+  const dilated::ModelShape shape{"deep", 5, 8, 2, 11};
+  auto options = tiny_options();
+  options.init_seed = 17;
+  Model model(shape, options);
+  // The embedding: 0.02 N(0, 1) from one generator seeded with the model's seed.
+  dilated::Impl::NormalGenerator normal(17);
+  const auto embedding = host_values(model.named_tensors().front());
+  std::vector<double> expected(embedding.size());
+  for (auto& x : expected)
+    x = 0.02 * normal();
+  CHECK(embedding == expected);
+  // Block l: what the block alone draws from seed + 1 + 2 l.
+  const auto all = model.named_tensors();
+  for (int l = 0; l < shape.layers; ++l) {
+    CAPTURE(l);
+    const Block alone(shape.embed_dim, shape.num_heads, options.segment_lengths,
+                      options.dilation_rates, options.semantics, 17 + 1 + 2 * l);
+    const auto prefix = "blocks." + std::to_string(l) + ".";
+    for (const auto& t : alone.parameters().named_tensors()) {
+      CAPTURE(t.name);
+      const auto it = std::find_if(all.begin(), all.end(),
+                                   [&](const auto& m) { return m.name == prefix + t.name; });
+      REQUIRE(it != all.end());
+      CHECK(host_values(*it) == host_values(t));
+    }
   }
 }

@@ -10,6 +10,10 @@
 
 #include <Kokkos_Core.hpp>
 
+#if defined(KOKKOS_ENABLE_CUDA)
+#include <cuda_runtime.h>
+#endif
+
 #include <cstddef>
 #include <new>
 #include <sstream>
@@ -43,6 +47,73 @@ class DeviceOutOfMemory : public std::runtime_error {
   std::string label_;
   std::size_t bytes_;
   std::string space_;
+};
+
+// The default device's memory as its driver counts it: bytes free and in all (CUDA:
+// cudaMemGetInfo, which counts every process's and the CUDA context's allocations); zeros on a
+// build without a device.
+struct DeviceMemoryInfo {
+  std::size_t free = 0, total = 0;
+  std::size_t used() const { return total - free; }
+};
+inline DeviceMemoryInfo device_memory_info() {
+  DeviceMemoryInfo info;
+#if defined(KOKKOS_ENABLE_CUDA)
+  if (cudaMemGetInfo(&info.free, &info.total) != cudaSuccess) info = DeviceMemoryInfo();
+#endif
+  return info;
+}
+
+// Makes the default CUDA device behave as one of `limit_bytes` in all: takes total - limit bytes
+// up front (one cudaMalloc, outside Kokkos, held until destruction), so that the device itself
+// refuses any allocation beyond the limit; what the process already holds (the CUDA context)
+// counts against the limit, as it would on the smaller device. Throws std::invalid_argument
+// naming limit_bytes without a CUDA device, when the limit exceeds the device, or when the
+// process already holds more than it; DeviceOutOfMemory when the ballast cannot be taken
+// (another process holds the memory).
+class DeviceMemoryCap {
+ public:
+  explicit DeviceMemoryCap(std::size_t limit_bytes) : limit_(limit_bytes) {
+    constexpr const char* fn = "dilated::DeviceMemoryCap";
+    const DeviceMemoryInfo info = device_memory_info();
+    if (info.total == 0) {
+      throw std::invalid_argument(std::string(fn) +
+                                  ": limit_bytes needs a CUDA device (this build has none)");
+    }
+    if (limit_bytes > info.total || limit_bytes < info.used()) {
+      std::ostringstream out;
+      out << fn << ": limit_bytes = " << limit_bytes << " must lie between the bytes in use now ("
+          << info.used() << ") and the device's total (" << info.total << ")";
+      throw std::invalid_argument(out.str());
+    }
+    ballast_bytes_ = info.total - limit_bytes;
+#if defined(KOKKOS_ENABLE_CUDA)
+    if (ballast_bytes_ > 0 && cudaMalloc(&ballast_, ballast_bytes_) != cudaSuccess) {
+      (void)cudaGetLastError();  // clear the error: later CUDA calls must not see it
+      ballast_ = nullptr;
+      throw DeviceOutOfMemory("dilated::DeviceMemoryCap::ballast", ballast_bytes_, "Cuda",
+                              "another process holds device memory");
+    }
+#endif
+  }
+  ~DeviceMemoryCap() {
+#if defined(KOKKOS_ENABLE_CUDA)
+    if (ballast_) cudaFree(ballast_);
+#endif
+  }
+  DeviceMemoryCap(const DeviceMemoryCap&) = delete;
+  DeviceMemoryCap& operator=(const DeviceMemoryCap&) = delete;
+
+  std::size_t limit_bytes() const {
+    return limit_;
+  }
+  std::size_t ballast_bytes() const {
+    return ballast_bytes_;
+  }
+
+ private:
+  std::size_t limit_ = 0, ballast_bytes_ = 0;
+  void* ballast_ = nullptr;
 };
 
 namespace Impl {

@@ -8,6 +8,7 @@
 #include <Dilated_AlgorithmPolicies.hpp>
 #include <Dilated_Compat.hpp>
 #include <Dilated_Geometry.hpp>
+#include <Dilated_MemoryPlan.hpp>
 #include <Dilated_Options.hpp>
 #include <impl/Dilated_Error.hpp>
 #include <impl/Dilated_ImprovedDriver.hpp>
@@ -18,8 +19,10 @@
 #include <impl/Dilated_ScratchPool.hpp>
 #include <impl/Dilated_ShapeChecks.hpp>
 
+#include <algorithm>
 #include <cmath>
 #include <memory>
+#include <string>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -105,6 +108,99 @@ class DilatedAttention {
     return *this;
   }
   void release_scratch() const { scratch_->release(); }
+
+  // What the scratch pool holds after a forward (and, with `backward`, its backward) on
+  // ExecSpace of (batch, n, heads, head_dim) Views of T with an lse of the accumulation type
+  // passed (as the layers and blocks call it), as MemoryKind::attention_workspace entries, one
+  // per pool label (the pool keeps the largest request of a label). The per-token buffers
+  // (accumulators, deltas) are exact; the score workspaces of the CUDA Original paths (the
+  // tensor-core score slots, the stored backward matrices, the cuBLAS path's groups) are
+  // entered at their bound, options().workspace_bytes(), which they reach for long sequences.
+  template <class ExecSpace, class T>
+  MemoryPlan plan_scratch(int batch, int n, int heads, int head_dim, bool backward) const {
+    using Acc = Impl::accumulation_t<T>;
+    const std::size_t b = batch, t = n, h = heads, d = head_dim;
+    const std::size_t a4 = Impl::Accumulator4<ExecSpace, Acc>::required_allocation_size(b, t, h, d);
+    const std::size_t a3 = Impl::Accumulator3<ExecSpace, Acc>::required_allocation_size(b, t, h);
+    const std::size_t bound = options_.workspace_bytes();
+    const bool longnet = options_.semantics() == Semantics::longnet;
+    constexpr bool wide = !std::is_same_v<T, Acc>;          // accumulators differ from the storage
+    std::vector<std::pair<const char*, std::size_t>> pool;  // label, largest request
+    const auto need = [&](const char* label, std::size_t bytes) {
+      bytes = std::max<std::size_t>(bytes, 1);  // ScratchPool::get asks at least one byte
+      for (auto& [l, size] : pool) {
+        if (std::string(l) == label) {
+          size = std::max(size, bytes);
+          return;
+        }
+      }
+      pool.emplace_back(label, bytes);
+    };
+    const auto fused_forward = [&]() {
+      if (!longnet) return;
+      need("dilated::fused::lse", a3);
+      if (wide) need("dilated::fused::out_accumulator", a4);
+    };
+    const auto fused_backward = [&]() {
+      need("dilated::fused::delta", a3);
+      if (longnet && wide) {
+        need("dilated::fused::dq", a4);
+        need("dilated::fused::dk", a4);
+        need("dilated::fused::dv", a4);
+      }
+    };
+    bool cuda = false, mma_type = false;
+#if defined(KOKKOS_ENABLE_CUDA)
+    cuda = std::is_same_v<ExecSpace, Kokkos::Cuda>;
+    if constexpr (std::is_same_v<ExecSpace, Kokkos::Cuda>) mma_type = Impl::mma::is_mma_type_v<T>;
+#endif
+    if constexpr (std::is_same_v<Algorithm, Improved>) {
+      fused_forward();
+      if (backward) fused_backward();
+    } else {
+      const bool tensor = cuda && mma_type && options_.original_tensor_cores();
+      const bool gemm = cuda && options_.vendor_gemm();
+      const Geometry g = geometry(heads);
+      const auto host_schedule = [&](int matrices) {
+        return Impl::LaunchSchedule<ExecSpace>(g, batch, n, matrices, sizeof(Acc), bound)
+                   .workspace_entries *
+               sizeof(Acc);
+      };
+      if (tensor && (d == 64 || d == 128)) {
+        fused_forward();
+        need("dilated::original::score_slots", bound);
+      } else {
+        need("dilated::original::out_accumulator", a4);
+        need("dilated::original::lse_accumulator", a3);
+        if (gemm) {
+          need("dilated::original::gemm_ws", bound);
+        } else {
+          need("dilated::original::workspace", host_schedule(1));
+        }
+      }
+      if (backward) {
+        if (tensor && d == 64) {
+          fused_backward();
+          need("dilated::original::stored_matrices", bound);
+        } else {
+          need("dilated::original::lse_accumulator",
+               Impl::Accumulator3<ExecSpace, Acc>::required_allocation_size(longnet ? b : 0, t, h));
+          need("dilated::original::dq", a4);
+          need("dilated::original::dk", a4);
+          need("dilated::original::dv", a4);
+          if (gemm) {
+            need("dilated::original::gemm_ws", bound);
+          } else {
+            need("dilated::original::workspace", host_schedule(2));
+          }
+        }
+      }
+    }
+    MemoryPlan plan;
+    for (const auto& [label, bytes] : pool)
+      plan.add(label, MemoryKind::attention_workspace, bytes);
+    return plan;
+  }
 
   // out = dilated attention of q, k, v; lse (b, n, h) receives the merged log-sum-exp
   // (-inf where no branch keeps the position), which backward can reuse. Like a Kokkos kernel the

@@ -22,6 +22,7 @@
 #include <Dilated_Compat.hpp>
 #include <Dilated_Gemm.hpp>
 #include <Dilated_LayerNorm.hpp>
+#include <Dilated_MemoryPlan.hpp>
 #include <impl/Dilated_Error.hpp>
 #include <impl/Dilated_RowPieces.hpp>
 #include <impl/Dilated_TokenViews.hpp>
@@ -308,7 +309,26 @@ class FusedLinearCrossEntropy {
   // Bytes of the buffers held now: the logits chunk, a loss per token, the partials.
   std::size_t workspace_bytes() const {
     return logits_.span() * sizeof(T) + (losses_.span() + partials_.span()) * sizeof(Acc) +
-           firsts_.span() * sizeof(long) + result_.span() * sizeof(double);
+           firsts_.span() * sizeof(long) + (result_.data() ? result_.span() * sizeof(double) : 0);
+  }
+  // The buffers a loss_and_gradients call over `tokens` rows and `vocab` classes leaves
+  // allocated (MemoryKind::loss_workspace), as run() sizes them: the logits of a chunk, a loss per
+  // token, the partials, the token check's result.
+  MemoryPlan plan_workspace(long tokens, long vocab) const {
+    const long chunk = std::min(options_.chunk_tokens(), tokens);
+    const auto kind = MemoryKind::loss_workspace;
+    MemoryPlan plan;
+    plan.add("dilated::FusedLinearCrossEntropy::logits", kind,
+             decltype(logits_)::required_allocation_size(chunk * vocab));
+    plan.add("dilated::FusedLinearCrossEntropy::losses", kind,
+             decltype(losses_)::required_allocation_size(tokens));
+    plan.add("dilated::FusedLinearCrossEntropy::partials", kind,
+             decltype(partials_)::required_allocation_size(loss_parts));
+    plan.add("dilated::FusedLinearCrossEntropy::firsts", kind,
+             decltype(firsts_)::required_allocation_size(loss_parts));
+    plan.add("dilated::FusedLinearCrossEntropy::result", kind, 2 * sizeof(double));
+    plan.add("dilated::TokenIdCheck::result", kind, 2 * sizeof(long));
+    return plan;
   }
   void release_workspace() {
     logits_ = {};

@@ -71,8 +71,15 @@ class CustomTransformerBlock
   // from seed + 1.
   void reset_parameters(std::uint64_t seed) {
     Impl::ScopedRegion region("dilated::CustomTransformerBlock::reset_parameters");
-    Impl::reset_block_parameters(this->parameters_, seed);
-    Impl::reset_parameters(this->parameters_.attention, 1.0, seed + 1);
+    Impl::ParameterDraw<T, MemorySpace> values;
+    draw_parameters(seed, values);
+    values.copy();
+  }
+  // The values reset_parameters(seed) gives, drawn into `out` (host code only: a model draws
+  // its blocks on several threads).
+  void draw_parameters(std::uint64_t seed, Impl::ParameterDraw<T, MemorySpace>& out) const {
+    Impl::draw_block_parameters(this->parameters_, seed, out);
+    Impl::draw_parameters(this->parameters_.attention, 1.0, seed + 1, out);
   }
 
  private:

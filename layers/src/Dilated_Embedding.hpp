@@ -17,6 +17,7 @@
 #include <Dilated_Compat.hpp>
 #include <Dilated_Gemm.hpp>
 #include <Dilated_LayerNorm.hpp>
+#include <Dilated_MemoryPlan.hpp>
 #include <impl/Dilated_EmbeddingKernels.hpp>
 #include <impl/Dilated_Error.hpp>
 #include <impl/Dilated_TokenViews.hpp>
@@ -152,6 +153,25 @@ class Embedding {
             first_partial_.span()) *
                sizeof(int) +
            partials_.span() * sizeof(Acc);
+  }
+  // The buffers a backward over `positions` ids of `vocab` rows of width `e` leaves allocated
+  // (MemoryKind::loss_workspace), as backward() sizes them; the token check's result.
+  static MemoryPlan plan_workspace(long positions, long vocab, long e) {
+    const long chunks = std::max(1L, (positions + index_chunk - 1) / index_chunk);
+    using Ints = Kokkos::View<int*, MemorySpace>;
+    const auto kind = MemoryKind::loss_workspace;
+    MemoryPlan plan;
+    plan.add("dilated::Embedding::rank", kind,
+             Ints::required_allocation_size(std::max(1L, positions)), 2);
+    plan.add("dilated::Embedding::table", kind,
+             decltype(table_)::required_allocation_size(chunks, vocab));
+    plan.add("dilated::Embedding::first_segment", kind, Ints::required_allocation_size(vocab + 1),
+             2);
+    plan.add("dilated::Embedding::partials", kind,
+             decltype(partials_)::required_allocation_size(
+                 std::max(1L, 2 * positions / sum_segment) * e));
+    plan.add("dilated::TokenIdCheck::result", kind, 2 * sizeof(long));
+    return plan;
   }
   void release_workspace() {
     rank_ = {};

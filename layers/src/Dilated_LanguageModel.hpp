@@ -21,6 +21,7 @@
 #include <Dilated_DeviceMemory.hpp>
 #include <Dilated_Embedding.hpp>
 #include <Dilated_LayerNorm.hpp>
+#include <Dilated_MemoryPlan.hpp>
 #include <Dilated_Options.hpp>
 #include <Dilated_Parameters.hpp>
 #include <Dilated_Semantics.hpp>
@@ -34,6 +35,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 namespace dilated {
@@ -137,18 +139,41 @@ class LanguageModel {
     return largest;
   }
 
-  // Embedding N(0, 0.02^2) (GPT-2's), final LayerNorm (1, 0), block l from seed + 1 + 2 l.
+  // Embedding N(0, 0.02^2) (GPT-2's), final LayerNorm (1, 0), block l from seed + 1 + 2 l. The
+  // values are drawn on the host by several threads, a block each (the embedding on one more),
+  // and copied from this one: the same values for any thread count, and a 1.3B model's 1.3
+  // billion draws in about a second instead of tens. At most `threads` blocks' values wait on
+  // the host at a time.
   void reset_parameters(std::uint64_t seed) {
     Impl::ScopedRegion region("dilated::LanguageModel::reset_parameters");
-    Impl::NormalGenerator normal(seed);
-    auto host = Kokkos::create_mirror_view(embedding_);
-    for (std::size_t i = 0; i < host.size(); ++i)
-      host.data()[i] = static_cast<T>(0.02 * normal());
-    Kokkos::deep_copy(embedding_, host);
+    using Draw = Impl::ParameterDraw<T, memory_space>;
+    const std::size_t threads =
+        std::max<std::size_t>(1, std::min<std::size_t>(std::thread::hardware_concurrency(), 16));
+    Draw embedding;
+    std::thread embedding_thread([&] {
+      Impl::NormalGenerator normal(seed);
+      embedding.draw(embedding_.data(), embedding_.size(),
+                     [&](std::size_t) { return 0.02 * normal(); });
+    });
+    for (std::size_t first = 0; first < blocks_.size(); first += threads) {
+      const std::size_t count = std::min(threads, blocks_.size() - first);
+      std::vector<Draw> draws(count);
+      std::vector<std::thread> workers;
+      for (std::size_t i = 0; i < count; ++i) {
+        workers.emplace_back([&, i] {
+          const std::size_t l = first + i;
+          blocks_[l].draw_parameters(seed + 1 + 2 * l, draws[i]);
+        });
+      }
+      for (auto& w : workers)
+        w.join();
+      for (auto& d : draws)
+        d.copy();
+    }
+    embedding_thread.join();
+    embedding.copy();
     Kokkos::deep_copy(norm_weight_, static_cast<T>(1));
     Kokkos::deep_copy(norm_bias_, static_cast<T>(0));
-    for (std::size_t l = 0; l < blocks_.size(); ++l)
-      blocks_[l].reset_parameters(seed + 1 + 2 * l);
   }
 
   // Every parameter in PyTorch names: embedding.weight (vocab, E; the head's weight too),
@@ -217,11 +242,14 @@ class LanguageModel {
     return loss_.loss(space, normed_, embedding_, targets);
   }
 
-  // Device bytes held now, by kind: parameters; the saved activations (the residual stream and,
-  // without checkpointing, the blocks' activations); workspace (the blocks' shared buffers, the
-  // head's and the embedding backward's). Gradients and optimizer state belong to their owners.
+  // Device bytes held now, by kind (MemoryKind's): parameters; the saved activations (the
+  // residual stream and, without checkpointing, the blocks' activations); workspace (the blocks'
+  // shared buffers, the recomputed activations of checkpointing among them, the final norm's
+  // output and the stream's gradient); the attention's scratch pool; the loss's and the
+  // embedding backward's buffers. Gradients and optimizer state belong to their owners.
   struct Memory {
-    std::size_t parameters = 0, activations = 0, workspace = 0;
+    std::size_t parameters = 0, activations = 0, workspace = 0, attention_workspace = 0,
+                loss_workspace = 0;
   };
   Memory memory() const {
     Memory r;
@@ -232,10 +260,99 @@ class LanguageModel {
     for (const auto& a : saved_)
       r.activations += a.bytes();
     r.activations += (mean_.span() + rstd_.span()) * sizeof(Acc);
-    r.workspace = blocks_.front().workspace()->bytes() + loss_.workspace_bytes() +
-                  embedding_layer_.workspace_bytes() +
-                  (normed_.span() + dstream_.span()) * sizeof(T);
+    const auto& ws = *blocks_.front().workspace();
+    r.attention_workspace = ws.attention->attention_scratch->bytes();
+    r.workspace =
+        ws.bytes() - r.attention_workspace + (normed_.span() + dstream_.span()) * sizeof(T);
+    r.loss_workspace = loss_.workspace_bytes() + embedding_layer_.workspace_bytes();
     return r;
+  }
+
+  // The device buffers a training step (forward_backward) on (batch, length) ids leaves
+  // allocated, entry for entry as the constructor, prepare(), the blocks, the attention, the loss
+  // and the embedding allocate them (Dilated_MemoryPlan.hpp), without allocating anything:
+  // weights, gradients, activations (the residual stream, the final norm's statistics and,
+  // without checkpointing, every block's activations), workspace (one block's shared set, with
+  // checkpointing its recomputed activations), the attention's scratch and the loss's buffers.
+  // The optimizer's state and the trainer's buffers are theirs (training::plan_training_step).
+  static MemoryPlan plan(const ModelShape& shape, const LanguageModelOptions& options, int batch,
+                         long length) {
+    constexpr const char* fn = "dilated::LanguageModel::plan";
+    check_shape(shape);
+    Impl::require(batch >= 1 && length >= 1, fn, "batch = ", batch, " and length = ", length,
+                  " must be >= 1");
+    int largest = 1;
+    for (int s : options.segment_lengths)
+      largest = std::max(largest, s);
+    Impl::require(length % largest == 0, fn, "length = ", length,
+                  " must be a multiple of the largest segment length ", largest);
+    using Stat = Kokkos::View<Acc*, Kokkos::LayoutRight, memory_space>;
+    const std::size_t e = shape.embed_dim, v = shape.vocab, layers = shape.layers,
+                      heads = shape.num_heads, b = batch, n = length, m = b * n;
+    MemoryPlan plan;
+    for (const auto kind : {MemoryKind::weights, MemoryKind::gradients}) {
+      const std::string label = kind == MemoryKind::weights ? "dilated::LanguageModel::parameters"
+                                                            : "dilated::LanguageModel::gradients";
+      plan.add(label + "::embedding", kind, Matrix::required_allocation_size(v, e));
+      Impl::plan_block_parameters<T, memory_space>(plan, kind, label + "::blocks", e, standard,
+                                                   layers);
+      plan.add(label + "::norm", kind, Vector::required_allocation_size(e), 2);
+    }
+    const auto activations = MemoryKind::activations, workspace = MemoryKind::workspace;
+    plan.add("dilated::LanguageModel::stream", activations, Matrix::required_allocation_size(m, e),
+             layers + 1);
+    plan.add("dilated::LanguageModel::mean", activations, Stat::required_allocation_size(m), 2);
+    Impl::plan_block_workspace<T, memory_space>(plan, m, e, !standard);
+    Impl::plan_block_activations<T, memory_space>(
+        plan, options.checkpointing ? workspace : activations, b, n, e, heads, standard,
+        options.checkpointing ? 1 : layers);
+    plan.add("dilated::LanguageModel::normed", workspace, Matrix::required_allocation_size(m, e),
+             2);
+    plan.add(Impl::make_layer_attention<typename Block::policy_type>(
+                 fn, shape.embed_dim, shape.num_heads, options.segment_lengths,
+                 options.dilation_rates, options.semantics, 0.0)
+                 .template plan_scratch<typename memory_space::execution_space, T>(
+                     batch, static_cast<int>(length), shape.num_heads,
+                     shape.embed_dim / shape.num_heads, true));
+    plan.add(FusedLinearCrossEntropy<T, memory_space>(
+                 CrossEntropyOptions().set_chunk_tokens(options.loss_chunk_tokens))
+                 .plan_workspace(static_cast<long>(m), static_cast<long>(v)));
+    plan.add(Embedding<T, memory_space>::plan_workspace(static_cast<long>(m), static_cast<long>(v),
+                                                        static_cast<long>(e)));
+    return plan;
+  }
+
+  // The values of each parameter tensor, in named_tensors() order (the optimizer's tensors:
+  // in_proj as q, k, v; absent ones left out), for planning what depends on them (gradients'
+  // norms, optimizer state) without a model.
+  static std::vector<std::size_t> parameter_sizes(const ModelShape& shape) {
+    check_shape(shape);
+    const std::size_t e = shape.embed_dim;
+    std::vector<std::size_t> sizes{static_cast<std::size_t>(shape.vocab) * e};
+    for (int l = 0; l < shape.layers; ++l) {
+      sizes.insert(sizes.end(), {e, e, e * e, e, e * e, e, e * e, e});  // norm1, q, k, v
+      if (standard) sizes.insert(sizes.end(), {e, e});                  // the sub-LayerNorm
+      sizes.insert(sizes.end(), {e * e, e, e, e, 4 * e * e, 4 * e, 4 * e * e, e});
+    }
+    sizes.push_back(e);
+    sizes.push_back(e);
+    return sizes;
+  }
+
+  // Frees what a step of one length holds beyond the parameters (the residual stream, the saved
+  // activations, the shared workspace, the attention's scratch, the loss's buffers), so that a
+  // step of another length starts from the parameters alone; the next step allocates again.
+  void release_buffers() {
+    stream_.clear();
+    for (auto& a : saved_)
+      a = typename Block::Activations();
+    normed_ = Matrix();
+    dstream_ = Matrix();
+    mean_ = decltype(mean_)();
+    rstd_ = decltype(rstd_)();
+    blocks_.front().release_workspace();
+    loss_.release_workspace();
+    embedding_layer_.release_workspace();
   }
 
   // Allocates `grads` for this model (zero-filled); forward_backward does it when needed.

@@ -132,15 +132,41 @@ class NormalGenerator {
   bool has_spare_ = false;
 };
 
+// Parameter values drawn on the host, then copied to their Views in one place: drawing is plain
+// C++ (no Kokkos call), so a model draws its blocks' values on several host threads (each block
+// from its own seed: the values do not depend on the threads) and copies them from one.
+template <class T, class MemorySpace>
+class ParameterDraw {
+ public:
+  using Flat = Kokkos::View<T*, MemorySpace, Kokkos::MemoryTraits<Kokkos::Unmanaged>>;
+  // Values for the `size` elements at `data` (a View's), one per call of value(i).
+  template <class Value>
+  void draw(T* data, std::size_t size, Value&& value) {
+    std::vector<T> values(size);
+    for (std::size_t i = 0; i < size; ++i)
+      values[i] = static_cast<T>(value(i));
+    pending_.emplace_back(Flat(data, size), std::move(values));
+  }
+  // Copies every drawn tensor to its View (Kokkos calls: one thread).
+  void copy() {
+    using Host = Kokkos::View<const T*, Kokkos::HostSpace, Kokkos::MemoryTraits<Kokkos::Unmanaged>>;
+    for (const auto& [view, values] : pending_)
+      Kokkos::deep_copy(view, Host(values.data(), values.size()));
+    pending_.clear();
+  }
+
+ private:
+  std::vector<std::pair<Flat, std::vector<T>>> pending_;
+};
+
 // The seed's _reset_parameters: Xavier-normal weights (std = gain sqrt(2 / (fan_in + fan_out)),
 // gain 1 for q and k, gamma_init for v and out_proj), zero biases, LayerNorm weight 1 and bias
 // 0. One generator seeded with `seed` draws q, k, v, then out_proj, row by row.
 template <class T, class MemorySpace>
-void reset_parameters(const MultiheadParameters<T, MemorySpace>& p, double gamma_init,
-                      std::uint64_t seed) {
+void draw_parameters(const MultiheadParameters<T, MemorySpace>& p, double gamma_init,
+                     std::uint64_t seed, ParameterDraw<T, MemorySpace>& out) {
   NormalGenerator normal(seed);
   for (const auto& tensor : p.named_tensors()) {
-    auto host = Kokkos::create_mirror_view(tensor.values);
     const std::string& name = tensor.name;
     const bool weight = tensor.shape.size() == 2;
     double value = 0, std = 0;
@@ -151,10 +177,16 @@ void reset_parameters(const MultiheadParameters<T, MemorySpace>& p, double gamma
     } else if (name == "norm.weight") {
       value = 1.0;
     }
-    for (std::size_t i = 0; i < host.extent(0); ++i)
-      host(i) = static_cast<T>(weight ? std * normal() : value);
-    Kokkos::deep_copy(tensor.values, host);
+    out.draw(tensor.values.data(), tensor.values.extent(0),
+             [&](std::size_t) { return weight ? std * normal() : value; });
   }
+}
+template <class T, class MemorySpace>
+void reset_parameters(const MultiheadParameters<T, MemorySpace>& p, double gamma_init,
+                      std::uint64_t seed) {
+  ParameterDraw<T, MemorySpace> values;
+  draw_parameters(p, gamma_init, seed, values);
+  values.copy();
 }
 
 inline std::string shape_string(const std::vector<std::size_t>& shape) {

@@ -64,8 +64,15 @@ class StandardTransformerBlock
   // multihead layer's own initialisation (Xavier, MAGNETO gains) from seed + 1.
   void reset_parameters(std::uint64_t seed) {
     Impl::ScopedRegion region("dilated::StandardTransformerBlock::reset_parameters");
-    Impl::reset_block_parameters(this->parameters_, seed);
-    attention_.reset_parameters(seed + 1);
+    Impl::ParameterDraw<T, MemorySpace> values;
+    draw_parameters(seed, values);
+    values.copy();
+  }
+  // The values reset_parameters(seed) gives, drawn into `out` (host code only: a model draws
+  // its blocks on several threads).
+  void draw_parameters(std::uint64_t seed, Impl::ParameterDraw<T, MemorySpace>& out) const {
+    Impl::draw_block_parameters(this->parameters_, seed, out);
+    Impl::draw_parameters(attention_.parameters(), attention_.gamma_init(), seed + 1, out);
   }
 
  private:

@@ -17,6 +17,7 @@
 
 #include <Dilated_DeviceMemory.hpp>
 #include <Dilated_FeedForward.hpp>
+#include <Dilated_MemoryPlan.hpp>
 #include <Dilated_MultiheadDilatedAttention.hpp>
 #include <Dilated_Parameters.hpp>
 #include <impl/Dilated_Error.hpp>
@@ -187,17 +188,90 @@ void ensure_block_activations(TransformerBlockActivations<T, MemorySpace>& a, in
   ensure_extents(a.hidden, "dilated::TransformerBlock::hidden", m, 4 * e);
 }
 
+// The memory plan (Dilated_MemoryPlan.hpp) of a block's buffers, entry for entry what the
+// constructors and ensure_* functions above allocate (the tests compare the two).
+
+// Elements of the parameter Views a block allocates, in TransformerBlockParameters' order:
+// norm1, the attention's MultiheadParameters (in_proj weight and bias, the sub-LayerNorm's
+// weight and bias, empty for the Custom block, out_proj weight and bias), norm2, ffn.0, ffn.2.
+inline std::vector<std::size_t> block_parameter_elements(std::size_t e, bool standard) {
+  const std::size_t sub = standard ? e : 0;
+  return {e, e, 3 * e * e, 3 * e, sub, sub, e * e, e, e, e, 4 * e * e, 4 * e, 4 * e * e, e};
+}
+
+template <class T, class MemorySpace>
+void plan_block_parameters(MemoryPlan& plan, MemoryKind kind, const std::string& label,
+                           std::size_t e, bool standard, std::size_t blocks) {
+  using Flat = Kokkos::View<T*, MemorySpace>;
+  for (std::size_t size : block_parameter_elements(e, standard))
+    plan.add(label, kind, Flat::required_allocation_size(size), blocks);
+}
+
+// ensure_block_workspace's buffers, and the multihead layer's backward buffers the Standard
+// block uses (its dz, dqkv and column-sum partials; the Custom block keeps dqkv itself).
+template <class T, class MemorySpace>
+void plan_block_workspace(MemoryPlan& plan, std::size_t m, std::size_t e, bool custom) {
+  using Matrix = Kokkos::View<T**, Kokkos::LayoutRight, MemorySpace>;
+  using Acc = accumulation_t<T>;
+  using Stat = Kokkos::View<Acc*, Kokkos::LayoutRight, MemorySpace>;
+  using Partial = Kokkos::View<Acc**, Kokkos::LayoutRight, MemorySpace>;
+  const auto kind = MemoryKind::workspace;
+  plan.add("dilated::TransformerBlock::normed", kind, Matrix::required_allocation_size(m, e));
+  plan.add("dilated::TransformerBlock::dnormed", kind, Matrix::required_allocation_size(m, e));
+  plan.add("dilated::TransformerBlock::gelu", kind, Matrix::required_allocation_size(m, 4 * e));
+  if (custom)
+    plan.add("dilated::TransformerBlock::dqkv", kind, Matrix::required_allocation_size(m, 3 * e));
+  plan.add("dilated::TransformerBlock::mean", kind, Stat::required_allocation_size(m), 2);
+  const auto partials = column_sum_partials(1, static_cast<long>(m), static_cast<long>(4 * e));
+  plan.add("dilated::TransformerBlock::partial", kind,
+           Partial::required_allocation_size(partials.first, partials.second));
+  if (!custom) {
+    const auto mha = column_sum_partials(3, static_cast<long>(m), static_cast<long>(e));
+    plan.add("dilated::MultiheadDilatedAttention::partial", kind,
+             Partial::required_allocation_size(mha.first, mha.second));
+    plan.add("dilated::MultiheadDilatedAttention::dz", kind,
+             Matrix::required_allocation_size(m, e));
+    plan.add("dilated::MultiheadDilatedAttention::dqkv", kind,
+             Matrix::required_allocation_size(m, 3 * e));
+  }
+}
+
+// One block's Activations (ensure_block_activations and the attention's part), `count` times.
+template <class T, class MemorySpace>
+void plan_block_activations(MemoryPlan& plan, MemoryKind kind, std::size_t batch,
+                            std::size_t length, std::size_t e, std::size_t heads, bool standard,
+                            std::size_t count) {
+  using Matrix = Kokkos::View<T**, Kokkos::LayoutRight, MemorySpace>;
+  using Acc = accumulation_t<T>;
+  using Stat = Kokkos::View<Acc*, Kokkos::LayoutRight, MemorySpace>;
+  using Lse = Kokkos::View<Acc***, Kokkos::LayoutRight, MemorySpace>;
+  const std::size_t m = batch * length;
+  plan.add("dilated::TransformerBlock::mean1", kind, Stat::required_allocation_size(m), 4 * count);
+  plan.add("dilated::TransformerBlock::x1", kind, Matrix::required_allocation_size(m, e), count);
+  plan.add("dilated::TransformerBlock::hidden", kind, Matrix::required_allocation_size(m, 4 * e),
+           count);
+  const std::string owner =
+      standard ? "dilated::MultiheadDilatedAttention::" : "dilated::CustomTransformerBlock::";
+  plan.add(owner + "qkv", kind, Matrix::required_allocation_size(m, 3 * e), count);
+  plan.add(owner + "attention", kind, Matrix::required_allocation_size(m, e), count);
+  plan.add(owner + "lse", kind, Lse::required_allocation_size(batch, length, heads), count);
+  if (standard) {
+    plan.add("dilated::MultiheadDilatedAttention::normed", kind,
+             Matrix::required_allocation_size(m, e), count);
+    plan.add("dilated::MultiheadDilatedAttention::mean", kind, Stat::required_allocation_size(m),
+             2 * count);
+  }
+}
+
 // LayerNorm weight 1, bias 0; FFN weights N(0, 0.02^2) (GPT-2's and GPT-3's initialisation, the
 // models the seed's shapes come from), biases 0; drawn in named_tensors order from `seed`.
 template <class T, class MemorySpace>
-void reset_block_parameters(const TransformerBlockParameters<T, MemorySpace>& p,
-                            std::uint64_t seed) {
+void draw_block_parameters(const TransformerBlockParameters<T, MemorySpace>& p, std::uint64_t seed,
+                           ParameterDraw<T, MemorySpace>& out) {
   NormalGenerator normal(seed);
   const auto fill = [&](const auto& view, double value, double std) {
-    auto host = Kokkos::create_mirror_view(view);
-    for (std::size_t i = 0; i < host.size(); ++i)
-      host.data()[i] = static_cast<T>(std > 0 ? std * normal() : value);
-    Kokkos::deep_copy(view, host);
+    out.draw(view.data(), view.size(),
+             [&](std::size_t) { return std > 0 ? std * normal() : value; });
   };
   fill(p.norm1_weight, 1.0, 0);
   fill(p.norm1_bias, 0.0, 0);

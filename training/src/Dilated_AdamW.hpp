@@ -105,6 +105,13 @@ class AdamW {
   }
   // Steps taken (or loaded): the t of the last step's bias corrections.
   long step_count() const { return step_count_; }
+  // The state the first step allocates for tensors of these sizes (values each), as MomentState
+  // does: the two moments (MemoryKind::optimizer_state) and, for half / bf16, the fp32 master
+  // copy (MemoryKind::master_weights).
+  static MemoryPlan plan_state(const std::vector<std::size_t>& sizes) {
+    return Impl::plan_moment_states<state_type, MemorySpace>("dilated::training::AdamW", sizes,
+                                                             Impl::needs_master_v<T>);
+  }
   // Bytes of optimizer state on the device: 8 per value (16 in double), 12 with master weights.
   std::size_t state_bytes() const {
     std::size_t total = 0;

@@ -79,6 +79,28 @@ class AdamW8bit {
   std::size_t min_8bit_size() const { return min_8bit_size_; }
   // Whether tensor i's moments are quantized (after the first step or load_state).
   bool quantized(std::size_t i) const { return quantized_.at(i); }
+  // The state the first step allocates for tensors of these sizes (values each), as allocate()
+  // does: 8-bit moments with a scale per block for tensors of at least min_8bit_size values,
+  // fp32 moments for smaller ones (MemoryKind::optimizer_state), and the fp32 master copy of
+  // half / bf16 parameters (MemoryKind::master_weights); the quantization maps too.
+  static MemoryPlan plan_state(const std::vector<std::size_t>& sizes,
+                               std::size_t min_8bit_size = 4096) {
+    const std::string label = "dilated::training::AdamW8bit";
+    MemoryPlan plan;
+    plan.add(label + "::quantization_maps", MemoryKind::optimizer_state,
+             decltype(maps_)::required_allocation_size(2 * Impl::map_entries));
+    std::vector<std::size_t> small;
+    for (std::size_t n : sizes) {
+      if (n >= min_8bit_size)
+        Impl::QuantizedState<state_type, MemorySpace>::plan(plan, label, n,
+                                                            Impl::needs_master_v<T>);
+      else
+        small.push_back(n);
+    }
+    plan.add(
+        Impl::plan_moment_states<state_type, MemorySpace>(label, small, Impl::needs_master_v<T>));
+    return plan;
+  }
   std::size_t state_bytes() const {
     std::size_t total = 0;
     for (const auto& s : quantized_states_)

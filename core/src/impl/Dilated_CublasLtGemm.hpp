@@ -39,6 +39,9 @@ inline std::uint32_t pointer_alignment(const void* p) {
 
 class CublasLtPlans {
  public:
+  // The workspace each stream's products share (a Kokkos View of this plus 256 bytes).
+  static constexpr std::size_t workspace_bytes = std::size_t(32) << 20;
+
   struct Key {
     cudaStream_t stream;
     int op_a, op_b;
@@ -114,7 +117,6 @@ class CublasLtPlans {
   struct Workspace {
     Kokkos::View<unsigned char*, Kokkos::CudaSpace> view;
   };
-  static constexpr std::size_t workspace_bytes = std::size_t(32) << 20;
 
   CublasLtPlans() { cublas_check(cublasLtCreate(&handle_), "cublasLtCreate"); }
   ~CublasLtPlans() {

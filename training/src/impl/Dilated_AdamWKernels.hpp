@@ -16,6 +16,8 @@
 #include <Dilated_ParameterGradients.hpp>
 #include <impl/Dilated_OptimizerState.hpp>
 
+#include <Dilated_MemoryPlan.hpp>
+
 #include <Kokkos_Core.hpp>
 
 #include <cmath>
@@ -88,13 +90,29 @@ struct MomentState {
   MomentState(const std::string& label, std::size_t n, bool master_weights)
       : exp_avg(dilated::Impl::allocate_view<View>(label + "::exp_avg", false, n)),
         exp_avg_sq(dilated::Impl::allocate_view<View>(label + "::exp_avg_sq", false, n)),
-        master(dilated::Impl::allocate_view<View>(label + "::master", false,
-                                                  master_weights ? n : 0)) {}
+        master(master_weights ? dilated::Impl::allocate_view<View>(label + "::master", false, n)
+                              : View()) {}
 
   std::size_t bytes() const {
     return (exp_avg.span() + exp_avg_sq.span() + master.span()) * sizeof(Acc);
   }
 };
+
+// The entries of MomentState(label, n, master_weights) for each n of `sizes`.
+template <class Acc, class MemorySpace>
+dilated::MemoryPlan plan_moment_states(const std::string& label,
+                                       const std::vector<std::size_t>& sizes, bool master_weights) {
+  using View = typename MomentState<Acc, MemorySpace>::View;
+  dilated::MemoryPlan plan;
+  for (std::size_t n : sizes) {
+    plan.add(label + "::exp_avg", dilated::MemoryKind::optimizer_state,
+             View::required_allocation_size(n), 2);
+    if (master_weights)
+      plan.add(label + "::master", dilated::MemoryKind::master_weights,
+               View::required_allocation_size(n));
+  }
+  return plan;
+}
 
 // One step of AdamW over one tensor, one element per thread.
 template <class ExecSpace, class T, class MemorySpace>

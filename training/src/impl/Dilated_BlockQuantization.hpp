@@ -20,6 +20,8 @@
 #include <impl/Dilated_AdamWKernels.hpp>
 #include <impl/Dilated_OptimizerState.hpp>
 
+#include <Dilated_MemoryPlan.hpp>
+
 #include <Kokkos_Core.hpp>
 
 #include <algorithm>
@@ -86,11 +88,22 @@ struct QuantizedState {
             dilated::Impl::allocate_view<decltype(absmax1)>(label + "::absmax1", false, blocks(n))),
         absmax2(
             dilated::Impl::allocate_view<decltype(absmax2)>(label + "::absmax2", false, blocks(n))),
-        master(dilated::Impl::allocate_view<decltype(master)>(label + "::master", false,
-                                                              master_weights ? n : 0)) {}
+        master(master_weights
+                   ? dilated::Impl::allocate_view<decltype(master)>(label + "::master", false, n)
+                   : decltype(master)()) {}
 
   static std::size_t blocks(std::size_t n) {
     return (n + quantization_block - 1) / quantization_block;
+  }
+  // The entries of QuantizedState(label, n, master_weights).
+  static void plan(dilated::MemoryPlan& plan, const std::string& label, std::size_t n,
+                   bool master_weights) {
+    const auto kind = dilated::MemoryKind::optimizer_state;
+    plan.add(label + "::state1", kind, decltype(state1)::required_allocation_size(n), 2);
+    plan.add(label + "::absmax1", kind, decltype(absmax1)::required_allocation_size(blocks(n)), 2);
+    if (master_weights)
+      plan.add(label + "::master", dilated::MemoryKind::master_weights,
+               decltype(master)::required_allocation_size(n));
   }
   std::size_t bytes() const {
     return state1.span() + state2.span() + (absmax1.span() + absmax2.span()) * sizeof(float) +
