@@ -275,8 +275,12 @@ int capacity(const Config& c, const std::string& self) {
                 shortest);
     probe = run_child(c, self, shortest, true);
     if (probe.status == 0) {
+      // The plan enters the Original's score workspaces at their bound, which a short probe
+      // does not reach: what the plan asked beyond the bytes allocated is not the runtime's.
       runtime = json_value(probe.result_json, "device_used_bytes") -
-                json_value(probe.result_json, "plan_footprint");
+                json_value(probe.result_json, "plan_footprint") +
+                (json_value(probe.result_json, "plan_bytes") -
+                 json_value(probe.result_json, "tracked_peak_bytes"));
       if (limit == 0)
         limit = static_cast<std::size_t>(json_value(probe.result_json, "device_total_bytes"));
     }
@@ -344,8 +348,19 @@ int capacity(const Config& c, const std::string& self) {
         if (verified > 0) std::printf("the plan was wrong: the shortest length trains\n");
         status = verified > 0 ? 0 : 2;
       } else if (!ok(predicted_k, at)) {
-        long hi = predicted_k, lo = 0;  // hi fails; search down
+        // hi fails; search down, a step at a time first (a wrong plan is off by little).
+        long hi = predicted_k, lo = 0;
         above = at;
+        for (long k = predicted_k - 1; k >= 1 && k >= predicted_k - 3 && lo == 0; --k) {
+          ChildResult r;
+          if (ok(k, r)) {
+            lo = k;
+            at = r;
+          } else {
+            hi = k;
+            above = r;
+          }
+        }
         while (hi - lo > 1) {
           const long mid = (lo + hi) / 2;
           ChildResult r;
@@ -360,14 +375,16 @@ int capacity(const Config& c, const std::string& self) {
         verified = lo > 0 ? nth_length(c, lo) : 0;
         status = verified > 0 ? 0 : 2;
       } else if (ok(predicted_k + 1, above)) {
-        long lo = predicted_k + 1, hi = lo + 1;  // lo trains; search up
+        // lo trains; search up, a step at a time first, then doubling the step.
+        long lo = predicted_k + 1, step = 1, hi = 0;
         at = above;
         ChildResult r;
-        while (ok(hi, r)) {
-          lo = hi;
+        while (ok(lo + step, r)) {
+          lo += step;
           at = r;
-          hi *= 2;
+          step *= 2;
         }
+        hi = lo + step;
         above = r;
         while (hi - lo > 1) {
           const long mid = (lo + hi) / 2;

@@ -5,6 +5,7 @@
 # Usage: scripts/capacity_table.sh CAPACITY_BIN MODEL OUT_DIR [EXTRA dilated_capacity args]
 #   CAPACITY_BIN  dilated_capacity built for CUDA
 #   MODEL         small / medium / xl
+# Writes OUT_DIR/../capacity-MODEL[-LIMIT].tar.gz of all of it too.
 # Environment: LIMIT (80GB: the seed's 80 GB card, enforced on the device; "none": the whole card),
 #   CELLS ("baseline optimized"), BLOCKS ("custom standard"), POLICIES ("original improved").
 # Writes OUT_DIR/<model>-<config>-<block>-<policy>.json and .log; scripts/capacity_table.py
@@ -30,3 +31,5 @@ for config in ${CELLS:-baseline optimized}; do
     done
   done
 done
+# One archive of every cell (a device run returns a limited number of files).
+tar -C "$out" -czf "$out/../capacity-$model${LIMIT:+-$limit}.tar.gz" . 2>/dev/null || true
