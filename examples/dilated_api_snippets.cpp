@@ -190,6 +190,36 @@ void training_snippet(const std::string& dir) {
   expect(r.taken && std::isfinite(r.loss) && trainer.steps_taken() == 1, "training step");
 }
 
+void memory_plan_snippet() {
+  using Model = dilated::LanguageModel<dilated::CustomTransformerBlock<dilated::Improved, float>>;
+  dilated::LanguageModelOptions options;
+  options.segment_lengths = {64, 128};
+  options.dilation_rates = {1, 2};
+  options.checkpointing = true;
+  const dilated::ModelShape shape{"tiny", 2, 32, 2, 256};
+  // [snippet:memory-plan]
+  // A training step's device memory, listed before anything is allocated (no Kokkos needed).
+  namespace training = dilated::training;
+  const dilated::MemoryPlan plan =
+      training::plan_training_step<Model, training::AdamW8bit<float>>(shape, options,
+                                                                      /*batch=*/1, 4096);
+  const std::size_t activations = plan.bytes(dilated::MemoryKind::activations);
+  const std::size_t on_a_gpu = plan.footprint(/*device_pages=*/true);  // the allocator's rounding
+  for (const auto& e : plan.entries()) {
+    // e.label (the allocation's Kokkos label), e.kind, e.bytes, e.count
+  }
+  // [snippet-end]
+  // The plan holds what a real step allocates: the model's activations after one.
+  Model model(shape, options);
+  training::AdamW8bit<float> optimizer;
+  training::Trainer trainer(model, optimizer, training::TrainerOptions());
+  Model::Ids ids("ids", 1, 4096), targets("targets", 1, 4096);
+  trainer.step(Kokkos::DefaultExecutionSpace(), ids, targets);
+  expect(model.memory().activations <= activations &&
+             activations - model.memory().activations < 64 && on_a_gpu >= plan.bytes(),
+         "memory plan");
+}
+
 void seed_names_snippet() {
   // [snippet:seed-names]
   // The seed's four class names.
@@ -238,6 +268,7 @@ int main(int argc, char* argv[]) {
   layer_snippet(dir);
   block_snippet();
   training_snippet(dir);
+  memory_plan_snippet();
   seed_names_snippet();
   options_snippet();
   std::printf("%s\n", failures ? "FAIL" : "all snippets ran");

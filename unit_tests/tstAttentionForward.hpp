@@ -349,3 +349,106 @@ TEMPLATE_TEST_CASE("Forward reads q, k, v in place from a packed QKV buffer",
     }
   }
 }
+
+// Dropout checked without the library's own mask (Dropout::factor), which every other dropout
+// oracle shares with the kernels: a kept probability is exactly 1 / (1 - p) times its value,
+// about p of them are dropped, and over many seeds the output averages to the output without
+// dropout.
+TEMPLATE_TEST_CASE("Dropout rescales what it keeps by 1 / (1 - p) and is unbiased",
+                   "[forward][dropout]" TEST_CATEGORY, dilated::Original, dilated::Improved) {
+  using Attention = dilated::DilatedAttention<TestType>;
+  using View = dilated::testing::Device4<double, MemSpace>;
+  const double p = 0.25;
+  const Attention attention({8}, {1}, dilated::AttentionOptions().set_attention_dropout(p));
+  dilated::ForwardOptions training;
+  training.training = true;
+
+  SECTION("each output is one kept probability: 0 or exactly (1 / 8) / (1 - p)") {
+    // q = 0: every probability of a segment of 8 is 1 / 8; v(t) is the unit vector t mod 8,
+    // so out(t, j) is the probability of (t, the segment's key j) after dropout.
+    const int n = 256, h = 2, d = 8;
+    View q("q", 1, n, h, d), k("k", 1, n, h, d), v("v", 1, n, h, d), out("out", 1, n, h, d);
+    auto hv = Kokkos::create_mirror_view(v);
+    for (int t = 0; t < n; ++t)
+      for (int head = 0; head < h; ++head)
+        hv(0, t, head, t % 8) = 1.0;
+    Kokkos::deep_copy(v, hv);
+    training.seed = 11;
+    attention.forward(ExecSpace(), q, k, v, out, training);
+    const auto o = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), out);
+    const double kept = (1.0 / 8) / (1 - p);
+    long zeros = 0, bad = 0;
+    for (int t = 0; t < n; ++t)
+      for (int head = 0; head < h; ++head)
+        for (int j = 0; j < d; ++j) {
+          const double x = o(0, t, head, j);
+          if (x == 0)
+            ++zeros;
+          else if (std::abs(x - kept) > 1e-14)
+            ++bad;
+        }
+    CHECK(bad == 0);
+    // The dropped fraction: binomial, N = 4096 draws, sigma = sqrt(p (1 - p) / N) = 0.0068.
+    const double fraction = double(zeros) / (n * h * d),
+                 sigma = std::sqrt(p * (1 - p) / (n * h * d));
+    CAPTURE(fraction, sigma);
+    CHECK(std::abs(fraction - p) < 5 * sigma);
+  }
+
+  SECTION("the mean over seeds is the output without dropout") {
+    // out_s(t) = sum_j P_j m_j v_j / (1 - p), m_j ~ Bernoulli(1 - p): E = sum_j P_j v_j, and the
+    // variance sum_j P_j^2 v_j^2 p / (1 - p). P is computed here from q and k (in double).
+    const int n = 16, h = 1, d = 4, seeds = 400;
+    const auto q0 = dilated::testing::random_bnhd<double>("q", 1, n, h, d, 1);
+    const auto k0 = dilated::testing::random_bnhd<double>("k", 1, n, h, d, 2);
+    auto v0 = dilated::testing::random_bnhd<double>("v", 1, n, h, d, 3);
+    for (std::size_t i = 0; i < v0.size(); ++i)
+      v0.data()[i] = 1.0 + 0.5 * v0.data()[i];  // mostly positive: the mean is far from 0
+    const auto q = dilated::testing::to_storage<double, MemSpace>(q0, "q");
+    const auto k = dilated::testing::to_storage<double, MemSpace>(k0, "k");
+    const auto v = dilated::testing::to_storage<double, MemSpace>(v0, "v");
+    View out("out", 1, n, h, d);
+    attention.forward(ExecSpace(), q, k, v, out);  // not training: no dropout
+    // A copy (create_mirror_view_and_copy would alias `out` on a host backend).
+    const auto plain = Kokkos::create_mirror(Kokkos::HostSpace(), out);
+    Kokkos::deep_copy(plain, out);
+    std::vector<double> sum(n * d, 0.0);
+    for (int s = 0; s < seeds; ++s) {
+      training.seed = 1000 + s;
+      attention.forward(ExecSpace(), q, k, v, out, training);
+      const auto o = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), out);
+      for (int t = 0; t < n; ++t)
+        for (int j = 0; j < d; ++j)
+          sum[t * d + j] += o(0, t, 0, j);
+    }
+    const double scale = 1 / std::sqrt(double(d));
+    long outside = 0;
+    for (int t = 0; t < n; ++t) {
+      const int start = t / 8 * 8;
+      std::vector<double> prob(8);
+      double top = -1e300, total = 0;
+      for (int j = 0; j < 8; ++j) {
+        double dot = 0;
+        for (int c = 0; c < d; ++c)
+          dot += q0(0, t, 0, c) * k0(0, start + j, 0, c);
+        prob[j] = dot * scale;
+        top = std::max(top, prob[j]);
+      }
+      for (auto& x : prob)
+        total += (x = std::exp(x - top));
+      for (int c = 0; c < d; ++c) {
+        double expected = 0, variance = 0;
+        for (int j = 0; j < 8; ++j) {
+          const double pv = prob[j] / total * v0(0, start + j, 0, c);
+          expected += pv;
+          variance += pv * pv * p / (1 - p);
+        }
+        const double mean = sum[t * d + c] / seeds, sigma = std::sqrt(variance / seeds);
+        CHECK(std::abs(expected - plain(0, t, 0, c)) < 1e-12);
+        // 5 sigma: a dropped rescale (mean (1 - p) x expected) is 10-50 sigma away.
+        if (std::abs(mean - expected) > 5 * sigma) ++outside;
+      }
+    }
+    CHECK(outside == 0);
+  }
+}

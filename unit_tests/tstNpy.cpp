@@ -5,6 +5,10 @@
 #include <catch2/catch_test_macros.hpp>
 #include <catch2/matchers/catch_matchers_string.hpp>
 
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include <cmath>
 #include <cstdint>
 #include <filesystem>
@@ -109,4 +113,43 @@ TEST_CASE("npy: malformed files throw FormatError saying what is wrong", "[npy][
     out.write("\x93NUMPY\x01\x00\x40", 9);
   }
   REQUIRE_THROWS_WITH(npy::read(tmp("cut.npy")), ContainsSubstring("truncated .npy header"));
+}
+
+TEST_CASE("npy: a write killed midway leaves the old file whole", "[npy][files]") {
+  const std::string path = tmp("killed.npy"), temporary = path + ".tmp";
+  const std::vector<double> old_values(1000, 1.5);
+  npy::write(path, {old_values.size()}, old_values.data());
+  // 100 MB: a write that takes long enough to be caught with part of it on disk.
+  const std::vector<double> big(12'500'000, 2.5);
+  const pid_t child = fork();
+  REQUIRE(child >= 0);
+  if (child == 0) {
+    npy::write(path, {big.size()}, big.data());
+    _exit(0);
+  }
+  // Kill the writer as soon as part of the new file is on disk (or let it finish: then the new
+  // file must be whole).
+  bool killed = false;
+  int status = 0;
+  for (int i = 0; i < 20000; ++i) {
+    std::error_code error;
+    const auto size = std::filesystem::file_size(temporary, error);
+    if (!error && size > 0 && size < big.size() * sizeof(double)) {
+      kill(child, SIGKILL);
+      killed = true;
+      break;
+    }
+    if (waitpid(child, &status, WNOHANG) == child) break;
+    usleep(500);
+  }
+  if (killed) waitpid(child, &status, 0);
+  INFO("killed midway: " << killed);
+  const npy::Array a = npy::read(path);  // never a truncated file: this would throw
+  if (killed) {
+    CHECK(a.shape == std::vector<std::size_t>{old_values.size()});
+    CHECK(a.to_double() == old_values);
+  } else {
+    CHECK(a.shape == std::vector<std::size_t>{big.size()});
+  }
+  std::filesystem::remove(temporary);
 }

@@ -5,6 +5,7 @@
 #define DILATED_NPY_HPP
 
 #include <cstdint>
+#include <cstdio>
 #include <cstring>
 #include <fstream>
 #include <functional>
@@ -125,22 +126,36 @@ inline void write_format1(const std::string& path, std::string dict, const void*
   const std::size_t unpadded = 10 + dict.size() + 1;
   dict.append((64 - unpadded % 64) % 64, ' ');
   dict += '\n';
-  std::ofstream out(path, std::ios::binary);
-  if (!out) throw FormatError(path + ": cannot open for writing");
-  const unsigned char preamble[10] = {0x93,
-                                      'N',
-                                      'U',
-                                      'M',
-                                      'P',
-                                      'Y',
-                                      1,
-                                      0,
-                                      static_cast<unsigned char>(dict.size() & 0xff),
-                                      static_cast<unsigned char>(dict.size() >> 8)};
-  out.write(reinterpret_cast<const char*>(preamble), 10);
-  out.write(dict.data(), static_cast<std::streamsize>(dict.size()));
-  out.write(static_cast<const char*>(data), static_cast<std::streamsize>(bytes));
-  if (!out) throw FormatError(path + ": write failed");
+  // Written whole to a temporary in the same folder, then renamed over `path` (atomic on POSIX):
+  // a write that is interrupted or fails never leaves a truncated file at `path`, and an old
+  // file there stays as it was until the new one is complete.
+  const std::string temporary = path + ".tmp";
+  {
+    std::ofstream out(temporary, std::ios::binary | std::ios::trunc);
+    if (!out) throw FormatError(path + ": cannot open for writing (" + temporary + ")");
+    const unsigned char preamble[10] = {0x93,
+                                        'N',
+                                        'U',
+                                        'M',
+                                        'P',
+                                        'Y',
+                                        1,
+                                        0,
+                                        static_cast<unsigned char>(dict.size() & 0xff),
+                                        static_cast<unsigned char>(dict.size() >> 8)};
+    out.write(reinterpret_cast<const char*>(preamble), 10);
+    out.write(dict.data(), static_cast<std::streamsize>(dict.size()));
+    out.write(static_cast<const char*>(data), static_cast<std::streamsize>(bytes));
+    out.close();
+    if (!out) {
+      std::remove(temporary.c_str());
+      throw FormatError(path + ": write failed");
+    }
+  }
+  if (std::rename(temporary.c_str(), path.c_str()) != 0) {
+    std::remove(temporary.c_str());
+    throw FormatError(path + ": cannot rename " + temporary + " to it");
+  }
 }
 
 }  // namespace Impl
