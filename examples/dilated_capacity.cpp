@@ -340,6 +340,21 @@ int capacity(const Config& c, const std::string& self) {
       if (r.status != 0 && r.status != 3) throw std::runtime_error("a verification step failed");
       return r.status == 0;
     };
+    // Bisects between lo (trains, or 0) and hi (refused): the last length that trains.
+    const auto narrow = [&](long lo, long hi) {
+      while (hi - lo > 1) {
+        const long mid = (lo + hi) / 2;
+        ChildResult r;
+        if (ok(mid, r)) {
+          lo = mid;
+          at = r;
+        } else {
+          hi = mid;
+          above = r;
+        }
+      }
+      return lo;
+    };
     try {
       if (predicted_k == 0) {
         // Show the device refusing the shortest length (the clean error), then give up.
@@ -361,17 +376,7 @@ int capacity(const Config& c, const std::string& self) {
             above = r;
           }
         }
-        while (hi - lo > 1) {
-          const long mid = (lo + hi) / 2;
-          ChildResult r;
-          if (ok(mid, r)) {
-            lo = mid;
-            at = r;
-          } else {
-            hi = mid;
-            above = r;
-          }
-        }
+        lo = narrow(lo, hi);
         verified = lo > 0 ? nth_length(c, lo) : 0;
         status = verified > 0 ? 0 : 2;
       } else if (ok(predicted_k + 1, above)) {
@@ -386,17 +391,7 @@ int capacity(const Config& c, const std::string& self) {
         }
         hi = lo + step;
         above = r;
-        while (hi - lo > 1) {
-          const long mid = (lo + hi) / 2;
-          if (ok(mid, r)) {
-            lo = mid;
-            at = r;
-          } else {
-            hi = mid;
-            above = r;
-          }
-        }
-        verified = nth_length(c, lo);
+        verified = nth_length(c, narrow(lo, hi));
       }
     } catch (const std::runtime_error& e) {
       std::fprintf(stderr, "dilated_capacity: %s\n", e.what());
