@@ -29,10 +29,12 @@
 #include <Dilated_MemoryTracker.hpp>
 
 #include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
 
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -64,7 +66,6 @@ struct Config {
   int vocab = 50257, steps = 2;
   bool checkpointing = false;
   long run_length = 0, max_length = long(1) << 26, chunk = 4096;
-  bool probe = false;
   std::vector<std::string> child_args;  // what a child is run with
 };
 
@@ -112,9 +113,12 @@ dilated::LanguageModelOptions options_for(const Config& c, long length) {
   o.loss_chunk_tokens = c.chunk;
   return o;
 }
-// The lengths the schedule takes, in order: multiples of 8192, or 2048 x 2^k.
+// The lengths the schedule takes, in order: multiples of the seed schedule's largest segment,
+// or 2048 x 2^k.
 long nth_length(const Config& c, long k) {
-  return c.schedule == "geometric" ? 2048L << (k - 1) : 8192L * k;
+  if (c.schedule == "geometric") return 2048L << (k - 1);
+  const auto& segments = dilated::LanguageModelOptions().segment_lengths;
+  return k * *std::max_element(segments.begin(), segments.end());
 }
 
 dilated::ModelShape shape_of(const Config& c) {
@@ -252,9 +256,7 @@ ChildResult run_child(const Config& c, const std::string& self, long length, boo
 }
 
 double json_value(const std::string& json, const std::string& key) {
-  const auto at = json.find("\"" + key + "\": ");
-  if (at == std::string::npos) return NAN;
-  return std::stod(json.substr(at + key.size() + 4));
+  return nlohmann::json::parse(json).at(key).get<double>();
 }
 
 template <class Block, class Optimizer>
@@ -285,29 +287,27 @@ int capacity(const Config& c, const std::string& self) {
         limit = static_cast<std::size_t>(json_value(probe.result_json, "device_total_bytes"));
     }
   }
-  // 2. The prediction: the largest length whose plan fits.
+  // 2. The prediction: the largest length whose plan fits (the plan grows with the length, for
+  // either schedule: the step's index k doubles until it does not fit, then is bisected). The
+  // geometric schedule's k-th length has k branches: grouped heads take at most num_heads.
   const auto fits = [&](long k) {
-    return double(plan_at<Block, Optimizer>(c, nth_length(c, k)).footprint(pages)) + runtime <=
-           double(limit);
+    if (c.schedule == "geometric" && k > shape.num_heads) return false;
+    return nth_length(c, k) <= c.max_length &&
+           double(plan_at<Block, Optimizer>(c, nth_length(c, k)).footprint(pages)) + runtime <=
+               double(limit);
   };
   long predicted_k = 0;
   if (fits(1)) {
     long lo = 1, hi = 2;
-    while (nth_length(c, hi) <= c.max_length && fits(hi)) {
+    while (fits(hi)) {
       lo = hi;
       hi *= 2;
     }
-    if (c.schedule == "geometric") {
-      predicted_k = lo;  // doubling lengths: the last that fit
-      while (nth_length(c, predicted_k + 1) <= c.max_length && fits(predicted_k + 1))
-        ++predicted_k;
-    } else {
-      while (hi - lo > 1) {
-        const long mid = (lo + hi) / 2;
-        (fits(mid) ? lo : hi) = mid;
-      }
-      predicted_k = lo;
+    while (hi - lo > 1) {
+      const long mid = (lo + hi) / 2;
+      (fits(mid) ? lo : hi) = mid;
     }
+    predicted_k = lo;
   }
   const long predicted = predicted_k > 0 ? nth_length(c, predicted_k) : 0;
   const auto plan = plan_at<Block, Optimizer>(c, predicted > 0 ? predicted : shortest);

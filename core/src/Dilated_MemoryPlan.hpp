@@ -89,15 +89,6 @@ class MemoryPlan {
     entries_.insert(entries_.end(), other.entries_.begin(), other.entries_.end());
     return *this;
   }
-  // Every entry of `other`, filed under `kind`.
-  MemoryPlan& add_as(const MemoryPlan& other, MemoryKind kind) {
-    for (auto e : other.entries_) {
-      e.kind = kind;
-      entries_.push_back(std::move(e));
-    }
-    return *this;
-  }
-
   const std::vector<Entry>& entries() const { return entries_; }
   std::size_t allocations() const {
     std::size_t total = 0;

@@ -13,10 +13,9 @@
 
 #include <Dilated_Compat.hpp>
 #include <Dilated_DeviceMemory.hpp>
+#include <Dilated_MemoryPlan.hpp>
 #include <Dilated_ParameterGradients.hpp>
 #include <impl/Dilated_OptimizerState.hpp>
-
-#include <Dilated_MemoryPlan.hpp>
 
 #include <Kokkos_Core.hpp>
 

@@ -16,11 +16,10 @@
 
 #include <Dilated_Compat.hpp>
 #include <Dilated_DeviceMemory.hpp>
+#include <Dilated_MemoryPlan.hpp>
 #include <Dilated_ParameterGradients.hpp>
 #include <impl/Dilated_AdamWKernels.hpp>
 #include <impl/Dilated_OptimizerState.hpp>
-
-#include <Dilated_MemoryPlan.hpp>
 
 #include <Kokkos_Core.hpp>
 
