@@ -279,8 +279,8 @@ TEMPLATE_TEST_CASE("Dropout: the documented mask, p = 0 is the identity, seeds r
 TEMPLATE_LIST_TEST_CASE("Improved backward equals Original backward",
                         "[backward][improved]" TEST_CATEGORY, dilated::testing::StorageTypes) {
   // Segments of 128-256 kept positions: several query and key tiles in both backward passes on
-  // every backend (the tensor-core dq and dk/dv passes for half/bf16 at d = 64 on CUDA), causal
-  // tile starts, partial last segments; gradients flow through the longnet weights.
+  // every backend (the tensor-core dq and dk/dv passes for half/bf16 at d = 64 and 128 on CUDA),
+  // causal tile starts, partial last segments; gradients flow through the longnet weights.
   const GradCase cases[] = {
       {Semantics::grouped, {256, 512, 1024}, {1, 2, 4}, 1, 1500, 6, 64, false, false, 0.0},
       {Semantics::grouped, {256, 512, 1024}, {1, 2, 4}, 1, 1500, 6, 64, true, false, 0.0},
@@ -325,10 +325,17 @@ TEMPLATE_LIST_TEST_CASE("Improved backward equals Original backward",
        false,
        1},
       {Semantics::longnet, {128, 256}, {1, 2}, 2, 600, 4, 64, false, false, 0.0, false, false, 1},
+      // head_dim 128 (the tensor-core passes' 2-warp dk/dv teams over 32 keys and 32-query
+      // tiles, the Original on cuBLAS): causal and not, dropout, longnet adding branches, an out
+      // the dq pass cannot read.
+      {Semantics::grouped, {128, 256, 512}, {1, 2, 4}, 1, 700, 3, 128, false, false, 0.0},
+      {Semantics::grouped, {128, 256, 512}, {1, 2, 4}, 1, 700, 3, 128, true, false, 0.1},
+      {Semantics::longnet, {128, 256}, {1, 2}, 1, 400, 2, 128, true, false, 0.0},
+      {Semantics::longnet, {128, 256}, {1, 2}, 1, 400, 2, 128, false, true, 0.0, true},
   };
   std::uint64_t seed = 1300;
   for (const auto& c : cases) {
-    CAPTURE(dilated::to_string(c.semantics), c.causal, c.detach, c.dropout, c.strided_out,
+    CAPTURE(dilated::to_string(c.semantics), c.d, c.causal, c.detach, c.dropout, c.strided_out,
             c.float_lse, c.workspace_bytes);
     seed += 10;
     const auto q = dilated::testing::random_bnhd<double>("q", c.b, c.n, c.h, c.d, seed);

@@ -30,26 +30,43 @@ struct MmaForwardTiles {
   static_assert(scratch_bytes <= 40 * 1024, "beyond Kokkos' level-0 team scratch");
 };
 
-// Tiles of the backward passes at head_dim D (64): 64 rows per team (4 warps x 16), rows
-// padded by 16 bytes. dq pass: 32-row K/V tiles, two stages (18 KiB; Q and dO pass through
-// them first, then out's tile when the pass computes D_t): its registers hold Q, dO, dQ and two
-// score tiles, and 64-key tiles spilled at the 168-register cap. dkdv pass: 64-row K, V, Q, dO
-// tiles and L, D (36.5 KiB).
+// Tiles of the backward passes at head_dim D (64 or 128), rows padded by 16 bytes.
+// dq pass: 64 query rows per team (4 warps x 16), 32-row K/V tiles in two stages (Q and dO pass
+// through them first, then out's tile when the pass computes D_t): its registers hold Q, dO, dQ
+// and two score tiles; 64-key tiles spilled at d = 64's 168-register cap (3 teams per
+// multiprocessor). d = 128 doubles Q's, dO's and dQ's registers (about 160 live): 2 teams at
+// the 255 cap.
+// dkdv pass: each warp owns 16 key rows (their dK, dV in registers), the team's K and V tiles
+// resident, query tiles of Q, dO, L and D streamed. d = 64: 4 warps (64 keys), 64-query tiles
+// (36.5 KiB), 3 teams. d = 128: dK and dV alone are 128 registers and four 64-row tiles of 136
+// halves (68 KiB) are past the level-0 scratch, so 2 warps (32 keys) and 32-query tiles
+// (34.3 KiB), at most 255 registers (4 teams of 64 threads).
 template <int D>
 struct MmaBackwardTiles {
+  static_assert(D == 64 || D == 128, "tensor-core backward tiles exist for head_dim 64 and 128");
   static constexpr int rows = 64;
   static constexpr int dq_key_rows = 32;
   static constexpr int ld = D + 8;
   static constexpr int tile_halves = rows * ld;
   static constexpr int dq_scratch_bytes = 4 * dq_key_rows * ld * 2;
+  static constexpr unsigned dq_min_blocks = D <= 64 ? 3 : 2;
   static_assert(2 * tile_halves <= 4 * dq_key_rows * ld, "Q and dO fit the dq pass's stages");
-  static constexpr int dkdv_scratch_bytes = 4 * tile_halves * 2 + 2 * rows * 4;
+  static constexpr int key_warps = D <= 64 ? 4 : 2;
+  static constexpr int key_rows = 16 * key_warps;             // keys per dkdv team
+  static constexpr int key_pass_queries = D <= 64 ? 64 : 32;  // query tile of the dkdv pass
+  static constexpr int dkdv_scratch_bytes =
+      2 * (key_rows + key_pass_queries) * ld * 2 + 2 * key_pass_queries * 4;
+  static constexpr unsigned dkdv_min_blocks = D <= 64 ? 3 : 4;
+  static_assert(key_pass_queries <= 32 * key_warps, "a thread per query loads L and D");
+  static_assert(dkdv_scratch_bytes <= 40 * 1024, "beyond Kokkos' level-0 team scratch");
   // The Original's rows pass (the dq pass storing P~Z and dS): each warp stages its 16 x
   // dq_key_rows tiles of both in rows of store_ld halves (16 bytes of padding: conflict-free
-  // fragment writes) before writing them out a whole row at a time.
+  // fragment writes) before writing them out a whole row at a time. d = 64 only: at 128 the
+  // staging is past the level-0 scratch (the Original takes cuBLAS there).
   static constexpr int store_ld = dq_key_rows + 8;
   static constexpr int dq_store_scratch_bytes = dq_scratch_bytes + 4 * 2 * 16 * store_ld * 2;
-  static_assert(dq_store_scratch_bytes <= 40 * 1024, "beyond Kokkos' level-0 team scratch");
+  static_assert(D != 64 || dq_store_scratch_bytes <= 40 * 1024,
+                "beyond Kokkos' level-0 team scratch");
 };
 
 // 64 query rows (one warpgroup), 64-key tiles, two stages of K and V after the Q tile; every
@@ -64,6 +81,23 @@ struct WgmmaForwardTiles {
   static constexpr int scratch_bytes = 5 * tile_halves * 2;  // Q, then K and V of two stages
   static constexpr int align = 1024;
   static constexpr unsigned min_blocks = 4;
+};
+
+// The Improved backward on wgmma (sm_90a, head_dim 64): one warpgroup per team, 64 rows (query
+// rows in the dq pass, key rows in the dk/dv pass); the pass's own two 64 x 64 tiles (Q and dO,
+// or K and V) and one stage of the streamed pair (K and V, or Q and dO), every tile 8 KiB at a
+// 1024-byte boundary, then L and D of the streamed query tile (dk/dv pass): 32.5 KiB + alignment.
+// Registers: dq pass S, dP and dQ (32 floats each per thread), 4 teams per multiprocessor (128
+// registers); dk/dv pass S^T, dP^T, dK and dV, 3 teams (168 registers).
+struct WgmmaBackwardTiles {
+  static constexpr int d = 64;
+  static constexpr int rows = 64;
+  static constexpr int tile_halves = 64 * 64;
+  static constexpr int scratch_bytes = 4 * tile_halves * 2 + 2 * rows * 4;
+  static constexpr int align = 1024;
+  static constexpr unsigned dq_min_blocks = 4;
+  static constexpr unsigned dkdv_min_blocks = 3;
+  static_assert(scratch_bytes + align <= 40 * 1024, "beyond Kokkos' level-0 team scratch");
 };
 
 // The Original algorithm's tensor-core forward at head_dim D (64 or 128): a team of 4 warps owns

@@ -18,6 +18,7 @@
 #include <impl/Dilated_ImprovedKernels.hpp>
 #include <impl/Dilated_ImprovedMmaBackward.hpp>
 #include <impl/Dilated_ImprovedMmaForward.hpp>
+#include <impl/Dilated_ImprovedWgmmaBackward.hpp>
 #include <impl/Dilated_ImprovedWgmmaForward.hpp>
 #include <impl/Dilated_RowPieces.hpp>
 #include <impl/Dilated_OriginalDriver.hpp>
@@ -288,28 +289,47 @@ void improved_backward_branches(const ExecSpace& space, const Geometry& g,
                  Tiles::query_rows);
   };
 #if defined(KOKKOS_ENABLE_CUDA)
-  // Tensor cores where the storage and layout allow (half/bf16, d = 64, aligned rows).
+  // Tensor cores where the storage and layout allow (half/bf16, d = 64 or 128, aligned rows).
   if constexpr (std::is_same_v<ExecSpace, Kokkos::Cuda> &&
                 mma::is_mma_type_v<typename Q::non_const_value_type>) {
-    if (q.extent(3) == 64 && mma::applies(64, q, k, v, dout)) {
+    const int d = q.extent(3);
+    if ((d == 64 || d == 128) && mma::applies(d, q, k, v, dout)) {
       std::vector<TiledLaunch<Kokkos::CudaSpace, float>> launches;
       for (int i = 0; i < g.num_branches(); ++i)
         launches.push_back(tiled_launch<ExecSpace>(g, i, base, q.extent(0)));
-      if (branch_deltas) {
-        for (const auto& launch : launches) {
-          branch_delta(launch);
-          mma::backward_branches<64>(space, {launch}, false, q, k, v, dout,
-                                     static_cast<const O*>(nullptr), lse, delta, dq, dk, dv,
-                                     accumulate);
+      const auto run = [&](auto head_dim) {
+        constexpr int D = decltype(head_dim)::value;
+        // wgmma on sm_90a builds at head_dim 64 (Dilated_ImprovedWgmmaBackward.hpp), else
+        // mma.sync.
+        const auto passes = [&](const auto& these, bool together, const O* with_out) {
+          if constexpr (D == 64) {
+            if (wgmma::compiled(space)) {
+              wgmma::backward_branches(space, these, together, q, k, v, dout, with_out, lse, delta,
+                                       dq, dk, dv, accumulate);
+              return;
+            }
+          }
+          mma::backward_branches<D>(space, these, together, q, k, v, dout, with_out, lse, delta, dq,
+                                    dk, dv, accumulate);
+        };
+        if (branch_deltas) {
+          for (const auto& launch : launches) {
+            branch_delta(launch);
+            passes(std::vector<TiledLaunch<Kokkos::CudaSpace, float>>{launch}, false, nullptr);
+          }
+          return;
         }
-        return;
+        // The dq passes write the D_t of the rows their dk/dv passes read (longnet branches
+        // rewrite the same values for rows they share).
+        const bool fused_deltas = mma::applies(D, out);
+        if (!fused_deltas) row_deltas(space, dout, out, delta, g.output_scale());
+        passes(launches, !base.longnet, fused_deltas ? &out : nullptr);
+      };
+      if (d == 64) {
+        run(std::integral_constant<int, 64>{});
+      } else {
+        run(std::integral_constant<int, 128>{});
       }
-      // The dq passes write the D_t of the rows their dk/dv passes read (longnet branches
-      // rewrite the same values for rows they share).
-      const bool fused_deltas = mma::applies(64, out);
-      if (!fused_deltas) row_deltas(space, dout, out, delta, g.output_scale());
-      mma::backward_branches<64>(space, launches, !base.longnet, q, k, v, dout,
-                                 fused_deltas ? &out : nullptr, lse, delta, dq, dk, dv, accumulate);
       return;
     }
   }

@@ -1,13 +1,13 @@
-// The CUDA tensor-core backward of the Improved algorithm (half/bf16, head_dim 64): the two
+// The CUDA tensor-core backward of the Improved algorithm (half/bf16, head_dim 64 or 128): the two
 // passes of ImprovedDqKernel / ImprovedDkDvKernel with every tile product on mma.sync.
 // Probabilities are recomputed from the merged log-sum-exp L (FlashAttention-2):
 //   P~ = output_scale exp(scale q.k - L),  dS = P~ (Z dP - D),  dP = dout . v.
 //   dq pass  : 4 warps own 16 query rows each; first D = dO . out of those rows (written for
 //              the dk/dv pass) where out suits the tensor cores; K/V tiles stream through two
 //              cp.async stages; S = Q K^T, dP = dO V^T, dQ += dS K, all in registers.
-//   dkdv pass: 4 warps own 16 key rows each (K, V tile resident in shared memory); query
-//              tiles (Q, dO, L, D) stream; S^T = K Q^T, dP^T = V dO^T, dV += (P~Z)^T dO,
-//              dK += dS^T Q in registers.
+//   dkdv pass: 4 warps (2 at head_dim 128) own 16 key rows each (K, V tile resident in shared
+//              memory); query tiles (Q, dO, L, D) stream; S^T = K Q^T, dP^T = V dO^T,
+//              dV += (P~Z)^T dO, dK += dS^T Q in registers (MmaBackwardTiles).
 // Every dq (dk, dv) row of a branch is one warp's: no atomics.
 #ifndef DILATED_IMPL_IMPROVED_MMA_BACKWARD_HPP
 #define DILATED_IMPL_IMPROVED_MMA_BACKWARD_HPP
@@ -89,11 +89,11 @@ __device__ __forceinline__ void write_grad_rows(const GradV& grad, const float (
 template <int D, bool Dropout, class QV, class KV, class VV, class GV, class OV, class LseV,
           class DeltaV, class GradV, bool Store = false>
 struct DqKernel {
-  // 3 teams (12 warps) per multiprocessor: caps registers at 168 per thread.
-  static constexpr unsigned min_blocks = 3;
+  using Tiles = MmaBackwardTiles<D>;
+  // 3 teams (12 warps) per multiprocessor at d = 64: caps registers at 168 per thread.
+  static constexpr unsigned min_blocks = Tiles::dq_min_blocks;
   using T = typename QV::non_const_value_type;
   using Member = Kokkos::TeamPolicy<Kokkos::Cuda>::member_type;
-  using Tiles = MmaBackwardTiles<D>;
   static constexpr bool bf16 = !std::is_same_v<T, Kokkos::Experimental::half_t>;
 
   BranchSet<TiledLaunch<Kokkos::CudaSpace, float>> set;  // see backward_branches
@@ -366,10 +366,11 @@ __device__ __forceinline__ void key_products(const std::uint32_t (&pa)[4],
 template <int D, bool Dropout, class QV, class KV, class VV, class GV, class LseV, class DeltaV,
           class DKV, class DVV>
 struct DkDvKernel {
-  static constexpr unsigned min_blocks = 3;  // as DqKernel
+  using Tiles = MmaBackwardTiles<D>;
+  static constexpr unsigned min_blocks = Tiles::dkdv_min_blocks;
+  static constexpr int warps = Tiles::key_warps;
   using T = typename QV::non_const_value_type;
   using Member = Kokkos::TeamPolicy<Kokkos::Cuda>::member_type;
-  using Tiles = MmaBackwardTiles<D>;
   static constexpr bool bf16 = !std::is_same_v<T, Kokkos::Experimental::half_t>;
 
   BranchSet<TiledLaunch<Kokkos::CudaSpace, float>> set;  // see backward_branches
@@ -393,10 +394,11 @@ struct DkDvKernel {
     // registers on the dynamic offset (and the dk/dv pass spilled).
     const auto& br = set.launches[0].branch;
     const int branch_index = set.launches[which].branch.plan.branch;
-    const auto tile =
-        set.launches[which].tile_at(rank - static_cast<int>(set.first_team[which]), Tiles::rows);
+    const auto tile = set.launches[which].tile_at(rank - static_cast<int>(set.first_team[which]),
+                                                  Tiles::key_rows);
     if (tile.count == 0) return;
-    constexpr int BR = Tiles::rows, LD = Tiles::ld;
+    // KR keys per team (16 per warp), query tiles of BR rows.
+    constexpr int KR = Tiles::key_rows, BR = Tiles::key_pass_queries, LD = Tiles::ld;
     const int b = tile.item.b, h = tile.item.head, cols = tile.count, u0 = tile.first;
     const KeptPositions kept = tile.item.kept;
     const int m = kept.count;
@@ -404,14 +406,16 @@ struct DkDvKernel {
     const int g = lane / 4, t4 = lane % 4;
     using Half = std::uint16_t;
     Half* Ks = aligned_scratch(team, Tiles::dkdv_scratch_bytes);
-    Half* Vs = Ks + Tiles::tile_halves;
-    Half* Qs = Vs + Tiles::tile_halves;
-    Half* Gs = Qs + Tiles::tile_halves;
-    float* L2s = reinterpret_cast<float*>(Gs + Tiles::tile_halves);
+    Half* Vs = Ks + KR * LD;
+    Half* Qs = Vs + KR * LD;
+    Half* Gs = Qs + BR * LD;
+    float* L2s = reinterpret_cast<float*>(Gs + BR * LD);
     float* Ds = L2s + BR;
 
-    const TileLoader<D, LD, BR> k_loader(k, b, h, kept, tid), v_loader(v, b, h, kept, tid),
-        q_loader(q, b, h, kept, tid), g_loader(dout, b, h, kept, tid);
+    const TileLoader<D, LD, KR, false, 32 * warps> k_loader(k, b, h, kept, tid),
+        v_loader(v, b, h, kept, tid);
+    const TileLoader<D, LD, BR, false, 32 * warps> q_loader(q, b, h, kept, tid),
+        g_loader(dout, b, h, kept, tid);
     k_loader.load(u0, cols, Ks);
     v_loader.load(u0, cols, Vs);
     commit();
@@ -532,8 +536,6 @@ void backward_branches(const Kokkos::Cuda& space,
                        const LseV& lse, const DeltaV& delta, const DQ& dq, const DK& dk,
                        const DV& dv, bool accumulate) {
   using Tiles = MmaBackwardTiles<D>;
-  for (auto& launch : launches)
-    launch.tile_by(Tiles::rows, Tiles::rows, Tiles::rows);
   for (const auto& launch : launches) {
     const auto& a = launch.branch;
     const auto& z = launches.front().branch;
@@ -543,25 +545,37 @@ void backward_branches(const Kokkos::Cuda& space,
           "dilated::Impl::mma::backward_branches: launches differ in more "
           "than their plans");
   }
+  // The dk/dv pass tiles keys by its own team height (32 at d = 128): its own launches.
+  auto key_launches = launches;
+  for (auto& launch : launches)
+    launch.tile_by(Tiles::rows, Tiles::rows, Tiles::rows);
+  for (auto& launch : key_launches)
+    launch.tile_by(Tiles::key_pass_queries, Tiles::key_rows, Tiles::key_rows);
   const bool dq_pieces = rows_in_pieces(dq), dkdv_pieces = rows_in_pieces(dk) && rows_in_pieces(dv);
   const float delta_scale = static_cast<float>(1.0 / launches.front().branch.output_scale);
   const auto run = [&](auto dropout) {
     constexpr bool with_dropout = decltype(dropout)::value;
     using Dq = DqKernel<D, with_dropout, Q, K, V, G, O, LseV, DeltaV, DQ>;
     using DkDv = DkDvKernel<D, with_dropout, Q, K, V, G, LseV, DeltaV, DK, DV>;
-    for (const auto& set : branch_sets(launches, together)) {
-      const int league = static_cast<int>(set.teams());
+    // Both groupings depend only on the launches' order and count: set i of one holds the
+    // branches of set i of the other, and its dq pass writes the D_t its dk/dv pass reads.
+    const auto dq_sets = branch_sets(launches, together);
+    const auto key_sets = branch_sets(key_launches, together);
+    for (std::size_t i = 0; i < dq_sets.size(); ++i) {
+      const auto& set = dq_sets[i];
       Kokkos::TeamPolicy<Kokkos::Cuda, Kokkos::LaunchBounds<128, Dq::min_blocks>> dq_policy(
-          space, league, 4, 32);
+          space, static_cast<int>(set.teams()), 4, 32);
       dq_policy.set_scratch_size(0, Kokkos::PerTeam(Tiles::dq_scratch_bytes + 16));
       Kokkos::parallel_for("dilated::improved::dq_mma", dq_policy,
                            Dq{set, q, k, v, dout, out ? *out : O(), lse, delta, dq, accumulate,
                               dq_pieces, out != nullptr, delta_scale});
-      Kokkos::TeamPolicy<Kokkos::Cuda, Kokkos::LaunchBounds<128, DkDv::min_blocks>> dkdv_policy(
-          space, league, 4, 32);
+      constexpr int key_threads = 32 * DkDv::warps;
+      Kokkos::TeamPolicy<Kokkos::Cuda, Kokkos::LaunchBounds<key_threads, DkDv::min_blocks>>
+          dkdv_policy(space, static_cast<int>(key_sets[i].teams()), DkDv::warps, 32);
       dkdv_policy.set_scratch_size(0, Kokkos::PerTeam(Tiles::dkdv_scratch_bytes + 16));
-      Kokkos::parallel_for("dilated::improved::dkdv_mma", dkdv_policy,
-                           DkDv{set, q, k, v, dout, lse, delta, dk, dv, accumulate, dkdv_pieces});
+      Kokkos::parallel_for(
+          "dilated::improved::dkdv_mma", dkdv_policy,
+          DkDv{key_sets[i], q, k, v, dout, lse, delta, dk, dv, accumulate, dkdv_pieces});
     }
   };
   if (launches.front().branch.dropout.active()) {

@@ -124,15 +124,15 @@ __device__ __forceinline__ std::uint16_t* aligned_scratch(const Member& team, in
 }
 
 // Copies tiles of NROWS kept rows (head h, batch b) of a view into shared memory (rows of LD
-// halves), 16 bytes per cp.async by a team of 128 threads; rows past `count` are zero-filled.
-// Each thread always copies the same pieces of the same tile rows, so the addresses are set up
-// once: a tile costs one multiply and a few adds per thread (the kept positions of a segment
-// are first + t * stride, so tile rows are a fixed byte step apart). Swizzled (D = LD = 64,
+// halves), 16 bytes per cp.async by a team of Threads (128) threads; rows past `count` are
+// zero-filled. Each thread always copies the same pieces of the same tile rows, so the addresses
+// are set up once: a tile costs one multiply and a few adds per thread (the kept positions of a
+// segment are first + t * stride, so tile rows are a fixed byte step apart). Swizzled (D = LD = 64,
 // for wgmma): piece c of row r goes to piece c ^ (r % 8) of its 128-byte row.
-template <int D, int LD, int NROWS, bool Swizzled = false>
+template <int D, int LD, int NROWS, bool Swizzled = false, int Threads = 128>
 struct TileLoader {
-  static constexpr int chunks = D / 8;                // 16-byte pieces per row
-  static constexpr int rows_per_pass = 128 / chunks;  // rows the team covers per pass
+  static constexpr int chunks = D / 8;                    // 16-byte pieces per row
+  static constexpr int rows_per_pass = Threads / chunks;  // rows the team covers per pass
   static constexpr int passes = NROWS / rows_per_pass;
   static_assert(NROWS % rows_per_pass == 0, "tile rows must be a multiple of a pass");
   static_assert(!Swizzled || (D == 64 && LD == 64 && rows_per_pass % 8 == 0),
