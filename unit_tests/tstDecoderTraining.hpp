@@ -5,6 +5,7 @@
 // to not stopping (bitwise in double), an overflowing step skipped with the scale lowered, no
 // allocation in the steady state, and the errors for bad arguments.
 #include <DilatedAttentionTraining.hpp>
+#include <Dilated_ScratchDirectory.hpp>
 #include <Dilated_Allclose.hpp>
 
 #include <catch2/catch_template_test_macros.hpp>
@@ -218,9 +219,7 @@ TEMPLATE_TEST_CASE("Trainer: save, load and step equals stepping without stoppin
                    "[model][checkpoint]" TEST_CATEGORY, Standard<dilated::Improved>,
                    Custom<dilated::Improved>) {
   using Model = typename TestType::template Model<double>;
-  const auto dir = std::filesystem::temp_directory_path() /
-                   ("dilated_resume_" + std::to_string(Model::standard));
-  std::filesystem::remove_all(dir);
+  const auto dir = dilated::testing::scratch_directory("resume_" + std::to_string(Model::standard));
   const auto [ids, targets] = random_batch(1, 8, tiny.vocab, 31);
   training::TrainerOptions options;
   options.schedule = training::WarmupCosineSchedule()

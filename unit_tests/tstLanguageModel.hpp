@@ -3,6 +3,7 @@
 // host loops in double (bitwise in double), the chunked fused LM head + cross-entropy against a
 // dense host cross-entropy and its gradients against central finite differences, the byte
 // corpus's windows against the file's bytes, and the errors.
+#include <Dilated_ScratchDirectory.hpp>
 #include <Dilated_AttentionTestUtils.hpp>
 #include <Dilated_ByteCorpus.hpp>
 #include <Dilated_CrossEntropy.hpp>
@@ -386,13 +387,6 @@ struct ToolCounts {
 
 // ------------------------------------------------------------------------------ corpus
 
-std::string scratch_directory(const std::string& name) {
-  const auto dir = std::filesystem::temp_directory_path() /
-                   ("dilated_lm_test_" + std::to_string(std::random_device{}()) + "_" + name);
-  std::filesystem::create_directories(dir);
-  return dir.string();
-}
-
 std::vector<std::uint8_t> write_bytes(const std::string& path, std::size_t n, std::uint64_t seed) {
   std::mt19937_64 engine(seed);
   std::vector<std::uint8_t> bytes(n);
@@ -660,7 +654,7 @@ TEST_CASE("Embedding and cross-entropy calls after the first allocate nothing",
 TEST_CASE("Byte corpus: windows, next-token targets, seeds, saved and resumed state",
           "[language_model]" TEST_CATEGORY) {
   namespace training = dilated::training;
-  const std::string dir = scratch_directory("corpus");
+  const std::string dir = dilated::testing::scratch_directory("corpus");
   const std::string path = dir + "/train.bin";
   const auto bytes = write_bytes(path, 4000, 91);
   constexpr int b = 5, n = 16;
@@ -728,7 +722,7 @@ TEST_CASE("Byte corpus: windows, next-token targets, seeds, saved and resumed st
 TEST_CASE("Byte corpus rejects bad files and states, naming them",
           "[language_model]" TEST_CATEGORY) {
   namespace training = dilated::training;
-  const std::string dir = scratch_directory("corpus_errors");
+  const std::string dir = dilated::testing::scratch_directory("corpus_errors");
   const std::string path = dir + "/val.bin";
   write_bytes(path, 16, 93);
   REQUIRE_THROWS_WITH(training::ByteCorpus(dir + "/missing.bin", 8, 1),

@@ -3,6 +3,7 @@
 // inputs and of every parameter against central finite differences (double), parameter
 // initialisation, .npy save/load, strided inputs, and the errors for bad arguments.
 #include <DilatedAttention.hpp>
+#include <Dilated_ScratchDirectory.hpp>
 #include <Dilated_Allclose.hpp>
 #include <Dilated_TokenTestData.hpp>
 #include <Dilated_AttentionTestUtils.hpp>
@@ -458,16 +459,7 @@ TEMPLATE_TEST_CASE("Layer initialisation: Xavier normal, zero biases, unit norm 
   CHECK(fetch_flat(other.parameters().named_tensors()[0])(17) != w(17));
 }
 
-namespace {
-
-std::string scratch_directory(const std::string& name) {
-  const auto dir = std::filesystem::temp_directory_path() /
-                   ("dilated_layer_test_" + std::to_string(std::random_device{}()) + "_" + name);
-  std::filesystem::create_directories(dir);
-  return dir.string();
-}
-
-}  // namespace
+namespace {}  // namespace
 
 TEMPLATE_TEST_CASE("Layer parameters save to and load from .npy exactly",
                    "[layer][npy]" TEST_CATEGORY, float, double) {
@@ -475,7 +467,7 @@ TEMPLATE_TEST_CASE("Layer parameters save to and load from .npy exactly",
   const LayerConfig c{16, 2, {8, 16}, {1, 2}, Semantics::longnet, true};
   const auto saved = make_layer<dilated::Improved, TestType>(c, true, 1);
   auto loaded = make_layer<dilated::Original, TestType>(c, true, 2);
-  const std::string dir = scratch_directory("roundtrip");
+  const std::string dir = dilated::testing::scratch_directory("roundtrip");
   saved.save(dir);
   for (const char* name :
        {"q_proj.weight", "q_proj.bias", "k_proj.weight", "k_proj.bias", "v_proj.weight",

@@ -1,6 +1,7 @@
 // .npy I/O: round trips, the formats NumPy writes (versions 1-3, float16/32/64, 0-d and 1-d
 // shapes), and clear errors for files that are not what they claim.
 #include <Dilated_Npy.hpp>
+#include <Dilated_ScratchDirectory.hpp>
 
 #include <catch2/catch_test_macros.hpp>
 #include <catch2/matchers/catch_matchers_string.hpp>
@@ -12,7 +13,6 @@
 #include <cmath>
 #include <cstdint>
 #include <filesystem>
-#include <random>
 #include <fstream>
 #include <string>
 #include <vector>
@@ -25,12 +25,7 @@ namespace {
 // A scratch file in this run's own temporary folder (the build folder may not exist where
 // the binary runs).
 std::string tmp(const std::string& name) {
-  static const std::filesystem::path dir = [] {
-    auto d = std::filesystem::temp_directory_path() /
-             ("dilated_npy_test_" + std::to_string(std::random_device{}()));
-    std::filesystem::create_directories(d);
-    return d;
-  }();
+  static const std::filesystem::path dir = dilated::testing::scratch_directory("npy");
   return (dir / name).string();
 }
 

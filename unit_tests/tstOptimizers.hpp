@@ -3,6 +3,7 @@
 // against the dynamic map and against fp32 AdamW over 200 steps of a least-squares problem,
 // global-norm clipping against a host norm, the schedule against its formulas, state save/load
 // against not stopping, and the errors.
+#include <Dilated_ScratchDirectory.hpp>
 #include <Dilated_AdamW.hpp>
 #include <Dilated_AdamW8bit.hpp>
 #include <Dilated_AttentionTestUtils.hpp>
@@ -40,14 +41,6 @@ template <class T>
 using Flat = training::FlatView<T, MemSpace>;
 template <class T>
 using Tensors = training::ParameterGradients<T, MemSpace>;
-
-std::string scratch_directory(const std::string& name) {
-  const auto dir =
-      std::filesystem::temp_directory_path() /
-      ("dilated_optimizer_test_" + std::to_string(std::random_device{}()) + "_" + name);
-  std::filesystem::create_directories(dir);
-  return dir.string();
-}
 
 using dilated::testing::normal_values;
 
@@ -187,7 +180,7 @@ TEMPLATE_LIST_TEST_CASE("AdamW on a layer's parameters equals the published upda
     }
   }
   // The moments, read back through the state files.
-  const std::string dir = scratch_directory("adamw_reference");
+  const std::string dir = dilated::testing::scratch_directory("adamw_reference");
   adamw.save_state(ExecSpace(), dir);
   for (std::size_t k = 0; k < tensors.size(); ++k) {
     INFO(tensors[k].name);
@@ -276,7 +269,8 @@ TEMPLATE_LIST_TEST_CASE("8-bit AdamW: codes and block scales, and the step from 
   // The first step updates from the unquantized moments: the same arithmetic as AdamW.
   CHECK(fetch<T>(Flat<T>(p8.data(), n + small)) == fetch<T>(Flat<T>(p32.data(), n + small)));
 
-  const std::string d8 = scratch_directory("codes8"), d32 = scratch_directory("codes32");
+  const std::string d8 = dilated::testing::scratch_directory("codes8"),
+                    d32 = dilated::testing::scratch_directory("codes32");
   adam8.save_state(ExecSpace(), d8);
   adam32.save_state(ExecSpace(), d32);
   const auto s = training::Impl::dynamic_map(true), u = training::Impl::dynamic_map(false);
@@ -641,7 +635,7 @@ struct TwoTensors {
 template <class Optimizer>
 void check_resume(const std::string& name) {
   using T = typename Optimizer::value_type;
-  const std::string dir = scratch_directory(name);
+  const std::string dir = dilated::testing::scratch_directory(name);
   TwoTensors<T> a, b;
   store<T>(Flat<T>(a.p.data(), a.n + a.small), normal_values(a.n + a.small, 1));
   const auto options = training::AdamWOptions().set_lr(3e-3).set_weight_decay(0.05);
@@ -815,7 +809,7 @@ TEST_CASE("Optimizers reject bad input, naming the argument", "[optimizers]" TES
       ContainsSubstring("pair_gradients: parameters has 8 tensors but gradients has 4"));
 
   // Loading: a missing file names itself; a code out of range names the file; nothing changes.
-  const std::string dir = scratch_directory("errors");
+  const std::string dir = dilated::testing::scratch_directory("errors");
   AdamW8bit adam8;
   adam8.step(ExecSpace(), list);
   adam8.save_state(ExecSpace(), dir);
