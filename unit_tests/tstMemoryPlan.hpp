@@ -128,6 +128,15 @@ void check_plan(bool checkpointing) {
       CHECK(planned >= held);
       CHECK(planned - held <= 7 * entries);
     };
+    // The CUDA Original's score workspaces (its tensor-core slots, stored matrices, cuBLAS
+    // groups) are planned at their bound, AttentionOptions::workspace_bytes(), which long
+    // sequences reach and this small problem does not: for those entries the bytes they hold
+    // (the hooks') stand in for the bound. No host path plans at the bound.
+    std::size_t bound_slack = 0;
+    for (const auto& e : plan.entries())
+      if (e.kind == MemoryKind::attention_workspace &&
+          e.bytes == dilated::AttentionOptions().workspace_bytes())
+        bound_slack += e.bytes * e.count - static_cast<std::size_t>(Hooks::labels[e.label]);
     const auto memory = model.memory();
     near(MemoryKind::weights, memory.parameters);
     near(MemoryKind::activations, memory.activations);
@@ -135,7 +144,7 @@ void check_plan(bool checkpointing) {
          training::Impl::plan_grad_norm<training::Impl::state_t<T>, MemSpace>(
              trainer.tensors().size())
              .bytes());
-    near(MemoryKind::attention_workspace, memory.attention_workspace);
+    near(MemoryKind::attention_workspace, memory.attention_workspace, bound_slack);
     // The token checks' 16-byte results are not in the layers' workspace_bytes().
     near(MemoryKind::loss_workspace, memory.loss_workspace, 2 * 2 * sizeof(long));
     std::size_t gradients = 0;
@@ -147,7 +156,8 @@ void check_plan(bool checkpointing) {
          optimizer.state_bytes() - plan.bytes(MemoryKind::master_weights),
          eight_bit ? 2 * 256 * sizeof(float) : 0);  // the quantization maps
     // In all, against the hooks' peak.
-    const double planned = static_cast<double>(plan.bytes() - plan.bytes(MemoryKind::library));
+    const double planned =
+        static_cast<double>(plan.bytes() - plan.bytes(MemoryKind::library) - bound_slack);
     const double seen = static_cast<double>(Hooks::peak);
     CAPTURE(planned, seen);
     CHECK(std::abs(planned - seen) <= 0.01 * seen);
