@@ -1,7 +1,8 @@
 # dilated_add_backend_tests(NAMES <name>...)
 #   For every Kokkos backend this build has (Serial, OpenMP, CUDA), generates
 #   tst<name>_<Backend>.cpp = Test<Backend>_Category.hpp + tst<name>.hpp and registers one
-#   executable and ctest per (name, backend): every test body runs on every backend.
+#   executable and ctest per (name, backend): every test body runs on every backend, or on those
+#   listed in DilatedAttention_TEST_BACKENDS (e.g. "OpenMP": the sanitizer build's one backend).
 # dilated_add_host_tests(NAMES <name>...)
 #   tst<name>.cpp on the host only (the double reference, golden files, .npy I/O).
 
@@ -31,6 +32,9 @@ function(dilated_add_backend_tests)
       list(GET _categories ${_j} _backend)
       math(EXPR _i "${_i} + 2")
       if(NOT Kokkos_ENABLE_${_flag})
+        continue()
+      endif()
+      if(DilatedAttention_TEST_BACKENDS AND NOT _backend IN_LIST DilatedAttention_TEST_BACKENDS)
         continue()
       endif()
       set(_dir ${CMAKE_CURRENT_BINARY_DIR}/${_backend})

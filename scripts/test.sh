@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The README's test command: set up a fresh machine (scripts/setup.sh), configure and build the
 # library with its tests (preset "tests"; on a machine with CUDA the "cuda" preset, every backend
-# the build has: Serial, OpenMP and CUDA), and run them with ctest. `--cpu` first keeps the host
-# build on a CUDA machine. Extra arguments go to ctest.
+# the build has: Serial, OpenMP and CUDA), and run them with ctest; on the host build, then the
+# sanitizer build (preset "sanitize") and its ctest. `--cpu` first keeps the host build on a CUDA
+# machine. Extra arguments go to ctest.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here"
@@ -17,4 +18,14 @@ if [ "$gpu" = 1 ]; then
   ctest --test-dir "$build_dir" --output-on-failure "$@"
 else
   ctest --preset tests "$@"
+  # The same tests (OpenMP backend), examples and tool again under AddressSanitizer and
+  # UndefinedBehaviorSanitizer (preset "sanitize"): any finding aborts its test and fails the
+  # run. DILATED_SKIP_SANITIZE=1 leaves it out.
+  if [ "${DILATED_SKIP_SANITIZE:-0}" != 1 ]; then
+    echo "[test] sanitizer build (AddressSanitizer + UndefinedBehaviorSanitizer)" >&2
+    cmake --preset sanitize >/dev/null
+    cmake --build --preset sanitize -j "$jobs"
+    echo "[test] ctest under the sanitizers" >&2
+    ctest --preset sanitize "$@"
+  fi
 fi
