@@ -39,6 +39,9 @@ import statistics
 import sys
 import types
 
+# The peers' timing loop (3 untimed calls, then CUDA events per call), shared with the layer script.
+from peer_layer_bench import time_calls
+
 IMPLS = ("DilatedAttention", "ImprovedDilatedAttention", "dense_bound")
 
 
@@ -85,21 +88,6 @@ def check_length(n, segments):
     bad = [w for w in segments if n % w]
     if bad:
         raise ValueError(f"n = {n} is not a multiple of the segment lengths {bad}")
-
-
-def time_calls(torch, fn, repeat):
-    for _ in range(3):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(repeat):
-        start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        stop.record()
-        stop.synchronize()
-        times.append(start.elapsed_time(stop))
-    return times
 
 
 def gather_dense(torch, x, dim, plan):
