@@ -120,8 +120,8 @@ TEMPLATE_LIST_TEST_CASE("Layer forward equals the host layer in double", "[layer
 }
 
 TEST_CASE("Layer: Original and Improved agree, forward and backward", "[layer]" TEST_CATEGORY) {
-  // float, same parameters (same initialisation seed): the fused projection of Improved's
-  // self-attention against Original's three products.
+  // float, same parameters (same initialisation seed): the two attention algorithms inside the
+  // same layer code, self-attention (one fused projection) and cross-attention (three).
   for (bool self : {true, false}) {
     const LayerConfig c{32, 4, {16, 32, 64}, {1, 2, 4}, Semantics::longnet, true};
     CAPTURE(self);
@@ -366,6 +366,39 @@ TEMPLATE_TEST_CASE(
   CHECK(layer.workspace()->bytes() > 0);
   layer.release_workspace();
   CHECK(other.workspace()->bytes() == 0);
+}
+
+TEMPLATE_TEST_CASE("Layer: the forward that keeps no activations equals the one that does",
+                   "[layer][workspace]" TEST_CATEGORY, dilated::Original, dilated::Improved) {
+  // Heads of 64 in half: on CUDA the Original's tensor-core path, whose score workspace the
+  // forward without Activations borrows for its normed heads once the attention has returned
+  // (Impl::score_workspace_label), and whose backward keeps its stored matrices in the same
+  // buffer. Forwards of both kinds and backwards alternate through one layer: every result
+  // equals the first of its kind. Tolerance: two half ulps at 1 (an atomic accumulation may sum
+  // in another order from launch to launch); a buffer overwritten by another use is off by O(1).
+  using T = Kokkos::Experimental::half_t;
+  const LayerConfig c{128, 2, {64, 128}, {1, 2}, Semantics::grouped, true};
+  const auto layer = make_layer<TestType, T>(c, true, 21);
+  const int b = 1, n = 256;
+  Host3 xh = random_tokens(b, n, c.embed_dim, 22), rh = random_tokens(b, n, c.embed_dim, 23);
+  const auto x = store<T>(xh), dout = store<T>(rh);
+  const dilated::ForwardOptions call{true, false, 0};
+  typename Layer<TestType, T>::Activations saved;
+  typename Layer<TestType, T>::Gradients grads;
+  Tokens<T> out("out", b, n, c.embed_dim);
+  layer.forward(ExecSpace(), x, x, x, out, saved, call);
+  layer.backward(ExecSpace(), x, x, x, dout, saved, grads, call);
+  const Host3 first = fetch(out), first_dx = fetch(grads.query);
+  const double tol = 2e-3;
+  for (int round = 0; round < 2; ++round) {
+    CAPTURE(round);
+    layer.forward(ExecSpace(), x, x, x, out, call);
+    DILATED_CHECK_ALLCLOSE(fetch(out), first, tol, tol);
+    layer.forward(ExecSpace(), x, x, x, out, saved, call);
+    layer.backward(ExecSpace(), x, x, x, dout, saved, grads, call);
+    DILATED_CHECK_ALLCLOSE(fetch(out), first, tol, tol);
+    DILATED_CHECK_ALLCLOSE(fetch(grads.query), first_dx, tol, tol);
+  }
 }
 
 TEMPLATE_TEST_CASE("Layer backward with dropout equals finite differences of its forward",

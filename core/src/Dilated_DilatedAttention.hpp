@@ -168,7 +168,7 @@ class DilatedAttention {
       };
       if (tensor && (d == 64 || d == 128)) {
         fused_forward();
-        need("dilated::original::score_slots", bound);
+        need(Impl::score_workspace_label, bound);
       } else {
         need("dilated::original::out_accumulator", a4);
         need("dilated::original::lse_accumulator", a3);
@@ -181,7 +181,7 @@ class DilatedAttention {
       if (backward) {
         if (tensor && d == 64) {
           fused_backward();
-          need("dilated::original::stored_matrices", bound);
+          need(Impl::score_workspace_label, bound);
         } else {
           need("dilated::original::lse_accumulator",
                Impl::Accumulator3<ExecSpace, Acc>::required_allocation_size(longnet ? b : 0, t, h));

@@ -204,7 +204,7 @@ void original_backward_branches(const Kokkos::Cuda& space,
   const long chunk_items =
       std::max(1L, std::min(most_items, static_cast<long>(workspace_bytes / item_bytes)));
   const auto workspace = scratch_view<Kokkos::View<std::uint32_t*, Kokkos::CudaSpace>>(
-      space, "dilated::original::stored_matrices", false,
+      space, score_workspace_label, false,
       2 * static_cast<std::size_t>(chunk_items) * ld * (ld / 2));
   for (const auto& launch : launches) {
     before_branch(launch);

@@ -332,7 +332,7 @@ void original_forward_branches(const Kokkos::Cuda& space, const Geometry& g,
   ws.tiles = tiles;
   ws.slots = static_cast<int>(std::max(1L, std::min({resident, most_teams, budget_slots})));
   ws.scores = scratch_view<Kokkos::View<uint4*, Kokkos::CudaSpace>>(
-      space, "dilated::original::score_slots", false,
+      space, score_workspace_label, false,
       static_cast<std::size_t>(ws.slots) * tiles * (Tiles::tile_score_bytes / 16));
   ws.offsets = scratch_view<Kokkos::View<float*, Kokkos::CudaSpace>>(
       space, "dilated::original::score_offsets", false,

@@ -66,6 +66,15 @@ class ScratchPool {
   std::vector<Entry> entries_;
 };
 
+// The label of the attention's score workspace: the Original's forward score slots
+// (impl/Dilated_OriginalMmaForward.hpp) and its backward's stored matrices
+// (impl/Dilated_OriginalMmaBackward.hpp). The two are never live together (a forward returns
+// before its backward starts), and neither outlives its call, so one buffer serves both (before,
+// a training step held the forward's 136 MiB of slots beside the backward's matrices: E = 768,
+// 12 heads, fp16, on an H200). A caller sharing the pool may borrow it between attention calls
+// for a temporary of its own (the multihead layer's normed heads when it keeps no activations).
+inline constexpr const char* score_workspace_label = "dilated::score_workspace";
+
 // The pool of the call running in this thread (ScratchScope), or null.
 inline ScratchPool*& current_scratch_pool() {
   static thread_local ScratchPool* pool = nullptr;
