@@ -36,7 +36,8 @@ using Memory = Space::memory_space;
 
 struct Config {
   std::string data = "build/corpus", model = "small", block = "standard", policy = "improved";
-  std::string dtype = "half", optimizer = "adamw", semantics = "grouped", log, save, resume;
+  std::string dtype = "half", optimizer = "adamw", semantics = "grouped", gelu = "none", log, save,
+              resume;
   int layers = 0, embed = 0, heads = 0, vocab = 256, batch = 1;
   long length = 65536, steps = 300, warmup = 30, eval_every = 50, eval_batches = 2, save_every = 0,
        chunk = 4096;
@@ -127,6 +128,7 @@ int train(const Config& c) {
   options.dilation_rates = c.dilations;
   options.semantics = dilated::semantics_from_string(c.semantics);
   options.checkpointing = c.checkpointing;
+  options.gelu = dilated::gelu_approximation_from_string(c.gelu);
   options.loss_chunk_tokens = c.chunk;
   options.init_seed = c.seed;
 
@@ -174,7 +176,8 @@ int train(const Config& c) {
              << "\", \"checkpointing\": " << (c.checkpointing ? "true" : "false")
              << ", \"batch\": " << c.batch << ", \"sequence_length\": " << c.length
              << ", \"steps\": " << c.steps << ", \"lr\": " << json_number(c.lr)
-             << ", \"semantics\": \"" << c.semantics << "\", \"device\": \"" << Space::name()
+             << ", \"semantics\": \"" << c.semantics << "\", \"gelu\": \"" << c.gelu
+             << "\", \"device\": \"" << Space::name()
              << "\", \"flops_per_token\": " << json_number(flops_token);
 
   const auto eval = [&]() {
@@ -208,10 +211,10 @@ int train(const Config& c) {
 
   double timed_seconds = 0;
   long timed_steps = 0;
-  std::printf("%s %s/%s %s, %lld parameters, n = %ld, batch %d, %s%s\n", shape.name.c_str(),
-              c.block.c_str(), c.policy.c_str(), c.dtype.c_str(),
+  std::printf("%s %s/%s %s, %lld parameters, n = %ld, batch %d, %s%s, gelu %s\n",
+              shape.name.c_str(), c.block.c_str(), c.policy.c_str(), c.dtype.c_str(),
               shape.parameter_count(!Block::is_custom), c.length, c.batch, c.optimizer.c_str(),
-              c.checkpointing ? ", checkpointing" : "");
+              c.checkpointing ? ", checkpointing" : "", c.gelu.c_str());
   for (long step = trainer.steps_attempted(); step < c.steps; ++step) {
     train_data.draw(space, ids, targets);
     const auto start = std::chrono::steady_clock::now();
@@ -359,6 +362,10 @@ int main(int argc, char** argv) {
   app.add_option("--semantics", c.semantics, "grouped (the peers) or longnet (the paper)")
       ->check(CLI::IsMember({"grouped", "longnet"}));
   app.add_flag("--checkpointing", c.checkpointing, "activation checkpointing per block");
+  app.add_option("--gelu", c.gelu,
+                 "the feed-forward's GELU: none (exact, PyTorch's default) or tanh (in the "
+                 "products' epilogues on CUDA)")
+      ->check(CLI::IsMember({"none", "tanh"}));
   app.add_option("--length", c.length, "tokens per sequence")->check(CLI::PositiveNumber);
   app.add_option("--batch", c.batch, "sequences per step")->check(CLI::PositiveNumber);
   app.add_option("--steps", c.steps, "training steps")->check(CLI::PositiveNumber);

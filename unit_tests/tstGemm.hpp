@@ -126,3 +126,84 @@ TEST_CASE("gemm: K = 0 scales C, and mismatched extents throw", "[gemm]" TEST_CA
   REQUIRE_THROWS_WITH(dilated::Impl::gemm(ExecSpace(), Op::T, Op::N, 1.0, a2, b2, 0.0, c),
                       ContainsSubstring("op(A) has 5 rows but C has 3"));
 }
+
+namespace {
+
+// PyTorch's tanh GELU and its derivative in double (written out here, not the library's).
+double tanh_gelu(double x) {
+  const double k = std::sqrt(2.0 / M_PI);
+  return 0.5 * x * (1.0 + std::tanh(k * (x + 0.044715 * x * x * x)));
+}
+double tanh_gelu_derivative(double x) {
+  const double k = std::sqrt(2.0 / M_PI);
+  const double t = std::tanh(k * (x + 0.044715 * x * x * x));
+  return 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * k * (1.0 + 3 * 0.044715 * x * x);
+}
+
+}  // namespace
+
+TEMPLATE_LIST_TEST_CASE("gemm_bias_gelu and gemm_dgelu equal plain loops (tanh GELU)",
+                        "[gemm]" TEST_CATEGORY, dilated::testing::StorageTypes) {
+  // The feed-forward's two products with the GELU in cuBLASLt's epilogue: on CUDA for half, bf16
+  // and float they must take it (for a shape cuBLASLt's rules allow: the auxiliary matrix's
+  // columns a multiple of 8); elsewhere, and for double, they decline and change nothing.
+  using T = TestType;
+  bool expect_epilogue = false;
+#if defined(KOKKOS_ENABLE_CUDA)
+  expect_epilogue = std::is_same_v<ExecSpace, Kokkos::Cuda> && !std::is_same_v<T, double>;
+#endif
+  struct Shape {
+    int m, n, k;
+    bool aligned;  // every leading dimension a multiple of 8: cuBLASLt must take it
+  };
+  // n: the hidden width (the auxiliary matrix's columns); k: the layer's width. Odd k may or may
+  // not have a cuBLASLt algorithm; where it has, the result is checked all the same.
+  const Shape shapes[] = {{64, 96, 32, true}, {1, 8, 16, true}, {37, 40, 29, false}};
+  std::uint64_t seed = 40;
+  for (const auto& s : shapes) {
+    CAPTURE(s.m, s.n, s.k);
+    const double tol = gemm_tolerance<T>() * std::sqrt(double(s.k));
+    // Forward: C = gelu(x w^T + b), aux = x w^T + b.
+    const auto [x, xh] = random_matrix<T>(s.m, s.k, ++seed);
+    const auto [w, wh] = random_matrix<T>(s.n, s.k, ++seed);
+    const auto [bias2, bh] = random_matrix<T>(1, s.n, ++seed);
+    const auto bias = Kokkos::subview(bias2, 0, Kokkos::ALL);
+    const Matrix<T> c("c", s.m, s.n), aux("aux", s.m, s.n);
+    const bool took = dilated::Impl::gemm_bias_gelu(ExecSpace(), Op::N, Op::T, x, w, bias, c, aux);
+    if (s.aligned || !expect_epilogue) REQUIRE(took == expect_epilogue);
+    if (!took) {
+      CHECK(as_host(c)(0, 0) == 0.0);  // declined: nothing written
+      continue;
+    }
+    Host2 zero("zero", s.m, s.n);
+    const Host2 h = expected_product(Op::N, Op::T, 1.0, xh, wh, 0.0, zero);
+    Host2 pre("pre", s.m, s.n), act("act", s.m, s.n);
+    for (int i = 0; i < s.m; ++i)
+      for (int j = 0; j < s.n; ++j) {
+        pre(i, j) = h(i, j) + bh(0, j);
+        act(i, j) = tanh_gelu(pre(i, j));
+      }
+    DILATED_CHECK_ALLCLOSE(as_host(aux), pre, tol, tol);
+    DILATED_CHECK_ALLCLOSE(as_host(c), act, tol, tol);
+
+    // Backward: G = (dy w2) * gelu'(aux), dy (m x e), w2 (e x n), e = k; the derivative taken at
+    // the auxiliary values as stored in T.
+    const auto [dy, dyh] = random_matrix<T>(s.m, s.k, ++seed);
+    const auto [w2, w2h] = random_matrix<T>(s.k, s.n, ++seed);
+    const Matrix<T> g("g", s.m, s.n);
+    const bool took_dgelu = dilated::Impl::gemm_dgelu(ExecSpace(), Op::N, Op::N, dy, w2, aux, g);
+    if (s.aligned) REQUIRE(took_dgelu);
+    if (!took_dgelu) continue;
+    const Host2 stored = as_host(aux);
+    Host2 dg = expected_product(Op::N, Op::N, 1.0, dyh, w2h, 0.0, zero);
+    for (int i = 0; i < s.m; ++i)
+      for (int j = 0; j < s.n; ++j)
+        dg(i, j) *= tanh_gelu_derivative(stored(i, j));
+    // cuBLASLt's DGELU epilogue evaluates the derivative to about 2^-11 (absolute; measured on the
+    // H200 in float: 5e-5, worst 2.7e-4 on products of magnitude ~sqrt(k)), a hardware tanh's
+    // accuracy rather than float's: that error times |dy w2| ~ sqrt(k) bounds the float case
+    // (half and bf16 round their results more than that already).
+    const double dgelu_tol = std::max(tol, std::ldexp(1.0, -11) * std::sqrt(double(s.k)));
+    DILATED_CHECK_ALLCLOSE(as_host(g), dg, dgelu_tol, dgelu_tol);
+  }
+}

@@ -2,7 +2,9 @@
 // policies on every backend: forward against the host blocks in double (Dilated_BlockReference),
 // every parameter's and the input's gradient against central finite differences of the host
 // block (double), the checkpointed (recomputing) backward against the saved one, dx in place of
-// dy, buffers reused across calls, and the errors for bad arguments.
+// dy, buffers reused across calls, and the errors for bad arguments. Both GELUs: the exact one
+// and the tanh approximation (on CUDA in the products' epilogues, whose gradients in half, bf16
+// and float are checked against the same block's in double).
 #include <DilatedAttention.hpp>
 #include <Dilated_Allclose.hpp>
 #include <Dilated_TokenTestData.hpp>
@@ -82,15 +84,21 @@ struct Case {
   LayerConfig config;
   int b, n;
   bool causal;
+  dilated::GeluApproximation gelu = dilated::GeluApproximation::none;
 };
+
+constexpr bool is_tanh(const Case& c) {
+  return c.gelu == dilated::GeluApproximation::tanh;
+}
 
 template <class Kind, class Policy, class T>
 void check_forward(const Case& c, std::uint64_t seed) {
   using Block = typename Kind::template Block<T>;
   CAPTURE(Kind::custom, dilated::to_string(c.config.semantics), c.config.embed_dim, c.b, c.n,
-          c.causal);
-  const Block block(c.config.embed_dim, c.config.num_heads, c.config.segs, c.config.dils,
-                    c.config.semantics, seed);
+          c.causal, dilated::to_string(c.gelu));
+  Block block(c.config.embed_dim, c.config.num_heads, c.config.segs, c.config.dils,
+              c.config.semantics, seed);
+  block.set_gelu(c.gelu);
   perturb_parameters(block);
   const int e = c.config.embed_dim;
   Host3 hx = random_tokens(c.b, c.n, e, seed + 1);
@@ -99,7 +107,7 @@ void check_forward(const Case& c, std::uint64_t seed) {
   block.forward(ExecSpace(), x, y, {c.causal, false, 0});
   const auto expected = dilated::testing::host_block(
       Kind::custom, c.config, dilated::testing::host_tensors(block.parameters().named_tensors()),
-      hx, c.causal);
+      hx, c.causal, is_tanh(c));
   const double tol = block_tolerance<T>();
   DILATED_CHECK_ALLCLOSE(fetch(y), expected, tol, tol);
 }
@@ -109,6 +117,13 @@ const std::vector<Case> forward_cases = {
     {{24, 3, {8, 16, 32}, {1, 2, 4}, Semantics::longnet}, 1, 40, false},
     // embed_dim 12 with 3 heads: rows of no whole 16-byte pack in half (8 per pack).
     {{12, 3, {8, 16}, {1, 2}, Semantics::longnet}, 1, 21, true},
+    // The tanh GELU (hidden widths 64 and 96: cuBLASLt's epilogue on CUDA).
+    {{16, 2, {8, 16}, {1, 2}, Semantics::grouped}, 2, 24, true, dilated::GeluApproximation::tanh},
+    {{24, 3, {8, 16, 32}, {1, 2, 4}, Semantics::longnet},
+     1,
+     40,
+     false,
+     dilated::GeluApproximation::tanh},
 };
 
 template <class Kind>
@@ -129,9 +144,10 @@ template <class Kind>
 void check_gradients(const Case& c, std::uint64_t seed) {
   using Block = typename Kind::template Block<double>;
   CAPTURE(Kind::custom, dilated::to_string(c.config.semantics), c.config.embed_dim, c.b, c.n,
-          c.causal);
-  const Block block(c.config.embed_dim, c.config.num_heads, c.config.segs, c.config.dils,
-                    c.config.semantics, seed);
+          c.causal, dilated::to_string(c.gelu));
+  Block block(c.config.embed_dim, c.config.num_heads, c.config.segs, c.config.dils,
+              c.config.semantics, seed);
+  block.set_gelu(c.gelu);
   perturb_parameters(block);
   const int e = c.config.embed_dim;
   Host3 hx = random_tokens(c.b, c.n, e, seed + 1);
@@ -147,7 +163,8 @@ void check_gradients(const Case& c, std::uint64_t seed) {
 
   HostParameters p = dilated::testing::host_tensors(block.parameters().named_tensors());
   const auto loss = [&](const Host3& input) {
-    const Host3 out = dilated::testing::host_block(Kind::custom, c.config, p, input, c.causal);
+    const Host3 out =
+        dilated::testing::host_block(Kind::custom, c.config, p, input, c.causal, is_tanh(c));
     double sum = 0;
     for (std::size_t i = 0; i < out.size(); ++i)
       sum += out.data()[i] * hr.data()[i];
@@ -213,10 +230,100 @@ TEMPLATE_TEST_CASE("Transformer blocks: gradients equal finite differences (doub
       {{8, 2, {4, 8}, {1, 2}, Semantics::longnet}, 1, 11, false},
       // embed_dim 9: the one-element paths (double packs are 2 wide).
       {{9, 3, {4, 8}, {1, 2}, Semantics::longnet}, 1, 10, true},
+      {{8, 2, {4, 8}, {1, 2}, Semantics::grouped}, 2, 12, true, dilated::GeluApproximation::tanh},
   };
   std::uint64_t seed = 900;
   for (const auto& c : cases)
     check_gradients<TestType>(c, seed += 10);
+}
+
+namespace {
+
+// The same block in T and in double (T's parameter values, widened): forward and backward of
+// both, every gradient compared per tensor, with the tolerance relative to the tensor's largest
+// double value (sums over rows of rounded terms: an element's error follows its tensor's scale,
+// not its own, which may be near zero).
+template <class Kind, class T>
+void check_against_double(const Case& c, std::uint64_t seed) {
+  using Block = typename Kind::template Block<T>;
+  using Wide = typename Kind::template Block<double>;
+  CAPTURE(Kind::custom, c.config.embed_dim, c.b, c.n, dilated::to_string(c.gelu));
+  Block block(c.config.embed_dim, c.config.num_heads, c.config.segs, c.config.dils,
+              c.config.semantics, seed);
+  block.set_gelu(c.gelu);
+  perturb_parameters(block);
+  Wide wide(c.config.embed_dim, c.config.num_heads, c.config.segs, c.config.dils,
+            c.config.semantics, seed);
+  wide.set_gelu(c.gelu);
+  const auto from = block.parameters().named_tensors();
+  const auto to = wide.parameters().named_tensors();
+  REQUIRE(from.size() == to.size());
+  for (std::size_t t = 0; t < from.size(); ++t) {
+    const auto values = fetch_flat(from[t]);
+    auto host = Kokkos::create_mirror_view(to[t].values);
+    for (std::size_t i = 0; i < host.extent(0); ++i)
+      host(i) = values(i);
+    Kokkos::deep_copy(to[t].values, host);
+  }
+  const int e = c.config.embed_dim;
+  Host3 hx = random_tokens(c.b, c.n, e, seed + 1), hr = random_tokens(c.b, c.n, e, seed + 2);
+  const dilated::ForwardOptions call{c.causal, false, 0};
+  // Inputs rounded to T first, so that both blocks see the same values.
+  const auto x = store<T>(hx), r = store<T>(hr);
+  Host3 hx_t = fetch(x), hr_t = fetch(r);
+  const auto xw = store<double>(hx_t), rw = store<double>(hr_t);
+  typename Block::Activations saved;
+  typename Block::Gradients grads;
+  typename Wide::Activations saved_w;
+  typename Wide::Gradients grads_w;
+  Tokens<T> y("y", c.b, c.n, e), dx("dx", c.b, c.n, e);
+  Tokens<double> yw("yw", c.b, c.n, e), dxw("dxw", c.b, c.n, e);
+  block.forward(ExecSpace(), x, y, saved, call);
+  block.backward(ExecSpace(), x, r, dx, saved, grads, call);
+  wide.forward(ExecSpace(), xw, yw, saved_w, call);
+  wide.backward(ExecSpace(), xw, rw, dxw, saved_w, grads_w, call);
+  const double tol = block_tolerance<T>();
+  const auto largest = [](const auto& v) {
+    double m = 0;
+    for (std::size_t i = 0; i < v.size(); ++i)
+      m = std::max(m, std::abs(v.data()[i]));
+    return m;
+  };
+  // The input gradient's scale is the floor: every gradient is a sum of the same per-row terms,
+  // and one that vanishes in exact arithmetic (the key bias's, by the softmax's invariance) keeps
+  // rounding at that scale.
+  const Host3 dx_double = fetch(dxw);
+  const double floor = largest(dx_double);
+  const auto scaled = [&](const auto& got, const auto& want) {
+    DILATED_CHECK_ALLCLOSE(got, want, tol, tol * std::max(floor, largest(want)));
+  };
+  scaled(fetch(y), fetch(yw));
+  scaled(fetch(dx), dx_double);
+  const auto got = grads.parameters.named_tensors();
+  const auto want = grads_w.parameters.named_tensors();
+  REQUIRE(got.size() == want.size());
+  for (std::size_t t = 0; t < got.size(); ++t) {
+    CAPTURE(got[t].name);
+    scaled(fetch_flat(got[t]), fetch_flat(want[t]));
+  }
+}
+
+}  // namespace
+
+TEMPLATE_TEST_CASE("Transformer blocks: gradients in half, bf16 and float equal double's",
+                   "[block][backward]" TEST_CATEGORY, Standard<dilated::Improved>,
+                   Custom<dilated::Original>) {
+  // Hidden width 64 (E = 16): on CUDA the tanh GELU and its derivative run in cuBLASLt's
+  // epilogues for the narrow types, the exact GELU in passes of its own; double runs neither.
+  std::uint64_t seed = 1300;
+  for (const auto gelu : {dilated::GeluApproximation::none, dilated::GeluApproximation::tanh}) {
+    const Case c{{16, 2, {8, 16}, {1, 2}, Semantics::grouped}, 2, 32, true, gelu};
+    check_against_double<TestType, float>(c, seed += 10);
+    check_against_double<TestType, Kokkos::Experimental::half_t>(c, seed += 10);
+#if DILATED_HAVE_BHALF
+    check_against_double<TestType, Kokkos::Experimental::bhalf_t>(c, seed += 10);
+#endif
+  }
 }
 
 TEMPLATE_TEST_CASE("Transformer blocks: calls after the first reuse every buffer",

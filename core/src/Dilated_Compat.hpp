@@ -98,11 +98,13 @@ using Kokkos::erf;
 using Kokkos::exp;
 using Kokkos::log;
 using Kokkos::sqrt;
+using Kokkos::tanh;
 #else
 using Kokkos::Experimental::erf;
 using Kokkos::Experimental::exp;
 using Kokkos::Experimental::log;
 using Kokkos::Experimental::sqrt;
+using Kokkos::Experimental::tanh;
 #endif
 
 // +inf of a floating type, usable in kernels (Kokkos::Experimental::infinity in 3.4 and 4.x).

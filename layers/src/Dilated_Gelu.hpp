@@ -1,10 +1,17 @@
-// PyTorch's nn.GELU() (the exact form, approximate='none') and its derivative, elementwise over
-// dense row-major matrices:
+// PyTorch's nn.GELU(approximate=...) and its derivative, elementwise over dense row-major
+// matrices. The exact form (approximate='none', nn.GELU()'s default and the blocks'):
 //
 //   gelu(x)  = x Phi(x) = x (1 + erf(x / sqrt 2)) / 2
 //   gelu'(x) = Phi(x) + x phi(x),  phi(x) = exp(-x^2 / 2) / sqrt(2 pi)
 //
-// in float (double for double storage). Memory-bound: one flat pass, 16 bytes a thread where the
+// and the tanh approximation (approximate='tanh', GPT-2's), u = sqrt(2 / pi) (x + 0.044715 x^3):
+//
+//   gelu(x)  = x (1 + tanh u) / 2
+//   gelu'(x) = (1 + tanh u) / 2 + x (1 - tanh^2 u) sqrt(2 / pi) (1 + 3 * 0.044715 x^2) / 2
+//
+// The tanh form is the one cuBLASLt's GELU epilogues compute, so on CUDA it can live in the
+// products' epilogues (Dilated_Gemm.hpp: gemm_bias_gelu, gemm_dgelu) instead of passes of its own.
+// In float (double for double storage). Memory-bound: one flat pass, 16 bytes a thread where the
 // buffers allow it (Pack), so each value is read and written once.
 #ifndef DILATED_GELU_HPP
 #define DILATED_GELU_HPP
@@ -16,17 +23,46 @@
 
 #include <Kokkos_Core.hpp>
 
+#include <stdexcept>
+#include <string>
+#include <string_view>
 #include <type_traits>
 
-namespace dilated::Impl {
+namespace dilated {
+
+// Which GELU a feed-forward computes: PyTorch's nn.GELU(approximate='none') or ('tanh').
+enum class GeluApproximation { none, tanh };
+
+// PyTorch's names: "none", "tanh".
+inline const char* to_string(GeluApproximation approximation) {
+  return approximation == GeluApproximation::tanh ? "tanh" : "none";
+}
+inline GeluApproximation gelu_approximation_from_string(std::string_view name) {
+  if (name == "none") return GeluApproximation::none;
+  if (name == "tanh") return GeluApproximation::tanh;
+  throw std::invalid_argument("dilated: gelu = '" + std::string(name) +
+                              "' is not one of 'none', 'tanh'");
+}
+
+namespace Impl {
 
 template <class Acc>
-KOKKOS_INLINE_FUNCTION Acc gelu_value(Acc x) {
+KOKKOS_INLINE_FUNCTION Acc gelu_value(Acc x, GeluApproximation approximation) {
+  if (approximation == GeluApproximation::tanh) {
+    const Acc u = Acc(0.79788456080286535588) * (x + Acc(0.044715) * x * x * x);
+    return Acc(0.5) * x * (Acc(1) + math::tanh(u));
+  }
   return Acc(0.5) * x * (Acc(1) + math::erf(x * Acc(0.70710678118654752440)));
 }
 
 template <class Acc>
-KOKKOS_INLINE_FUNCTION Acc gelu_derivative(Acc x) {
+KOKKOS_INLINE_FUNCTION Acc gelu_derivative(Acc x, GeluApproximation approximation) {
+  if (approximation == GeluApproximation::tanh) {
+    const Acc k = Acc(0.79788456080286535588);
+    const Acc t = math::tanh(k * (x + Acc(0.044715) * x * x * x));
+    return Acc(0.5) * (Acc(1) + t) +
+           Acc(0.5) * x * (Acc(1) - t * t) * k * (Acc(1) + Acc(3 * 0.044715) * x * x);
+  }
   const Acc cdf = Acc(0.5) * (Acc(1) + math::erf(x * Acc(0.70710678118654752440)));
   const Acc pdf = Acc(0.39894228040143267794) * math::exp(Acc(-0.5) * x * x);
   return cdf + x * pdf;
@@ -47,7 +83,8 @@ int flat_pack_width(long size, const Pointers*... pointers) {
 }
 
 template <class T, int W, class ExecSpace>
-void gelu_forward_flat(const ExecSpace& space, const T* hp, T* gp, long size) {
+void gelu_forward_flat(const ExecSpace& space, const T* hp, T* gp, long size,
+                       GeluApproximation approximation) {
   using Acc = gemm_accumulation_t<T>;
   using P = Pack<T, W>;
   const P* in = reinterpret_cast<const P*>(hp);
@@ -58,13 +95,14 @@ void gelu_forward_flat(const ExecSpace& space, const T* hp, T* gp, long size) {
         const P v = in[p];
         P o;
         for (int w = 0; w < W; ++w)
-          o.v[w] = static_cast<T>(gelu_value(static_cast<Acc>(v.v[w])));
+          o.v[w] = static_cast<T>(gelu_value(static_cast<Acc>(v.v[w]), approximation));
         out[p] = o;
       });
 }
 
 template <class T, int W, class ExecSpace>
-void gelu_backward_flat(const ExecSpace& space, const T* hp, const T* dgp, T* dhp, long size) {
+void gelu_backward_flat(const ExecSpace& space, const T* hp, const T* dgp, T* dhp, long size,
+                        GeluApproximation approximation) {
   using Acc = gemm_accumulation_t<T>;
   using P = Pack<T, W>;
   const P* h = reinterpret_cast<const P*>(hp);
@@ -76,15 +114,16 @@ void gelu_backward_flat(const ExecSpace& space, const T* hp, const T* dgp, T* dh
         const P x = h[p], d = dg[p];
         P o;
         for (int w = 0; w < W; ++w)
-          o.v[w] =
-              static_cast<T>(static_cast<Acc>(d.v[w]) * gelu_derivative(static_cast<Acc>(x.v[w])));
+          o.v[w] = static_cast<T>(static_cast<Acc>(d.v[w]) *
+                                  gelu_derivative(static_cast<Acc>(x.v[w]), approximation));
         dh[p] = o;
       });
 }
 
 // g = gelu(h); g may be h (in place). Both dense (rows, cols) matrices of one storage type.
 template <class ExecSpace, class H, class G>
-void gelu_forward(const ExecSpace& space, const H& h, const G& g) {
+void gelu_forward(const ExecSpace& space, const H& h, const G& g,
+                  GeluApproximation approximation = GeluApproximation::none) {
   using T = typename G::non_const_value_type;
   static_assert(std::is_same_v<typename H::non_const_value_type, T>,
                 "dilated::Impl::gelu_forward: h and g must share the storage type");
@@ -95,15 +134,16 @@ void gelu_forward(const ExecSpace& space, const H& h, const G& g) {
   const long size = static_cast<long>(h.extent(0) * h.extent(1));
   if (size == 0) return;
   if (flat_pack_width<T>(size, h.data(), g.data()) > 1) {
-    gelu_forward_flat<T, row_pack_width<T>()>(space, h.data(), g.data(), size);
+    gelu_forward_flat<T, row_pack_width<T>()>(space, h.data(), g.data(), size, approximation);
   } else {
-    gelu_forward_flat<T, 1>(space, h.data(), g.data(), size);
+    gelu_forward_flat<T, 1>(space, h.data(), g.data(), size, approximation);
   }
 }
 
 // dh = dg gelu'(h); dh may be dg (in place). h, dg, dh dense matrices of one shape.
 template <class ExecSpace, class H, class DG, class DH>
-void gelu_backward(const ExecSpace& space, const H& h, const DG& dg, const DH& dh) {
+void gelu_backward(const ExecSpace& space, const H& h, const DG& dg, const DH& dh,
+                   GeluApproximation approximation = GeluApproximation::none) {
   using T = typename DH::non_const_value_type;
   static_assert(std::is_same_v<typename H::non_const_value_type, T> &&
                     std::is_same_v<typename DG::non_const_value_type, T>,
@@ -117,12 +157,14 @@ void gelu_backward(const ExecSpace& space, const H& h, const DG& dg, const DH& d
   const long size = static_cast<long>(h.extent(0) * h.extent(1));
   if (size == 0) return;
   if (flat_pack_width<T>(size, h.data(), dg.data(), dh.data()) > 1) {
-    gelu_backward_flat<T, row_pack_width<T>()>(space, h.data(), dg.data(), dh.data(), size);
+    gelu_backward_flat<T, row_pack_width<T>()>(space, h.data(), dg.data(), dh.data(), size,
+                                               approximation);
   } else {
-    gelu_backward_flat<T, 1>(space, h.data(), dg.data(), dh.data(), size);
+    gelu_backward_flat<T, 1>(space, h.data(), dg.data(), dh.data(), size, approximation);
   }
 }
 
-}  // namespace dilated::Impl
+}  // namespace Impl
+}  // namespace dilated
 
 #endif  // DILATED_GELU_HPP

@@ -296,6 +296,74 @@ bool gemm_bias(const ExecSpace& space, Op op_a, Op op_b, const AV& a, const BV& 
   return false;
 }
 
+// The GELU feed-forward's products with the activation in the epilogue (cuBLASLt on CUDA, half /
+// bf16 / float; the tanh GELU, the one cuBLASLt computes: Dilated_Gelu.hpp): C = gelu(op(A) op(B)
+// + bias) with the pre-activation op(A) op(B) + bias written to `aux` (C's shape, dense rows, a
+// multiple of 8 columns) in the same epilogue. Returns false, having done nothing, where there is
+// no such epilogue (the caller then takes gemm_bias or gemm and gelu_forward).
+template <class ExecSpace, class AV, class BV, class Bias, class CV, class Aux>
+bool gemm_bias_gelu(const ExecSpace& space, Op op_a, Op op_b, const AV& a, const BV& b,
+                    const Bias& bias, const CV& c, const Aux& aux,
+                    const GemmOptions& options = {}) {
+  constexpr const char* fn = "dilated::Impl::gemm_bias_gelu";
+  check_gemm_views<ExecSpace, AV, BV, CV>();
+  const int k = gemm_inner_extent(fn, op_a, a, op_b, b, c);
+  require(bias.extent(0) == c.extent(1), fn, "bias.extent(0) = ", bias.extent(0),
+          " does not match C's columns = ", c.extent(1));
+  require(aux.extent(0) == c.extent(0) && aux.extent(1) == c.extent(1), fn, "aux is (",
+          aux.extent(0), ", ", aux.extent(1), "), C is (", c.extent(0), ", ", c.extent(1), ")");
+  (void)options;
+#if defined(KOKKOS_ENABLE_CUDA)
+  using T = typename CV::non_const_value_type;
+  if constexpr (is_cuda_v<ExecSpace> && !std::is_same_v<T, double>) {
+    const long m = c.extent(0), n = c.extent(1);
+    if (m == 0 || n == 0 || k == 0) return false;
+    if (!(bias.extent(0) <= 1 || bias.stride(0) == 1)) return false;
+    const cublasComputeType_t compute = std::is_same_v<T, float> && options.use_tf32
+                                            ? CUBLAS_COMPUTE_32F_FAST_TF32
+                                            : CUBLAS_COMPUTE_32F;
+    const auto ld = [](const auto& x) { return x.stride(0) > 0 ? long(x.stride(0)) : 1L; };
+    return CublasLtPlans::instance().matmul<T>(
+        space.cuda_stream(), CublasLtPlans::Epilogue::gelu_aux_bias, op_a == Op::T, op_b == Op::T,
+        m, n, k, a.data(), ld(a), b.data(), ld(b), c.data(), ld(c), bias.data(), aux.data(),
+        ld(aux), compute);
+  }
+#endif
+  (void)space, (void)a, (void)b, (void)bias, (void)c, (void)aux, (void)k;
+  return false;
+}
+
+// C = (op(A) op(B)) * gelu'(aux) (tanh GELU) with the derivative in the product's epilogue:
+// the hidden gradient of the feed-forward, aux its pre-activation (C's shape). Returns false,
+// having done nothing, where there is no such epilogue (the caller takes gemm and gelu_backward).
+template <class ExecSpace, class AV, class BV, class CV, class Aux>
+bool gemm_dgelu(const ExecSpace& space, Op op_a, Op op_b, const AV& a, const BV& b, const Aux& aux,
+                const CV& c, const GemmOptions& options = {}) {
+  constexpr const char* fn = "dilated::Impl::gemm_dgelu";
+  check_gemm_views<ExecSpace, AV, BV, CV>();
+  const int k = gemm_inner_extent(fn, op_a, a, op_b, b, c);
+  require(aux.extent(0) == c.extent(0) && aux.extent(1) == c.extent(1), fn, "aux is (",
+          aux.extent(0), ", ", aux.extent(1), "), C is (", c.extent(0), ", ", c.extent(1), ")");
+  (void)options;
+#if defined(KOKKOS_ENABLE_CUDA)
+  using T = typename CV::non_const_value_type;
+  if constexpr (is_cuda_v<ExecSpace> && !std::is_same_v<T, double>) {
+    const long m = c.extent(0), n = c.extent(1);
+    if (m == 0 || n == 0 || k == 0) return false;
+    const cublasComputeType_t compute = std::is_same_v<T, float> && options.use_tf32
+                                            ? CUBLAS_COMPUTE_32F_FAST_TF32
+                                            : CUBLAS_COMPUTE_32F;
+    const auto ld = [](const auto& x) { return x.stride(0) > 0 ? long(x.stride(0)) : 1L; };
+    return CublasLtPlans::instance().matmul<T>(
+        space.cuda_stream(), CublasLtPlans::Epilogue::dgelu, op_a == Op::T, op_b == Op::T, m, n, k,
+        a.data(), ld(a), b.data(), ld(b), c.data(), ld(c), static_cast<const T*>(nullptr),
+        aux.data(), ld(aux), compute);
+  }
+#endif
+  (void)space, (void)a, (void)b, (void)c, (void)aux, (void)k;
+  return false;
+}
+
 }  // namespace dilated::Impl
 
 #endif  // DILATED_GEMM_HPP

@@ -20,6 +20,7 @@
 #include <Dilated_CrossEntropy.hpp>
 #include <Dilated_DeviceMemory.hpp>
 #include <Dilated_Embedding.hpp>
+#include <Dilated_Gelu.hpp>
 #include <Dilated_LayerNorm.hpp>
 #include <Dilated_MemoryPlan.hpp>
 #include <Dilated_Options.hpp>
@@ -72,7 +73,9 @@ struct LanguageModelOptions {
   std::vector<int> segment_lengths{2048, 4096, 8192};
   std::vector<int> dilation_rates{1, 2, 4};
   Semantics semantics = Semantics::grouped;
-  bool checkpointing = false;     // per block: keep its input, recompute it in the backward
+  bool checkpointing = false;  // per block: keep its input, recompute it in the backward
+  GeluApproximation gelu =
+      GeluApproximation::none;    // the feed-forwards' (TransformerBlock::set_gelu)
   long loss_chunk_tokens = 4096;  // tokens a chunk of the cross-entropy takes
   std::uint64_t init_seed = 0;
 };
@@ -114,6 +117,7 @@ class LanguageModel {
     for (int l = 0; l < shape.layers; ++l) {
       blocks_.emplace_back(shape.embed_dim, shape.num_heads, options.segment_lengths,
                            options.dilation_rates, options.semantics);
+      blocks_.back().set_gelu(options.gelu);
       if (l > 0) blocks_.back().set_workspace(blocks_.front().workspace());
     }
     saved_.resize(shape.layers);

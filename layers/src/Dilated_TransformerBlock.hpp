@@ -64,6 +64,15 @@ class TransformerBlockBase {
   }
   void release_workspace() { workspace_->release(); }
 
+  // The feed-forward's GELU: PyTorch's nn.GELU() (approximate='none', the default and the seed's)
+  // or its tanh approximation (approximate='tanh', GPT-2's), which on CUDA runs in the products'
+  // epilogues (Dilated_FeedForward.hpp). A forward and its backward must use the same one.
+  GeluApproximation gelu() const { return gelu_; }
+  Derived& set_gelu(GeluApproximation approximation) {
+    gelu_ = approximation;
+    return derived();
+  }
+
   // y (b, n, E) = the block applied to x (b, n, E); with `saved`, keeps what backward needs (its
   // buffers reused by later calls of the same shape). x and y dense (rows contiguous), distinct.
   // Asynchronous on `space`, as MultiheadDilatedAttention::forward.
@@ -188,10 +197,11 @@ class TransformerBlockBase {
                              a.mean2, a.rstd2);
     // The feed-forward's pre-activation is kept (also by a recomputing backward, which needs no
     // output: y null); gelu and the second product only make y.
-    linear_forward(space, ws.normed, p.ffn.fc1_weight, p.ffn.fc1_bias, a.hidden, gemm_);
     if (y) {
-      gelu_forward(space, a.hidden, ws.gelu);
+      feed_forward_hidden(space, p.ffn, ws.normed, a.hidden, ws.gelu, gelu_, gemm_);
       linear_forward_residual(space, ws.gelu, p.ffn.fc2_weight, p.ffn.fc2_bias, a.x1, yr, gemm_);
+    } else {
+      linear_forward(space, ws.normed, p.ffn.fc1_weight, p.ffn.fc1_bias, a.hidden, gemm_);
     }
   }
 
@@ -213,7 +223,7 @@ class TransformerBlockBase {
     layer_norm_forward(space, a.x1, p.norm2_weight, p.norm2_bias, eps_, ws.normed, ws.mean,
                        ws.rstd);
     feed_forward_backward(space, p.ffn, ws.normed, a.hidden, dyr, ws.dnormed, ws.gelu, dp.ffn,
-                          gemm_, ws.partial);
+                          gemm_, ws.partial, gelu_);
     // dx1 = dy + LN2's input gradient, into dx.
     layer_norm_backward(space, a.x1, p.norm2_weight, a.mean2, a.rstd2, ws.dnormed, dxr,
                         dp.norm2_weight, dp.norm2_bias, ws.partial, dyr);
@@ -227,6 +237,7 @@ class TransformerBlockBase {
   double eps_;
   Parameters parameters_;
   GemmOptions gemm_;
+  GeluApproximation gelu_ = GeluApproximation::none;
   std::shared_ptr<Workspace> workspace_ = std::make_shared<Workspace>();
 };
 

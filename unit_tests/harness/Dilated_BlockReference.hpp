@@ -54,9 +54,10 @@ inline Host3 host_add(const Host3& a, const Host3& b) {
 }
 
 // The block for x (b, n, E): `custom` selects CustomTransformerBlock, else Standard. Parameter
-// names as the blocks' named_tensors().
+// names as the blocks' named_tensors(). `tanh_gelu`: PyTorch's GELU(approximate='tanh') in the
+// feed-forward, else the exact (erf) one.
 inline Host3 host_block(bool custom, const LayerConfig& c, const HostParameters& p, const Host3& x,
-                        bool causal) {
+                        bool causal, bool tanh_gelu = false) {
   const Host3 n1 = host_layer_norm(x, p["norm1.weight"], p["norm1.bias"]);
   HostParameters attention;
   const std::string prefix = custom ? "" : "attention.";
@@ -72,7 +73,9 @@ inline Host3 host_block(bool custom, const LayerConfig& c, const HostParameters&
   Host3 h = host_linear_rect(n2, p["ffn.0.weight"], p["ffn.0.bias"]);
   for (std::size_t i = 0; i < h.size(); ++i) {
     const double v = h.data()[i];
-    h.data()[i] = 0.5 * v * (1.0 + std::erf(v / std::sqrt(2.0)));
+    h.data()[i] =
+        tanh_gelu ? 0.5 * v * (1.0 + std::tanh(std::sqrt(2.0 / M_PI) * (v + 0.044715 * v * v * v)))
+                  : 0.5 * v * (1.0 + std::erf(v / std::sqrt(2.0)));
   }
   return host_add(x1, host_linear_rect(h, p["ffn.2.weight"], p["ffn.2.bias"]));
 }

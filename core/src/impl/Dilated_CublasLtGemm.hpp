@@ -1,7 +1,11 @@
 // Row-major C = op(A) op(B) + bias on a Kokkos::Cuda instance's stream through cuBLASLt, the
 // bias added in the product's epilogue (CUBLASLT_EPILOGUE_BIAS): C is written once, instead of
 // a broadcast pass writing it and the product reading it back (on the H200 the broadcast alone
-// took twice the time of the E -> 3E projection it fed). Only built with the CUDA backend.
+// took twice the time of the E -> 3E projection it fed). Two more epilogues serve a GELU
+// feed-forward (tanh GELU, the form cuBLASLt computes): GELU_AUX_BIAS writes gelu(op(A) op(B) +
+// bias) to C and the pre-activation to an auxiliary matrix, DGELU writes op(A) op(B) times gelu'
+// of the auxiliary matrix, so neither the activation nor its derivative needs a pass of its own.
+// Only built with the CUDA backend.
 //
 // A plan (descriptors and the heuristic's algorithm) is made once per shape, storage type,
 // alignment and stream and kept for the process; cuBLASLt gets a 32 MiB workspace per stream
@@ -42,16 +46,20 @@ class CublasLtPlans {
   // The workspace each stream's products share (a Kokkos View of this plus 256 bytes).
   static constexpr std::size_t workspace_bytes = std::size_t(32) << 20;
 
+  // What the epilogue adds to the product (see the file's head).
+  enum class Epilogue { bias, gelu_aux_bias, dgelu };
+
   struct Key {
     cudaStream_t stream;
+    int epilogue;
     int op_a, op_b;
-    long m, n, k, lda, ldb, ldc;
+    long m, n, k, lda, ldb, ldc, ld_aux;
     int type;
     int compute;
-    std::uint32_t align_a, align_b, align_c, align_bias;
+    std::uint32_t align_a, align_b, align_c, align_bias, align_aux;
     auto tie() const {
-      return std::tie(stream, op_a, op_b, m, n, k, lda, ldb, ldc, type, compute, align_a, align_b,
-                      align_c, align_bias);
+      return std::tie(stream, epilogue, op_a, op_b, m, n, k, lda, ldb, ldc, ld_aux, type, compute,
+                      align_a, align_b, align_c, align_bias, align_aux);
     }
     bool operator<(const Key& other) const { return tie() < other.tie(); }
   };
@@ -72,8 +80,23 @@ class CublasLtPlans {
   bool matmul_bias(cudaStream_t stream, bool ta, bool tb, long m, long n, long k, const T* a,
                    long lda, const T* b, long ldb, T* c, long ldc, const T* bias,
                    cublasComputeType_t compute, const T* residual = nullptr) {
+    return matmul<T>(stream, Epilogue::bias, ta, tb, m, n, k, a, lda, b, ldb, c, ldc, bias, nullptr,
+                     0, compute, residual);
+  }
+
+  // gelu_aux_bias: C = gelu(op(A) op(B) + bias), aux = op(A) op(B) + bias (m x n, leading
+  // dimension ld_aux). dgelu: C = (op(A) op(B)) * gelu'(aux); bias unused (null). False, with
+  // nothing enqueued, where cuBLASLt has no algorithm or the auxiliary matrix breaks its rules
+  // (leading dimension a multiple of 8 elements, 16-byte aligned).
+  template <class T>
+  bool matmul(cudaStream_t stream, Epilogue epilogue, bool ta, bool tb, long m, long n, long k,
+              const T* a, long lda, const T* b, long ldb, T* c, long ldc, const T* bias,
+              const T* aux, long ld_aux, cublasComputeType_t compute, const T* residual = nullptr) {
     using Compute = std::conditional_t<std::is_same_v<T, double>, double, float>;
+    const bool uses_aux = epilogue != Epilogue::bias;
+    if (uses_aux && (aux == nullptr || ld_aux % 8 != 0 || ld_aux < n)) return false;
     const Key key{stream,
+                  static_cast<int>(epilogue),
                   ta,
                   tb,
                   m,
@@ -82,21 +105,28 @@ class CublasLtPlans {
                   lda,
                   ldb,
                   ldc,
+                  uses_aux ? ld_aux : 0,
                   static_cast<int>(cuda_data_type<T>()),
                   static_cast<int>(compute),
                   pointer_alignment(a),
                   pointer_alignment(b),
                   std::min(pointer_alignment(c), pointer_alignment(residual ? residual : c)),
-                  pointer_alignment(bias)};
+                  bias ? pointer_alignment(bias) : 256,
+                  uses_aux ? pointer_alignment(aux) : 256};
     const std::lock_guard<std::mutex> lock(mutex_);
     const FloatingPointShield shield;
     Plan& plan = plan_for<Compute>(key);
     if (!plan.usable) return false;
-    // The descriptor is shared by every call of this shape: the bias pointer is set under the
-    // lock, and cublasLtMatmul reads it while enqueuing.
-    cublas_check(cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias,
-                                                sizeof(bias)),
-                 "cublasLtMatmulDescSetAttribute(BIAS_POINTER)");
+    // The descriptor is shared by every call of this shape: the bias and auxiliary pointers are
+    // set under the lock, and cublasLtMatmul reads them while enqueuing.
+    if (epilogue != Epilogue::dgelu)
+      cublas_check(cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER,
+                                                  &bias, sizeof(bias)),
+                   "cublasLtMatmulDescSetAttribute(BIAS_POINTER)");
+    if (uses_aux)
+      cublas_check(cublasLtMatmulDescSetAttribute(
+                       plan.desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, &aux, sizeof(aux)),
+                   "cublasLtMatmulDescSetAttribute(EPILOGUE_AUX_POINTER)");
     const Compute one = 1, zero = 0;
     void* ws = workspace(stream);
     // Row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T: B goes first.
@@ -162,13 +192,31 @@ class CublasLtPlans {
     cublas_check(cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_TRANSB, &second,
                                                 sizeof(second)),
                  "cublasLtMatmulDescSetAttribute(TRANSB)");
-    const cublasLtEpilogue_t epilogue = CUBLASLT_EPILOGUE_BIAS;
+    const auto epilogue_kind = static_cast<Epilogue>(key.epilogue);
+    const cublasLtEpilogue_t epilogue = epilogue_kind == Epilogue::bias ? CUBLASLT_EPILOGUE_BIAS
+                                        : epilogue_kind == Epilogue::gelu_aux_bias
+                                            ? CUBLASLT_EPILOGUE_GELU_AUX_BIAS
+                                            : CUBLASLT_EPILOGUE_DGELU;
     cublas_check(cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epilogue,
                                                 sizeof(epilogue)),
                  "cublasLtMatmulDescSetAttribute(EPILOGUE)");
-    cublas_check(cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE,
-                                                &type, sizeof(type)),
-                 "cublasLtMatmulDescSetAttribute(BIAS_DATA_TYPE)");
+    if (epilogue_kind != Epilogue::dgelu)
+      cublas_check(cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE,
+                                                  &type, sizeof(type)),
+                   "cublasLtMatmulDescSetAttribute(BIAS_DATA_TYPE)");
+    if (epilogue_kind != Epilogue::bias) {
+      // The auxiliary matrix has C's column-major shape (n x m) and its own leading dimension,
+      // in C's storage type.
+      const std::int64_t ld_aux = key.ld_aux;
+      cublas_check(cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD,
+                                                  &ld_aux, sizeof(ld_aux)),
+                   "cublasLtMatmulDescSetAttribute(EPILOGUE_AUX_LD)");
+      const std::int32_t aux_type = key.type;
+      cublas_check(
+          cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_DATA_TYPE,
+                                         &aux_type, sizeof(aux_type)),
+          "cublasLtMatmulDescSetAttribute(EPILOGUE_AUX_DATA_TYPE)");
+    }
     // Column-major layouts of the row-major operands: X (r x c, leading dimension ld) is the
     // column-major c x r matrix with the same leading dimension.
     const auto layout = [&](cublasLtMatrixLayout_t* out, long rows, long cols, long ld) {
@@ -199,10 +247,11 @@ class CublasLtPlans {
         handle_, plan.desc, plan.layout_b, plan.layout_a, plan.layout_c, plan.layout_c, preference,
         1, &result, &found);
     cublasLtMatmulPreferenceDestroy(preference);
-    // No algorithm, or a bias less than 16-byte aligned (other users of this epilogue, e.g.
-    // Marian NMT, require 16 bytes after alignment errors): remembered, so that the plain
-    // product is taken without asking again.
-    plan.usable = status == CUBLAS_STATUS_SUCCESS && found > 0 && key.align_bias >= 16;
+    // No algorithm, or a bias or auxiliary matrix less than 16-byte aligned (other users of these
+    // epilogues, e.g. Marian NMT, require 16 bytes after alignment errors): remembered, so that
+    // the plain product is taken without asking again.
+    plan.usable =
+        status == CUBLAS_STATUS_SUCCESS && found > 0 && key.align_bias >= 16 && key.align_aux >= 16;
     if (plan.usable) plan.algo = result.algo;
     return plans_.emplace(key, plan).first->second;
   }
