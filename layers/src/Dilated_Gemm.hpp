@@ -261,6 +261,20 @@ void gemm(const ExecSpace& space, Op op_a, Op op_b, double alpha, const AV& a, c
   gemm_team_kernel(space, op_a, op_b, alpha, a, b, beta, c);
 }
 
+#if defined(KOKKOS_ENABLE_CUDA)
+// The cuBLASLt products' compute type (fp32; TF32 tensor cores for float when asked) and a
+// row-major operand's leading dimension.
+template <class T>
+cublasComputeType_t lt_compute_type(const GemmOptions& options) {
+  return std::is_same_v<T, float> && options.use_tf32 ? CUBLAS_COMPUTE_32F_FAST_TF32
+                                                      : CUBLAS_COMPUTE_32F;
+}
+template <class X>
+long lt_ld(const X& x) {
+  return x.stride(0) > 0 ? long(x.stride(0)) : 1L;
+}
+#endif
+
 // C = op(A) op(B) + bias (bias: one value per column of C) with the bias added in the product's
 // epilogue: cuBLASLt on CUDA (not for double: the fp64 epilogue is not among cuBLASLt's
 // kernels). Returns false, having done nothing, where this backend or storage type has no such
@@ -283,13 +297,10 @@ bool gemm_bias(const ExecSpace& space, Op op_a, Op op_b, const AV& a, const BV& 
     if (m == 0 || n == 0 || k == 0) return false;
     const bool contiguous = bias.extent(0) <= 1 || bias.stride(0) == 1;
     if (!contiguous) return false;
-    const cublasComputeType_t compute = std::is_same_v<T, float> && options.use_tf32
-                                            ? CUBLAS_COMPUTE_32F_FAST_TF32
-                                            : CUBLAS_COMPUTE_32F;
-    const auto ld = [](const auto& x) { return x.stride(0) > 0 ? long(x.stride(0)) : 1L; };
+    const cublasComputeType_t compute = lt_compute_type<T>(options);
     return CublasLtPlans::instance().matmul_bias<T>(
-        space.cuda_stream(), op_a == Op::T, op_b == Op::T, m, n, k, a.data(), ld(a), b.data(),
-        ld(b), c.data(), ld(c), bias.data(), compute, residual);
+        space.cuda_stream(), op_a == Op::T, op_b == Op::T, m, n, k, a.data(), lt_ld(a), b.data(),
+        lt_ld(b), c.data(), lt_ld(c), bias.data(), compute, residual);
   }
 #endif
   (void)space, (void)a, (void)b, (void)bias, (void)c, (void)k, (void)residual;
@@ -319,14 +330,11 @@ bool gemm_bias_gelu(const ExecSpace& space, Op op_a, Op op_b, const AV& a, const
     const long m = c.extent(0), n = c.extent(1);
     if (m == 0 || n == 0 || k == 0) return false;
     if (!(bias.extent(0) <= 1 || bias.stride(0) == 1)) return false;
-    const cublasComputeType_t compute = std::is_same_v<T, float> && options.use_tf32
-                                            ? CUBLAS_COMPUTE_32F_FAST_TF32
-                                            : CUBLAS_COMPUTE_32F;
-    const auto ld = [](const auto& x) { return x.stride(0) > 0 ? long(x.stride(0)) : 1L; };
+    const cublasComputeType_t compute = lt_compute_type<T>(options);
     return CublasLtPlans::instance().matmul<T>(
         space.cuda_stream(), CublasLtPlans::Epilogue::gelu_aux_bias, op_a == Op::T, op_b == Op::T,
-        m, n, k, a.data(), ld(a), b.data(), ld(b), c.data(), ld(c), bias.data(), aux.data(),
-        ld(aux), compute);
+        m, n, k, a.data(), lt_ld(a), b.data(), lt_ld(b), c.data(), lt_ld(c), bias.data(),
+        aux.data(), lt_ld(aux), compute);
   }
 #endif
   (void)space, (void)a, (void)b, (void)bias, (void)c, (void)aux, (void)k;
@@ -350,14 +358,11 @@ bool gemm_dgelu(const ExecSpace& space, Op op_a, Op op_b, const AV& a, const BV&
   if constexpr (is_cuda_v<ExecSpace> && !std::is_same_v<T, double>) {
     const long m = c.extent(0), n = c.extent(1);
     if (m == 0 || n == 0 || k == 0) return false;
-    const cublasComputeType_t compute = std::is_same_v<T, float> && options.use_tf32
-                                            ? CUBLAS_COMPUTE_32F_FAST_TF32
-                                            : CUBLAS_COMPUTE_32F;
-    const auto ld = [](const auto& x) { return x.stride(0) > 0 ? long(x.stride(0)) : 1L; };
+    const cublasComputeType_t compute = lt_compute_type<T>(options);
     return CublasLtPlans::instance().matmul<T>(
         space.cuda_stream(), CublasLtPlans::Epilogue::dgelu, op_a == Op::T, op_b == Op::T, m, n, k,
-        a.data(), ld(a), b.data(), ld(b), c.data(), ld(c), static_cast<const T*>(nullptr),
-        aux.data(), ld(aux), compute);
+        a.data(), lt_ld(a), b.data(), lt_ld(b), c.data(), lt_ld(c), static_cast<const T*>(nullptr),
+        aux.data(), lt_ld(aux), compute);
   }
 #endif
   (void)space, (void)a, (void)b, (void)c, (void)aux, (void)k;
