@@ -73,10 +73,10 @@ struct LanguageModelOptions {
   std::vector<int> segment_lengths{2048, 4096, 8192};
   std::vector<int> dilation_rates{1, 2, 4};
   Semantics semantics = Semantics::grouped;
-  bool checkpointing = false;  // per block: keep its input, recompute it in the backward
-  GeluApproximation gelu =
-      GeluApproximation::none;    // the feed-forwards' (TransformerBlock::set_gelu)
+  bool checkpointing = false;     // per block: keep its input, recompute it in the backward
   long loss_chunk_tokens = 4096;  // tokens a chunk of the cross-entropy takes
+  // The feed-forwards' GELU (TransformerBlock::set_gelu).
+  GeluApproximation gelu = GeluApproximation::none;
   std::uint64_t init_seed = 0;
 };
 
