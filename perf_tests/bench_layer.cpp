@@ -10,7 +10,10 @@
 //   dilated_bench_layer --lengths=16384,65536,131072 --embed=768 --heads=12
 //       [--policies=original,improved] [--backend=default|host|serial] [--dtypes=fp16,fp32]
 //       [--causal=full,causal]
-//       [--passes=fwd,fwd_bwd] --benchmark_out=layer.json --benchmark_out_format=json
+//       [--passes=fwd,fwd_bwd] [--memory_labels] --benchmark_out=layer.json
+//       --benchmark_out_format=json
+// --memory_labels: each run's label lists the buffers live at its memory peak (by Kokkos label,
+// in MiB), to attribute extra_MiB.
 // Storage is half on CUDA (fp16) and float on the host unless --dtypes says otherwise; causal
 // runs get "/causal" in their names. A size that does not fit in memory is reported as a
 // skipped benchmark with the allocation error, and the other sizes still run.
@@ -42,6 +45,7 @@ struct Settings {
   std::vector<std::string> dtypes = {dilated::bench::default_storage()};
   std::vector<std::string> causal = {"full"};
   std::vector<std::string> passes = {"fwd", "fwd_bwd"};
+  bool memory_labels = false;
 };
 
 Settings parse(int& argc, char* argv[]) {
@@ -76,6 +80,8 @@ Settings parse(int& argc, char* argv[]) {
       s.causal = dilated::bench::split(v);
     else if (const char* v = value("--passes="))
       s.passes = dilated::bench::split(v);
+    else if (std::strcmp(argv[i], "--memory_labels") == 0)
+      s.memory_labels = true;
     else
       argv[kept++] = argv[i];
   }
@@ -203,6 +209,7 @@ void run(benchmark::State& state, const Settings& s, int n, bool causal, bool wi
   // kernels (seen on the H100: 229 ms for the first layer forward at 16K, 5 ms afterwards).
   step();
   const double extra_bytes = dilated::tools::MemoryTracker::peak_extra();
+  if (s.memory_labels) state.SetLabel(dilated::tools::MemoryTracker::peak_labels());
   double attention_s = 0, gemm_s = 0;
   {
     // The parts, on buffers of their own (allocated after the layer's memory was counted).

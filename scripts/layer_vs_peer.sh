@@ -9,7 +9,7 @@
 #   PEER_DIR  the folder holding the peer's dilated_attention_pytorch/ package (not ours: fetched
 #             from DarcStar-Solutions-Tech/dilated-attention-pytorch and carried to the machine)
 # Environment: REPS (our repetitions, default 5), PEER_REPEAT (peer's timed calls, default 10),
-# EMBED (768), HEADS (12).
+# EMBED (768), HEADS (12). Each of our runs is labelled with the buffers live at its memory peak.
 set -euo pipefail
 bin=$1
 peer=$2
@@ -21,7 +21,7 @@ mkdir -p "$out"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv >"$out/gpu.txt" 2>&1 || true
 
 "$bin/dilated_bench_layer" --lengths="$lengths" --embed="${EMBED:-768}" --heads="${HEADS:-12}" \
-  --benchmark_repetitions="${REPS:-5}" --benchmark_report_aggregates_only=true \
+  --benchmark_repetitions="${REPS:-5}" --benchmark_report_aggregates_only=true --memory_labels \
   --benchmark_out="$out/ours.json" --benchmark_out_format=json >"$out/ours.log" 2>&1 ||
   { tail -20 "$out/ours.log"; exit 1; }
 PYTHONUNBUFFERED=1 python3 "$here/peer_layer_bench.py" --peer "$peer" --lengths="$lengths" \

@@ -189,7 +189,9 @@ bool rows_take_packs(int cols, const Views&... views) {
 }
 
 // y = LayerNorm(x) with weight gamma and bias beta (features); mean and rstd (rows) receive
-// each row's mean and 1 / sqrt(var + eps) for the backward.
+// each row's mean and 1 / sqrt(var + eps) for the backward. y may be x (in place: a row is read
+// whole, for its statistics, before any of it is written, and each element is then written by
+// the lane that reads it).
 template <class ExecSpace, class X, class G, class B, class Y, class Stat>
 void layer_norm_forward(const ExecSpace& space, const X& x, const G& gamma, const B& beta,
                         double eps, const Y& y, const Stat& mean, const Stat& rstd) {

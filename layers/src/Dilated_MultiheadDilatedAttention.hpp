@@ -381,6 +381,7 @@ class MultiheadDilatedAttention {
   using Matrix = Kokkos::View<T**, Kokkos::LayoutRight, MemorySpace>;
   using ConstMatrix = Kokkos::View<const T**, Kokkos::LayoutRight, MemorySpace>;
   using Vector = Kokkos::View<T*, Kokkos::LayoutRight, MemorySpace>;
+  using Acc = Impl::accumulation_t<T>;
   using Heads = Kokkos::View<T****, Kokkos::LayoutStride, MemorySpace>;  // q, k, v in a buffer
   using Merged = Kokkos::View<T****, Kokkos::LayoutRight, MemorySpace>;  // (M, E) as (b, n, h, d)
   using Tokens = Kokkos::View<T***, Kokkos::LayoutRight, MemorySpace>;
@@ -517,20 +518,23 @@ class MultiheadDilatedAttention {
                        heads(a.qkv, a.packed, 1, batch, n), heads(a.qkv, a.packed, 2, batch, n),
                        merged, a.lse, call);
     Matrix z = a.attention;
-    if (layer_norm_) {
+    if (layer_norm_ && out && &a == &ws.forward) {
+      // Nobody keeps these activations (an inference forward): the heads are normalised in
+      // place (the norm reads a row whole before it writes it), and the statistics, dead once
+      // the norm has run, borrow the attention's score workspace (Impl::score_workspace_label),
+      // itself dead once the attention has returned. Neither a normed copy nor the statistics
+      // stay allocated across calls.
+      using Stats = Kokkos::View<Acc*, Kokkos::LayoutRight, MemorySpace>;
+      Impl::ScratchScope scope(ws.attention_scratch.get());
+      const auto stats =
+          Impl::scratch_view<Stats>(space, Impl::score_workspace_label, false, 2 * m);
+      Impl::layer_norm_forward(space, a.attention, p.norm_weight, p.norm_bias, layer_norm_eps_,
+                               a.attention, Stats(stats.data(), m), Stats(stats.data() + m, m));
+    } else if (layer_norm_) {
       Impl::ensure_extents(a.mean, "dilated::MultiheadDilatedAttention::mean", m);
       Impl::ensure_extents(a.rstd, "dilated::MultiheadDilatedAttention::rstd", m);
-      if (out && &a == &ws.forward) {
-        // Nobody keeps these activations (an inference forward): the normed heads live until
-        // the out projection below has read them, so they borrow the attention's score
-        // workspace, dead once its call has returned (Impl::score_workspace_label), instead of
-        // holding a buffer beside it across calls.
-        Impl::ScratchScope scope(ws.attention_scratch.get());
-        z = Impl::scratch_view<Matrix>(space, Impl::score_workspace_label, false, m, e);
-      } else {
-        Impl::ensure_extents(a.normed, "dilated::MultiheadDilatedAttention::normed", m, e);
-        z = a.normed;
-      }
+      Impl::ensure_extents(a.normed, "dilated::MultiheadDilatedAttention::normed", m, e);
+      z = a.normed;
       Impl::layer_norm_forward(space, a.attention, p.norm_weight, p.norm_bias, layer_norm_eps_, z,
                                a.mean, a.rstd);
     }

@@ -48,10 +48,14 @@
 namespace dilated::Impl::mma {
 
 // The bounded workspace of a persistent launch: `slots` teams, each with room for `tiles` key
-// tiles of scores and offsets.
+// tiles of scores and offsets, both carved from one buffer (`buffer`, the pool's score workspace:
+// a separate offsets buffer stayed in the pool beside the backward's matrices, 4.125 MiB of a
+// training step at E = 768, 12 heads on an H200).
 struct ScoreSlots {
-  Kokkos::View<uint4*, Kokkos::CudaSpace> scores;  // slot-major, OriginalMmaForwardTiles layout
-  Kokkos::View<float*, Kokkos::CudaSpace> offsets;
+  Kokkos::View<uint4*, Kokkos::CudaSpace> buffer;  // owns the memory when no pool is current
+  Kokkos::View<uint4*, Kokkos::CudaSpace, Kokkos::MemoryUnmanaged>
+      scores;  // slot-major, OriginalMmaForwardTiles layout
+  Kokkos::View<float*, Kokkos::CudaSpace, Kokkos::MemoryUnmanaged> offsets;
   int slots = 0, tiles = 0;
 };
 
@@ -331,12 +335,14 @@ void original_forward_branches(const Kokkos::Cuda& space, const Geometry& g,
   ScoreSlots ws;
   ws.tiles = tiles;
   ws.slots = static_cast<int>(std::max(1L, std::min({resident, most_teams, budget_slots})));
-  ws.scores = scratch_view<Kokkos::View<uint4*, Kokkos::CudaSpace>>(
-      space, score_workspace_label, false,
-      static_cast<std::size_t>(ws.slots) * tiles * (Tiles::tile_score_bytes / 16));
-  ws.offsets = scratch_view<Kokkos::View<float*, Kokkos::CudaSpace>>(
-      space, "dilated::original::score_offsets", false,
-      static_cast<std::size_t>(ws.slots) * tiles * Tiles::query_rows);
+  const std::size_t score_pieces =
+      static_cast<std::size_t>(ws.slots) * tiles * (Tiles::tile_score_bytes / 16);
+  const std::size_t offset_count = static_cast<std::size_t>(ws.slots) * tiles * Tiles::query_rows;
+  ws.buffer = scratch_view<Kokkos::View<uint4*, Kokkos::CudaSpace>>(
+      space, score_workspace_label, false, score_pieces + (offset_count * sizeof(float) + 15) / 16);
+  ws.scores = decltype(ws.scores)(ws.buffer.data(), score_pieces);
+  ws.offsets =
+      decltype(ws.offsets)(reinterpret_cast<float*>(ws.buffer.data() + score_pieces), offset_count);
   const bool pieces = rows_in_pieces(out);
   const auto run = [&](auto dropout) {
     using Kernel = OriginalForwardKernel<D, decltype(dropout)::value, Q, K, V, OutV, LseV>;
