@@ -186,9 +186,21 @@ TEST_CASE("Backward equals finite differences (double)", "[backward]" TEST_CATEG
 }
 
 TEST_CASE("Backward in float agrees with double", "[backward]" TEST_CATEGORY) {
+  // On the host, float runs the register-blocked dq and dk/dv micro-kernels against the
+  // generic kernel in double: head dims off the 16-float vectors (copied, zero-padded operands)
+  // and on them (read in place), kept counts that leave partial 64-row tiles and partial
+  // register blocks (e.g. 200 / 2 = 100 = 64 + 36, 170 - 160 = 10), causal and not, both
+  // semantics, dropout, detached longnet weights (the dq pass's delta mode), with and without
+  // dropout together.
   const GradCase cases[] = {
       {Semantics::longnet, {32, 64, 128}, {1, 2, 4}, 1, 150, 6, 32, true, false, 0.0},
       {Semantics::grouped, {32, 64, 128}, {1, 2, 4}, 2, 128, 4, 16, false, false, 0.1},
+      {Semantics::grouped, {40, 80, 160}, {1, 2, 4}, 1, 170, 3, 20, true, false, 0.0},
+      {Semantics::grouped, {100, 200}, {1, 2}, 2, 200, 2, 33, true, false, 0.15},
+      {Semantics::grouped, {70, 140}, {1, 2}, 1, 140, 2, 48, false, false, 0.0},
+      {Semantics::longnet, {48, 96, 200}, {1, 2, 4}, 1, 210, 3, 7, false, false, 0.0},
+      {Semantics::longnet, {72, 144}, {1, 2}, 1, 150, 2, 40, false, true, 0.0},
+      {Semantics::longnet, {72, 144}, {1, 2}, 1, 150, 2, 24, true, true, 0.2},
   };
   std::uint64_t seed = 900;
   for (const auto& c : cases) {
@@ -205,16 +217,17 @@ TEST_CASE("Backward in float agrees with double", "[backward]" TEST_CATEGORY) {
     const auto k = round(dilated::testing::random_bnhd<double>("k", c.b, c.n, c.h, c.d, seed + 1));
     const auto v = round(dilated::testing::random_bnhd<double>("v", c.b, c.n, c.h, c.d, seed + 2));
     const auto r = round(dilated::testing::random_bnhd<double>("r", c.b, c.n, c.h, c.d, seed + 3));
-    for (const auto& variant : dilated::testing::variants<ExecSpace>()) {
-      CAPTURE(variant.name());
-      const auto exact = run_backward<double>(c, q, k, v, r, seed, true, variant);
-      const auto single = run_backward<float>(c, q, k, v, r, seed, true, variant);
-      // float accumulation over <= 128 keys of O(1) terms, twice (P, then dS): ~1e-5 relative
-      // per gradient entry; 1e-4 leaves a margin without hiding an O(1) error.
-      DILATED_CHECK_ALLCLOSE(single.dq, exact.dq, 1e-4, 1e-4);
-      DILATED_CHECK_ALLCLOSE(single.dk, exact.dk, 1e-4, 1e-4);
-      DILATED_CHECK_ALLCLOSE(single.dv, exact.dv, 1e-4, 1e-4);
-    }
+    for (const auto& variant : dilated::testing::variants<ExecSpace>())
+      for (bool pass_lse : {true, false}) {
+        CAPTURE(variant.name(), pass_lse, c.d, c.causal, c.detach, c.dropout);
+        const auto exact = run_backward<double>(c, q, k, v, r, seed, pass_lse, variant);
+        const auto single = run_backward<float>(c, q, k, v, r, seed, pass_lse, variant);
+        // float accumulation over <= 200 keys of O(1) terms, twice (P, then dS): ~1e-5
+        // relative per gradient entry; 1e-4 leaves a margin without hiding an O(1) error.
+        DILATED_CHECK_ALLCLOSE(single.dq, exact.dq, 1e-4, 1e-4);
+        DILATED_CHECK_ALLCLOSE(single.dk, exact.dk, 1e-4, 1e-4);
+        DILATED_CHECK_ALLCLOSE(single.dv, exact.dv, 1e-4, 1e-4);
+      }
   }
 }
 

@@ -17,6 +17,7 @@
 #include <Dilated_Geometry.hpp>
 #include <impl/Dilated_BranchPlan.hpp>
 #include <impl/Dilated_Dropout.hpp>
+#include <impl/Dilated_ImprovedHostBackward.hpp>
 #include <impl/Dilated_ImprovedHostTile.hpp>
 #include <impl/Dilated_OriginalKernels.hpp>
 
@@ -297,12 +298,23 @@ struct ImprovedDqKernel {
   bool accumulate = false;  // dq += (longnet: branches add up) or dq = (grouped)
   bool delta_mode = false;
 
-  // Q, G, dQ (query_rows x ld), K, V (key_rows x ld), PZ, dS, L, D, 2 row sums.
+  // Host float runs the register-blocked micro-kernels (Dilated_ImprovedHostBackward.hpp).
+  static constexpr bool use_host_tile = host_tile::enabled_v<ExecSpace, Acc>;
+
+  // Q, G, dQ (query_rows x ld), K, V (key_rows x ld), PZ, dS, L, D, 2 row sums; the host
+  // micro-kernels' padded layout instead when they run.
   KOKKOS_INLINE_FUNCTION static long scratch_entries(int query_rows, int key_rows, int ld) {
+    if constexpr (use_host_tile) return host_tile::DqLayout(query_rows, key_rows, ld).entries();
     return 3L * query_rows * ld + 2L * key_rows * ld + 2L * query_rows * key_rows + 4L * query_rows;
   }
 
   KOKKOS_FUNCTION void operator()(const Member& team) const {
+#if !defined(__CUDA_ARCH__) && !defined(__HIP_DEVICE_COMPILE__)
+    if constexpr (use_host_tile) {
+      host_tile::dq(*this, team);
+      return;
+    }
+#endif
     const auto& br = launch.branch;
     const auto tile = launch.tile(team, launch.query_rows);
     if (tile.count == 0) return;
@@ -414,12 +426,23 @@ struct ImprovedDkDvKernel {
   DVV dv;
   bool accumulate = false;
 
-  // K, V, dK, dV (key_rows x ld), Q, G (query_rows x ld), PZ, dS, L, D.
+  // Host float runs the register-blocked micro-kernels (Dilated_ImprovedHostBackward.hpp).
+  static constexpr bool use_host_tile = host_tile::enabled_v<ExecSpace, Acc>;
+
+  // K, V, dK, dV (key_rows x ld), Q, G (query_rows x ld), PZ, dS, L, D; the host
+  // micro-kernels' padded layout instead when they run.
   KOKKOS_INLINE_FUNCTION static long scratch_entries(int query_rows, int key_rows, int ld) {
+    if constexpr (use_host_tile) return host_tile::DkDvLayout(query_rows, key_rows, ld).entries();
     return 4L * key_rows * ld + 2L * query_rows * ld + 2L * query_rows * key_rows + 2L * query_rows;
   }
 
   KOKKOS_FUNCTION void operator()(const Member& team) const {
+#if !defined(__CUDA_ARCH__) && !defined(__HIP_DEVICE_COMPILE__)
+    if constexpr (use_host_tile) {
+      host_tile::dkdv(*this, team);
+      return;
+    }
+#endif
     const auto& br = launch.branch;
     const auto tile = launch.tile(team, launch.key_rows);
     if (tile.count == 0) return;
