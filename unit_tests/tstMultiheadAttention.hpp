@@ -350,9 +350,14 @@ TEMPLATE_TEST_CASE(
       CAPTURE(got[t].name);
       DILATED_CHECK_ALLCLOSE(fetch_flat(got[t]), fetch_flat(want[t]), tol, tol);
     }
-    // The forward without Activations uses the workspace's own.
+    // The forward without Activations uses the workspace's own, and keeps neither a normed copy
+    // of the heads nor their statistics (the heads are normed in place; the statistics borrow
+    // the attention's scratch): a normed buffer there is M x E held across calls for nothing.
     l.forward(ExecSpace(), x, x, x, out, call);
     DILATED_CHECK_ALLCLOSE(fetch(out), fetch(fresh_out), tol, tol);
+    CHECK(l.workspace()->forward.normed.size() == 0);
+    CHECK(l.workspace()->forward.mean.size() == 0);
+    CHECK(l.workspace()->forward.rstd.size() == 0);
   };
   check(layer, wide, 2, 40, 1);
   const void* qkv = saved.qkv.data();
