@@ -13,9 +13,9 @@
 //   dPt = V Gt     : keys x query rows (Gt: dout transposed);
 //   dSt            : overwrites St in place;
 //   dQ += dS K     : query rows x d, the keys' sum accumulated in registers;
-// K and V rows are read in place when float with a contiguous head dim of whole vectors, else
-// copied (rows_operand). In delta mode (detached longnet weights) the row sums of P~ Z dP and of
-// exp(s - L) replace the dQ product.
+// K and V rows are read in place when float with a contiguous head dim of whole vectors and the
+// tile fills its register blocks, else copied (rows_operand). In delta mode (detached longnet
+// weights) the row sums of P~ Z dP and of exp(s - L) replace the dQ product.
 //
 // dk/dv pass (a team owns key rows, streams query tiles): transposed the other way. The team's
 // own keys are loaded once, transposed (Kt, scaled by the softmax scale, and Vt: d x keys), so
@@ -28,10 +28,11 @@
 //
 // Padding: the head dim to whole vectors (zeros), transposed rows to whole vectors (zeros),
 // row-major operands to whole register blocks (zero rows). Padded rows and columns of S and dP
-// hold finite values (zero operands, L = D = 0) that no product of real rows reads (the sums run
-// over the real keys or queries only) and that are never written out. Causal masks set the
-// hidden scores to -inf, whose exp is exactly 0 (P~ = dS = 0, as the generic kernel's zeros).
-// Dropout: the mask factor is a hash per (query, key) pair, applied in a separate scalar loop.
+// hold finite values (zero operands; padded query rows get L = D = 0) that no product of real rows
+// reads (the sums run over the real keys or queries only) and that are never written out. Causal
+// masks set the hidden scores to -inf, whose exp is exactly 0 (P~ = dS = 0, as the generic kernel's
+// zeros). Dropout: the mask factor is a hash per (query, key) pair, applied in a separate scalar
+// loop.
 #ifndef DILATED_IMPL_IMPROVED_HOST_BACKWARD_HPP
 #define DILATED_IMPL_IMPROVED_HOST_BACKWARD_HPP
 
