@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Times training steps of the seed's language model built in PyTorch around the peer's attention
 modules (DarcStar-Solutions-Tech/dilated-attention-pytorch), for comparison with dilated_train in
-the same run on the same card (scripts/train_vs_peer.sh).
+the same run on the same card, or on the same CPU cores with --device cpu
+(scripts/train_vs_peer.sh).
 
 The model is the one docs/training.md describes, written here in plain PyTorch: token embedding
 tied with the head, L pre-LN blocks, final LayerNorm, mean cross-entropy; the seed's two blocks
@@ -10,9 +11,12 @@ tied with the head, L pre-LN blocks, final LayerNorm, mean cross-entropy; the se
             ImprovedMultiheadDilatedAttention (improved); then x + FFN(LN2(x))
   custom:   q, k, v = Linear(LN1(x)), x + out_proj(the peer's DilatedAttention or
             ImprovedDilatedAttention(q, k, v)); then x + FFN(LN2(x))
-with causal attention. PyTorch's own mixed precision (autocast fp16, fp32 parameters, GradScaler),
-fused AdamW (betas 0.9/0.95, weight decay 0.1), clipping at 1.0; optional per-block activation
-checkpointing (torch.utils.checkpoint). Random byte ids: a timing, not a training run.
+with causal attention. On CUDA PyTorch's own mixed precision (autocast fp16, fp32 parameters,
+GradScaler) and fused AdamW; on the CPU fp32 throughout (as dilated_train --dtype float on the host)
+and PyTorch's default (foreach) AdamW; betas 0.9/0.95, weight decay 0.1, clipping at 1.0; optional
+per-block activation checkpointing (torch.utils.checkpoint). Random byte ids: a timing, not a
+training run. Peak memory: the CUDA caching allocator's peak on the GPU; on the CPU the process's
+peak resident set (ru_maxrss), which includes the interpreter and libraries.
 
 The peer's source is not part of this repository: --peer DIR holds its package folder.
 """
@@ -101,7 +105,7 @@ def build(torch, peer, args):
             logits = F.linear(self.norm(x), self.embedding.weight)
             return F.cross_entropy(logits.float().view(-1, args.vocab), targets.view(-1))
 
-    return Model().cuda()
+    return Model().to(args.device)
 
 
 def main():
@@ -118,52 +122,77 @@ def main():
     parser.add_argument("--dilations", default="1,2,4,8")
     parser.add_argument("--checkpointing", action="store_true")
     parser.add_argument("--steps", type=int, default=10, help="timed steps (after 3 untimed)")
+    parser.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
+
+    import resource
+    import time
 
     import torch
 
     peer = load_peer(args.peer)
     torch.manual_seed(0)
+    cuda = args.device == "cuda"
+    if not cuda and "OMP_NUM_THREADS" in os.environ:  # the cores our side is given
+        torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
     entry = {"block": args.block, "policy": args.policy, "length": args.length,
              "checkpointing": args.checkpointing, "torch": torch.__version__,
-             "device": torch.cuda.get_device_name()}
+             "device": torch.cuda.get_device_name() if cuda else "cpu",
+             "threads": torch.get_num_threads()}
     try:
         model = build(torch, peer, args)
         entry["parameters"] = sum(p.numel() for p in model.parameters())
         opt = torch.optim.AdamW(model.parameters(), lr=6e-4, betas=(0.9, 0.95), weight_decay=0.1,
-                                fused=True)
-        scaler = torch.amp.GradScaler("cuda")
-        ids = torch.randint(0, args.vocab, (1, args.length + 1), device="cuda")
+                                **({"fused": True} if cuda else {}))
+        scaler = torch.amp.GradScaler("cuda") if cuda else None
+        ids = torch.randint(0, args.vocab, (1, args.length + 1), device=args.device)
         x, y = ids[:, :-1].contiguous(), ids[:, 1:].contiguous()
 
         def step():
-            with torch.autocast("cuda", dtype=torch.float16):
+            if cuda:
+                with torch.autocast("cuda", dtype=torch.float16):
+                    loss = model(x, y)
+                scaler.scale(loss).backward()
+                scaler.unscale_(opt)
+            else:
                 loss = model(x, y)
-            scaler.scale(loss).backward()
-            scaler.unscale_(opt)
+                loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            scaler.step(opt)
-            scaler.update()
+            if cuda:
+                scaler.step(opt)
+                scaler.update()
+            else:
+                opt.step()
             opt.zero_grad(set_to_none=True)
             return loss
 
-        torch.cuda.reset_peak_memory_stats()
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
         for _ in range(3):
             step()
-        torch.cuda.synchronize()
+        if cuda:
+            torch.cuda.synchronize()
         times = []
         for _ in range(args.steps):
-            start = torch.cuda.Event(enable_timing=True)
-            stop = torch.cuda.Event(enable_timing=True)
-            start.record()
-            loss = step()
-            stop.record()
-            stop.synchronize()
-            times.append(start.elapsed_time(stop) / 1000)
+            if cuda:
+                start = torch.cuda.Event(enable_timing=True)
+                stop = torch.cuda.Event(enable_timing=True)
+                start.record()
+                loss = step()
+                stop.record()
+                stop.synchronize()
+                times.append(start.elapsed_time(stop) / 1000)
+            else:
+                begin = time.perf_counter()
+                loss = step()
+                times.append(time.perf_counter() - begin)
         entry.update(step_seconds=statistics.fmean(times), median_seconds=statistics.median(times),
-                     tokens_per_second=args.length / statistics.fmean(times),
-                     peak_bytes=torch.cuda.max_memory_allocated(), loss=float(loss))
+                     tokens_per_second=args.length / statistics.fmean(times), loss=float(loss))
+        if cuda:
+            entry["peak_bytes"] = torch.cuda.max_memory_allocated()
+        else:
+            entry["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     except torch.cuda.OutOfMemoryError as error:
         entry["error"] = str(error).splitlines()[0]
     except Exception as error:  # the peer's failure is a result, written down
