@@ -232,6 +232,7 @@ ChildResult run_child(const Config& c, const std::string& self, long length, boo
   if (probe) command += " --steps 1";
   command += " 2>&1";
   ChildResult r;
+  const auto start = std::chrono::steady_clock::now();
   FILE* pipe = popen(command.c_str(), "r");
   if (!pipe) throw std::runtime_error("dilated_capacity: cannot start " + self);
   char buffer[4096];
@@ -246,10 +247,14 @@ ChildResult run_child(const Config& c, const std::string& self, long length, boo
     if (line.find("out of ") != std::string::npos && line.find("memory") != std::string::npos)
       r.oom = line;
   }
-  std::printf("  n = %-9ld %s\n", length,
+  // The child's wall time (start, model, steps, exit): where a cell's time goes.
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  std::printf("  n = %-9ld %s (%.1f s)\n", length,
               r.status == 0   ? "trained"
               : r.status == 3 ? ("out of memory: " + r.oom).c_str()
-                              : ("FAILED (status " + std::to_string(r.status) + ")").c_str());
+                              : ("FAILED (status " + std::to_string(r.status) + ")").c_str(),
+              seconds);
   if (r.status != 0 && r.status != 3) std::printf("%s\n", r.output.c_str());
   std::fflush(stdout);
   return r;
