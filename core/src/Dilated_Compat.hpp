@@ -12,6 +12,14 @@
 #include <Kokkos_Profiling_ScopedRegion.hpp>
 #endif
 
+// `omp simd` on host loops known to be vectorisable (independent iterations, or reductions
+// split into independent partial sums); nothing without OpenMP.
+#if defined(_OPENMP)
+#define DILATED_HOST_SIMD _Pragma("omp simd")
+#else
+#define DILATED_HOST_SIMD
+#endif
+
 #if !defined(KOKKOS_VERSION) || KOKKOS_VERSION < 30400
 #error "DilatedAttention needs Kokkos 3.4 or newer"
 #endif

@@ -31,6 +31,39 @@ struct MatrixRowLaunch {
   }
 };
 
+// The sum over a row's packs p < packs and their elements w < W of term(p, w), in Acc: across
+// the warp's lanes on CUDA; on the host (one lane) in 4 x W independent partial sums, which the
+// compiler turns into vector adds. One running sum is a single dependent chain that strict
+// floating-point order keeps scalar: the host norm ran at a quarter of a copy's bandwidth
+// (dilated_bench_elementwise, 2 cores, fp32).
+template <class Acc, int W, int Lanes, class Member, class Term>
+KOKKOS_INLINE_FUNCTION Acc row_sum(const Member& member, int packs, const Term& term) {
+  Acc total = 0;
+  if constexpr (Lanes == 1) {
+    constexpr int U = 4;  // packs in flight
+    Acc partial[U * W] = {};
+    int p = 0;
+    for (; p + U <= packs; p += U)
+      for (int u = 0; u < U; ++u)
+        for (int w = 0; w < W; ++w)
+          partial[u * W + w] += term(p + u, w);
+    for (; p < packs; ++p)
+      for (int w = 0; w < W; ++w)
+        partial[w] += term(p, w);
+    for (int k = 0; k < U * W; ++k)
+      total += partial[k];
+  } else {
+    Kokkos::parallel_reduce(
+        Kokkos::ThreadVectorRange(member, packs),
+        [&](int p, Acc& s) {
+          for (int w = 0; w < W; ++w)
+            s += term(p, w);
+        },
+        total);
+  }
+  return total;
+}
+
 // With residual (r, s not null): the row normalised is x + r, and s receives it (a residual
 // connection and the next LayerNorm in one pass: the sum is written once and not read back).
 template <class T, int W, class ExecSpace, class X, class G, class B, class Y, class Stat>
@@ -71,27 +104,14 @@ void layer_norm_forward_rows(const ExecSpace& space, const X& x, const G& gamma,
             });
             row = sr;
           }
-          Acc sum = 0;
-          Kokkos::parallel_reduce(
-              Kokkos::ThreadVectorRange(member, packs),
-              [&](int p, Acc& s) {
-                const P v = row[p];
-                for (int w = 0; w < W; ++w)
-                  s += static_cast<Acc>(v.v[w]);
-              },
-              sum);
+          const Acc sum = row_sum<Acc, W, Launch::lanes>(
+              member, packs, [&](int p, int w) { return static_cast<Acc>(row[p].v[w]); });
           const Acc mu = sum / cols;
-          Acc squares = 0;  // centred: no cancellation when |mean| >> the spread
-          Kokkos::parallel_reduce(
-              Kokkos::ThreadVectorRange(member, packs),
-              [&](int p, Acc& s) {
-                const P v = row[p];
-                for (int w = 0; w < W; ++w) {
-                  const Acc c = static_cast<Acc>(v.v[w]) - mu;
-                  s += c * c;
-                }
-              },
-              squares);
+          // Centred: no cancellation when |mean| >> the spread.
+          const Acc squares = row_sum<Acc, W, Launch::lanes>(member, packs, [&](int p, int w) {
+            const Acc c = static_cast<Acc>(row[p].v[w]) - mu;
+            return c * c;
+          });
           const Acc rs = Acc(1) / math::sqrt(squares / cols + epsilon);
           P* out = reinterpret_cast<P*>(yp + i * y_stride);
           Kokkos::parallel_for(Kokkos::ThreadVectorRange(member, packs), [&](int p) {
@@ -138,24 +158,13 @@ void layer_norm_input_gradient_rows(const ExecSpace& space, const X& x, const G&
           const P* xr = reinterpret_cast<const P*>(xp + i * x_stride);
           const P* dyr = reinterpret_cast<const P*>(dyp + i * dy_stride);
           const Acc mu = mean(i), rs = rstd(i);
-          Acc sum_g = 0, sum_gx = 0;
-          Kokkos::parallel_reduce(
-              Kokkos::ThreadVectorRange(member, packs),
-              [&](int p, Acc& s) {
-                const P d = dyr[p], g = gp[p];
-                for (int w = 0; w < W; ++w)
-                  s += static_cast<Acc>(d.v[w]) * static_cast<Acc>(g.v[w]);
-              },
-              sum_g);
-          Kokkos::parallel_reduce(
-              Kokkos::ThreadVectorRange(member, packs),
-              [&](int p, Acc& s) {
-                const P v = xr[p], d = dyr[p], g = gp[p];
-                for (int w = 0; w < W; ++w)
-                  s += static_cast<Acc>(d.v[w]) * static_cast<Acc>(g.v[w]) *
-                       ((static_cast<Acc>(v.v[w]) - mu) * rs);
-              },
-              sum_gx);
+          const Acc sum_g = row_sum<Acc, W, Launch::lanes>(member, packs, [&](int p, int w) {
+            return static_cast<Acc>(dyr[p].v[w]) * static_cast<Acc>(gp[p].v[w]);
+          });
+          const Acc sum_gx = row_sum<Acc, W, Launch::lanes>(member, packs, [&](int p, int w) {
+            return static_cast<Acc>(dyr[p].v[w]) * static_cast<Acc>(gp[p].v[w]) *
+                   ((static_cast<Acc>(xr[p].v[w]) - mu) * rs);
+          });
           const Acc a = sum_g / cols, b = sum_gx / cols;
           P* out = reinterpret_cast<P*>(dxp + i * dx_stride);
           const P* ar = add ? reinterpret_cast<const P*>(add + i * add_stride) : nullptr;
@@ -225,6 +234,84 @@ void add_layer_norm_forward(const ExecSpace& space, const X& x, const R& r, cons
                                   sum.data(), sum.stride(0));
 }
 
+// layer_norm_backward on the host, in one pass over the rows: a thread per chunk of rows
+// (column_sum_chunk_rows) adds each row's dgamma and dbeta terms into the chunk's partial rows,
+// then writes the row's dx (after reading its dy: in place is safe), and column_sum_tree reduces
+// the partials as column_sums would, in the same order. Two passes (the column sums, then dx)
+// read x and dy twice: 5 matrices of traffic for the 3 the backward needs, at a third of a
+// copy's bandwidth on 2 cores (dilated_bench_elementwise).
+template <class ExecSpace, class X, class G, class Stat, class DY, class DX, class DG, class DB,
+          class Partial, class T>
+void layer_norm_backward_host(const ExecSpace& space, const X& x, const G& gamma, const Stat& mean,
+                              const Stat& rstd, const DY& dy, const DX& dx, const DG& dgamma,
+                              const DB& dbeta, Partial partial, const T* add, long add_stride) {
+  using Acc = typename Stat::non_const_value_type;
+  const long rows = x.extent(0);
+  const int cols = x.extent(1);
+  const auto [needed, width] = column_sum_partials(2, rows, cols);
+  if (partial.extent(0) < static_cast<std::size_t>(needed) ||
+      partial.extent(1) < static_cast<std::size_t>(width)) {
+    partial =
+        Partial(Kokkos::view_alloc(Kokkos::WithoutInitializing, "dilated::column_sums::partial"),
+                needed, width);
+  }
+  const long chunk = column_sum_chunk_rows(rows), first = column_sum_levels(rows)[0];
+  const long x_stride = x.stride(0), dy_stride = dy.stride(0), dx_stride = dx.stride(0);
+  const T* xp = x.data();
+  const T* dyp = dy.data();
+  const T* gp = gamma.data();
+  T* dxp = dx.data();
+  Kokkos::parallel_for(
+      "dilated::layer_norm::backward", Kokkos::RangePolicy<ExecSpace>(space, 0, first),
+      KOKKOS_LAMBDA(long c) {
+        Acc* sum_gx = &partial(c, 0);  // dgamma's partial row, then dbeta's
+        Acc* sum_dy = sum_gx + cols;
+        for (int j = 0; j < 2 * cols; ++j)
+          sum_gx[j] = 0;
+        const long end = (c + 1) * chunk < rows ? (c + 1) * chunk : rows;
+        for (long i = c * chunk; i < end; ++i) {
+          const T* xr = xp + i * x_stride;
+          const T* dyr = dyp + i * dy_stride;
+          const Acc mu = mean(i), rs = rstd(i);
+          // Sums over the row in 16-wide pieces where it has them (4 x 16 independent partial
+          // sums: vector adds), else element by element.
+          const auto sum = [&](const auto& term) {
+            if (cols % 16 == 0)
+              return row_sum<Acc, 16, 1>(0, cols / 16,
+                                         [&](int p, int w) { return term(p * 16 + w); });
+            return row_sum<Acc, 1, 1>(0, cols, [&](int j, int) { return term(j); });
+          };
+          const Acc sum_g =
+              sum([&](int j) { return static_cast<Acc>(dyr[j]) * static_cast<Acc>(gp[j]); });
+          const Acc sum_gxhat = sum([&](int j) {
+            return static_cast<Acc>(dyr[j]) * static_cast<Acc>(gp[j]) *
+                   ((static_cast<Acc>(xr[j]) - mu) * rs);
+          });
+          const Acc a = sum_g / cols, b = sum_gxhat / cols;
+          T* out = dxp + i * dx_stride;
+          const T* extra = add ? add + i * add_stride : nullptr;
+          const auto write = [&](const auto& plus) {
+            DILATED_HOST_SIMD
+            for (int j = 0; j < cols; ++j) {
+              const Acc d = static_cast<Acc>(dyr[j]);
+              const Acc xhat = (static_cast<Acc>(xr[j]) - mu) * rs;
+              sum_gx[j] += d * xhat;
+              sum_dy[j] += d;
+              out[j] = static_cast<T>(rs * (d * static_cast<Acc>(gp[j]) - a - xhat * b) + plus(j));
+            }
+          };
+          // Two loops, not a test per element: the residual's gradient added or not.
+          if (extra)
+            write([&](int j) { return static_cast<Acc>(extra[j]); });
+          else
+            write([](int) { return Acc(0); });
+        }
+      });
+  using DT = typename DG::non_const_value_type;
+  column_sum_tree<Acc, 2>(space, "dilated::layer_norm::parameter_gradients", rows, cols, partial,
+                          Kokkos::Array<DT*, 2>{dgamma.data(), dbeta.data()});
+}
+
 // Gradients of layer_norm_forward for the upstream gradient dy: dx, dgamma = column sums of
 // dy xhat and dbeta = column sums of dy. dx may be dy itself (in place: each row's dy is read
 // whole before its dx is written, and the column sums run first), which saves the layer one
@@ -246,6 +333,16 @@ void layer_norm_backward(const ExecSpace& space, const X& x, const G& gamma, con
                     std::is_same_v<typename DY::non_const_value_type, T>,
                 "dilated::Impl::layer_norm_backward: x, dy and dx must share the storage type");
   const int cols = x.extent(1);
+  const long rows = x.extent(0);
+  const T* add_data = add.extent(0) > 0 ? add.data() : nullptr;
+  const long add_stride = add.extent(0) > 0 ? static_cast<long>(add.stride(0)) : 0;
+  if constexpr (!is_cuda_v<ExecSpace>) {
+    if (!column_sum_levels(rows).empty()) {
+      layer_norm_backward_host(space, x, gamma, mean, rstd, dy, dx, dgamma, dbeta, partial,
+                               add_data, add_stride);
+      return;
+    }
+  }
   // The parameter gradients first: they read dy, which dx may overwrite (in place).
   column_sums<Acc, 2>(
       space, "dilated::layer_norm::parameter_gradients", x.extent(0), cols,
@@ -255,8 +352,6 @@ void layer_norm_backward(const ExecSpace& space, const X& x, const G& gamma, con
         sums[1] += d;
       },
       partial, dgamma, dbeta);
-  const T* add_data = add.extent(0) > 0 ? add.data() : nullptr;
-  const long add_stride = add.extent(0) > 0 ? static_cast<long>(add.stride(0)) : 0;
   const bool packs = add_data ? rows_take_packs<T>(cols, x, dy, dx, gamma, add)
                               : rows_take_packs<T>(cols, x, dy, dx, gamma);
   if (packs)

@@ -70,42 +70,14 @@ inline std::pair<long, long> column_sum_partials(int sums, long rows, long cols)
   return {std::max(1L, total), sums * cols};
 }
 
-// out_s(j) = sum over rows i of the s-th value term(i, j, values) adds into values[s]
-// (s < K), in Acc; the outputs are contiguous rank-1 Views of one type. `partial`
-// (column_sum_partials(K, rows, cols) or larger) holds the partials; empty: allocated for this
-// call.
-template <class Acc, int K, class ExecSpace, class Term, class Partial, class... Out>
-void column_sums(const ExecSpace& space, const char* label, long rows, long cols, const Term& term,
-                 Partial partial, const Out&... outs) {
-  static_assert(sizeof...(Out) == K, "dilated::Impl::column_sums: one output per sum");
-  const auto [needed, width] = column_sum_partials(K, rows, cols);
-  if (partial.extent(0) < static_cast<std::size_t>(needed) ||
-      partial.extent(1) < static_cast<std::size_t>(width)) {
-    partial =
-        Partial(Kokkos::view_alloc(Kokkos::WithoutInitializing, "dilated::column_sums::partial"),
-                needed, width);
-  }
-  using T = typename std::tuple_element_t<0, std::tuple<Out...>>::non_const_value_type;
-  const Kokkos::Array<T*, K> out_data{outs.data()...};
+// The levels after the first of column_sums: the first level's partials (rows [0, first) of
+// `partial`, one per chunk of column_sum_chunk_rows(rows) rows, written by the caller) reduced
+// column_sum_fan_in at a time, level after level, the last into the outputs. For a caller that
+// makes the first level in a pass of its own (the host LayerNorm backward).
+template <class Acc, int K, class ExecSpace, class Partial, class T>
+void column_sum_tree(const ExecSpace& space, const char* label, long rows, long cols,
+                     const Partial& partial, const Kokkos::Array<T*, K>& out_data) {
   const std::vector<long> levels = column_sum_levels(rows);
-  const long first = levels.empty() ? 1 : levels[0];
-  // The rows: into level 0 of the partials, or straight into the outputs for <= 32 rows.
-  const bool direct = levels.empty();
-  const long chunk = column_sum_chunk_rows(rows);
-  Kokkos::parallel_for(
-      label, Kokkos::RangePolicy<ExecSpace>(space, 0, first * cols), KOKKOS_LAMBDA(long e) {
-        const long c = e / cols, j = e % cols,
-                   end = (c + 1) * chunk < rows ? (c + 1) * chunk : rows;
-        Acc sums[K] = {};
-        for (long i = c * chunk; i < end; ++i)
-          term(i, j, sums);
-        for (int s = 0; s < K; ++s) {
-          if (direct)
-            out_data[s][j] = static_cast<T>(sums[s]);
-          else
-            partial(c, s * cols + j) = sums[s];
-        }
-      });
   // The partials: level l (rows [offset, offset + count) of `partial`) into level l + 1, fan-in
   // at a time; the last level into the outputs.
   long offset = 0;
@@ -129,6 +101,71 @@ void column_sums(const ExecSpace& space, const char* label, long rows, long cols
         });
     offset = next_offset;
   }
+}
+
+// out_s(j) = sum over rows i of the s-th value term(i, j, values) adds into values[s]
+// (s < K), in Acc; the outputs are contiguous rank-1 Views of one type. `partial`
+// (column_sum_partials(K, rows, cols) or larger) holds the partials; empty: allocated for this
+// call.
+template <class Acc, int K, class ExecSpace, class Term, class Partial, class... Out>
+void column_sums(const ExecSpace& space, const char* label, long rows, long cols, const Term& term,
+                 Partial partial, const Out&... outs) {
+  static_assert(sizeof...(Out) == K, "dilated::Impl::column_sums: one output per sum");
+  const auto [needed, width] = column_sum_partials(K, rows, cols);
+  if (partial.extent(0) < static_cast<std::size_t>(needed) ||
+      partial.extent(1) < static_cast<std::size_t>(width)) {
+    partial =
+        Partial(Kokkos::view_alloc(Kokkos::WithoutInitializing, "dilated::column_sums::partial"),
+                needed, width);
+  }
+  using T = typename std::tuple_element_t<0, std::tuple<Out...>>::non_const_value_type;
+  const Kokkos::Array<T*, K> out_data{outs.data()...};
+  const std::vector<long> levels = column_sum_levels(rows);
+  const long first = levels.empty() ? 1 : levels[0];
+  // The rows: into level 0 of the partials, or straight into the outputs for <= 32 rows.
+  const bool direct = levels.empty();
+  const long chunk = column_sum_chunk_rows(rows);
+  if constexpr (!is_cuda_v<ExecSpace>) {
+    if (!direct) {
+      // The host: a thread per chunk of rows, each row's columns innermost (contiguous and
+      // vectorised) into the chunk's partial row; the same sums in the same order per column
+      // as the device's thread per (chunk, column), which on the host read one element per cache
+      // line visit and ran at a fifth of a copy's bandwidth (dilated_bench_elementwise).
+      Kokkos::parallel_for(
+          label, Kokkos::RangePolicy<ExecSpace>(space, 0, first), KOKKOS_LAMBDA(long c) {
+            Acc* row = &partial(c, 0);
+            for (long w = 0; w < K * cols; ++w)
+              row[w] = 0;
+            const long end = (c + 1) * chunk < rows ? (c + 1) * chunk : rows;
+            for (long i = c * chunk; i < end; ++i) {
+              DILATED_HOST_SIMD
+              for (long j = 0; j < cols; ++j) {
+                Acc sums[K] = {};
+                term(i, j, sums);
+                for (int s = 0; s < K; ++s)
+                  row[s * cols + j] += sums[s];
+              }
+            }
+          });
+    }
+  }
+  if (is_cuda_v<ExecSpace> || direct) {
+    Kokkos::parallel_for(
+        label, Kokkos::RangePolicy<ExecSpace>(space, 0, first * cols), KOKKOS_LAMBDA(long e) {
+          const long c = e / cols, j = e % cols,
+                     end = (c + 1) * chunk < rows ? (c + 1) * chunk : rows;
+          Acc sums[K] = {};
+          for (long i = c * chunk; i < end; ++i)
+            term(i, j, sums);
+          for (int s = 0; s < K; ++s) {
+            if (direct)
+              out_data[s][j] = static_cast<T>(sums[s]);
+            else
+              partial(c, s * cols + j) = sums[s];
+          }
+        });
+  }
+  if (!direct) column_sum_tree<Acc, K>(space, label, rows, cols, partial, out_data);
 }
 
 template <class T>

@@ -44,14 +44,6 @@
 #include <limits>
 #include <type_traits>
 
-// `omp simd` on loops known to be vectorisable; nothing without OpenMP (the forward's header
-// undefines its own copy at its end).
-#if defined(_OPENMP)
-#define DILATED_HOST_SIMD _Pragma("omp simd")
-#else
-#define DILATED_HOST_SIMD
-#endif
-
 namespace dilated::Impl::host_tile {
 
 // dst[c * ld + i] = factor * src(b, kept(first + i), h, c) for c < d, i < count; zeros for the
@@ -387,7 +379,5 @@ void dkdv(const Kernel& kn, const Member& team) {
 }
 
 }  // namespace dilated::Impl::host_tile
-
-#undef DILATED_HOST_SIMD
 
 #endif  // DILATED_IMPL_IMPROVED_HOST_BACKWARD_HPP

@@ -34,13 +34,6 @@
 #include <limits>
 #include <type_traits>
 
-// `omp simd` on loops known to be vectorisable; nothing without OpenMP.
-#if defined(_OPENMP)
-#define DILATED_HOST_SIMD _Pragma("omp simd")
-#else
-#define DILATED_HOST_SIMD
-#endif
-
 namespace dilated::Impl::host_tile {
 
 // Whether a kernel on ExecSpace with accumulation type Acc runs the host micro-kernels.
@@ -345,7 +338,5 @@ void forward(const Kernel& kn, const Member& team) {
 }
 
 }  // namespace dilated::Impl::host_tile
-
-#undef DILATED_HOST_SIMD
 
 #endif  // DILATED_IMPL_IMPROVED_HOST_TILE_HPP
