@@ -34,6 +34,9 @@ fi
 wrap=()
 if [ "$device" = cpu ]; then
   dtype=float
+  # A bound first thread (OMP_PROC_BIND=spread/close/true) pins OpenBLAS's pthread pool to its
+  # core: every product on one core (docs/training.md). Unbound unless the caller says otherwise.
+  export OMP_PROC_BIND=${OMP_PROC_BIND:-false}
   # Our process's peak resident set, measured as the peer script measures its own.
   wrap=("$python" -c 'import resource, subprocess, sys
 rc = subprocess.call(sys.argv[1:])
