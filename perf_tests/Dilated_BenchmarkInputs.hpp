@@ -17,12 +17,20 @@
 
 #include <cstdint>
 #include <cstdio>
+#include <cstring>
 #include <sstream>
 #include <string>
 #include <type_traits>
 #include <vector>
 
 namespace dilated::bench {
+
+// The value in `arg` when it starts with `flag` ("1,2" for "--lengths=" in "--lengths=1,2"),
+// else null: the drivers' own --name=value flags, taken out of argv before Google Benchmark's.
+inline const char* flag_value(const char* arg, const char* flag) {
+  const std::size_t len = std::strlen(flag);
+  return std::strncmp(arg, flag, len) == 0 ? arg + len : nullptr;
+}
 
 inline std::vector<std::string> split(const char* text) {
   std::vector<std::string> out;

@@ -69,10 +69,7 @@ Settings parse(int& argc, char* argv[]) {
   Settings s;
   int kept = 1;
   for (int i = 1; i < argc; ++i) {
-    const auto value = [&](const char* flag) -> const char* {
-      const std::size_t len = std::strlen(flag);
-      return std::strncmp(argv[i], flag, len) == 0 ? argv[i] + len : nullptr;
-    };
+    const auto value = [&](const char* flag) { return dilated::bench::flag_value(argv[i], flag); };
     if (const char* v = value("--lengths="))
       s.lengths = parse_list(v);
     else if (const char* v = value("--segments="))
