@@ -15,8 +15,10 @@ if [ "${1:-}" = --cpu ]; then
 fi
 source scripts/preset_build.sh
 preset_build demo demo --target dilated_demo
-# OpenMP: every core, one thread each, unless the caller chose otherwise.
-export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$jobs} OMP_PROC_BIND=${OMP_PROC_BIND:-spread}
+# OpenMP: every core, one thread each, unless the caller chose otherwise. Threads unbound: a
+# bound first thread pins Debian's (pthread) OpenBLAS pool, the layers' products, to its core
+# (measured: products 1.9x slower on 2 cores; docs/training.md).
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$jobs} OMP_PROC_BIND=${OMP_PROC_BIND:-false}
 export OMP_PLACES=${OMP_PLACES:-threads}
 echo "[demo] run" >&2
 exec "$build_dir"/examples/dilated_demo "$@"
