@@ -2,8 +2,9 @@
 // the same backend: LayerNorm forward and backward (Impl::layer_norm_forward / _backward, the
 // multihead layer's sub-LayerNorm and the blocks' pre-LNs), the bias broadcast
 // (Impl::broadcast_rows: the host layer's bias before its product) and a bias gradient's column
-// sums (Impl::column_sums). Each runs over a (rows, cols) matrix, as the layer does at
-// rows = batch x sequence length and cols = the embedding width.
+// sums (Impl::column_sums), and a copy through a Kokkos kernel (kernel_copy). Each runs over a
+// (rows, cols) matrix, as the layer does at rows = batch x sequence length and cols = the embedding
+// width.
 //
 // Counters: GB_per_s of the kernel's least traffic (what it must read and write once: LayerNorm
 // forward x and y; backward x, dy and dx; broadcast y; column sums dy), copy_GB_per_s of a copy
@@ -13,7 +14,8 @@
 // elementwise work").
 //
 //   dilated_bench_elementwise --rows=16384,65536 --cols=768 [--backend=default|host|serial]
-//       [--dtypes=fp32] [--kernels=layer_norm_forward,layer_norm_backward,broadcast,column_sums]
+//       [--dtypes=fp32]
+//       [--kernels=layer_norm_forward,layer_norm_backward,broadcast,column_sums,kernel_copy]
 //       --benchmark_out=elementwise.json --benchmark_out_format=json
 #include <Dilated_BenchmarkContext.hpp>
 #include <Dilated_BenchmarkInputs.hpp>
@@ -33,7 +35,7 @@
 namespace {
 
 const std::vector<std::string> all_kernels = {"layer_norm_forward", "layer_norm_backward",
-                                              "broadcast", "column_sums"};
+                                              "broadcast", "column_sums", "kernel_copy"};
 
 struct Settings {
   std::vector<int> rows = {16384, 65536};
@@ -75,6 +77,14 @@ struct ColumnTerm {
   }
 };
 
+// y[e] = x[e] (a functor for the same reason as ColumnTerm).
+template <class T, class MemorySpace>
+struct CopyTerm {
+  const T* x;
+  T* y;
+  KOKKOS_INLINE_FUNCTION void operator()(long e) const { y[e] = x[e]; }
+};
+
 template <class Space, class Storage>
 void run(benchmark::State& state, const std::string& kernel, int rows, int cols) {
   using MemorySpace = typename Space::memory_space;
@@ -114,6 +124,16 @@ void run(benchmark::State& state, const std::string& kernel, int rows, int cols)
   } else if (kernel == "broadcast") {
     least_bytes = matrix_bytes;  // y written
     call = [&] { dilated::Impl::broadcast_rows(space, "dilated::bench::broadcast", beta, y); };
+  } else if (kernel == "kernel_copy") {
+    // y = dy through a Kokkos kernel: ordinary (cacheable) stores, which read each line of y
+    // before writing it, where deep_copy's memcpy may stream past the cache. The bound of a
+    // kernel that writes what it reads.
+    least_bytes = 2 * matrix_bytes;
+    call = [&] {
+      Kokkos::parallel_for("dilated::bench::kernel_copy",
+                           Kokkos::RangePolicy<Space>(space, 0, long(rows) * cols),
+                           CopyTerm<Storage, MemorySpace>{dy.data(), y.data()});
+    };
   } else {
     least_bytes = matrix_bytes;  // dy read
     call = [&] {
