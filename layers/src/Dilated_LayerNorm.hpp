@@ -248,13 +248,7 @@ void layer_norm_backward_host(const ExecSpace& space, const X& x, const G& gamma
   using Acc = typename Stat::non_const_value_type;
   const long rows = x.extent(0);
   const int cols = x.extent(1);
-  const auto [needed, width] = column_sum_partials(2, rows, cols);
-  if (partial.extent(0) < static_cast<std::size_t>(needed) ||
-      partial.extent(1) < static_cast<std::size_t>(width)) {
-    partial =
-        Partial(Kokkos::view_alloc(Kokkos::WithoutInitializing, "dilated::column_sums::partial"),
-                needed, width);
-  }
+  ensure_column_partials(partial, 2, rows, cols);
   const long chunk = column_sum_chunk_rows(rows), first = column_sum_levels(rows)[0];
   const long x_stride = x.stride(0), dy_stride = dy.stride(0), dx_stride = dx.stride(0);
   const T* xp = x.data();
@@ -314,7 +308,8 @@ void layer_norm_backward_host(const ExecSpace& space, const X& x, const G& gamma
 
 // Gradients of layer_norm_forward for the upstream gradient dy: dx, dgamma = column sums of
 // dy xhat and dbeta = column sums of dy. dx may be dy itself (in place: each row's dy is read
-// whole before its dx is written, and the column sums run first), which saves the layer one
+// whole before its dx is written, and the column sums run first, or on the host take the row's
+// terms before it is written: layer_norm_backward_host), which saves the layer one
 // (rows, features) buffer during the attention's backward. `partial` holds the column sums' partial
 // results (column_sum_partials<2>(rows, cols) of them); an empty one is allocated for the call.
 //

@@ -70,6 +70,19 @@ inline std::pair<long, long> column_sum_partials(int sums, long rows, long cols)
   return {std::max(1L, total), sums * cols};
 }
 
+// `partial` with room for the partials of `sums` column sums over (rows, cols): kept when large
+// enough (a caller's buffer), else allocated for this call.
+template <class Partial>
+void ensure_column_partials(Partial& partial, int sums, long rows, long cols) {
+  const auto [needed, width] = column_sum_partials(sums, rows, cols);
+  if (partial.extent(0) < static_cast<std::size_t>(needed) ||
+      partial.extent(1) < static_cast<std::size_t>(width)) {
+    partial =
+        Partial(Kokkos::view_alloc(Kokkos::WithoutInitializing, "dilated::column_sums::partial"),
+                needed, width);
+  }
+}
+
 // The levels after the first of column_sums: the first level's partials (rows [0, first) of
 // `partial`, one per chunk of column_sum_chunk_rows(rows) rows, written by the caller) reduced
 // column_sum_fan_in at a time, level after level, the last into the outputs. For a caller that
@@ -111,13 +124,7 @@ template <class Acc, int K, class ExecSpace, class Term, class Partial, class...
 void column_sums(const ExecSpace& space, const char* label, long rows, long cols, const Term& term,
                  Partial partial, const Out&... outs) {
   static_assert(sizeof...(Out) == K, "dilated::Impl::column_sums: one output per sum");
-  const auto [needed, width] = column_sum_partials(K, rows, cols);
-  if (partial.extent(0) < static_cast<std::size_t>(needed) ||
-      partial.extent(1) < static_cast<std::size_t>(width)) {
-    partial =
-        Partial(Kokkos::view_alloc(Kokkos::WithoutInitializing, "dilated::column_sums::partial"),
-                needed, width);
-  }
+  ensure_column_partials(partial, K, rows, cols);
   using T = typename std::tuple_element_t<0, std::tuple<Out...>>::non_const_value_type;
   const Kokkos::Array<T*, K> out_data{outs.data()...};
   const std::vector<long> levels = column_sum_levels(rows);
