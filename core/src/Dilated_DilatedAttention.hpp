@@ -14,6 +14,7 @@
 #include <impl/Dilated_ImprovedDriver.hpp>
 #include <impl/Dilated_OriginalDriver.hpp>
 #include <impl/Dilated_OriginalGemmPath.hpp>
+#include <impl/Dilated_OriginalHostGemmPath.hpp>
 #include <impl/Dilated_OriginalMmaBackward.hpp>
 #include <impl/Dilated_OriginalMmaForward.hpp>
 #include <impl/Dilated_ScratchPool.hpp>
@@ -160,7 +161,12 @@ class DilatedAttention {
     } else {
       const bool tensor = cuda && mma_type && options_.original_tensor_cores();
       const bool gemm = cuda && options_.vendor_gemm();
+      const bool host_gemm = Impl::original_host::applies_v<ExecSpace, T> && options_.vendor_gemm();
       const Geometry g = geometry(heads);
+      const auto host_gemm_bytes = [&](bool with_backward) {
+        return Impl::original_host::workspace_bytes<Acc>(g, n, head_dim, ExecSpace().concurrency(),
+                                                         with_backward);
+      };
       const auto host_schedule = [&](int matrices) {
         return Impl::LaunchSchedule<ExecSpace>(g, batch, n, matrices, sizeof(Acc), bound)
                    .workspace_entries *
@@ -174,6 +180,8 @@ class DilatedAttention {
         need("dilated::original::lse_accumulator", a3);
         if (gemm) {
           need("dilated::original::gemm_ws", bound);
+        } else if (host_gemm) {
+          need(Impl::original_host::workspace_label, host_gemm_bytes(false));
         } else {
           need("dilated::original::workspace", host_schedule(1));
         }
@@ -190,6 +198,8 @@ class DilatedAttention {
           need("dilated::original::dv", a4);
           if (gemm) {
             need("dilated::original::gemm_ws", bound);
+          } else if (host_gemm) {
+            need(Impl::original_host::workspace_label, host_gemm_bytes(true));
           } else {
             need("dilated::original::workspace", host_schedule(2));
           }
@@ -334,6 +344,12 @@ class DilatedAttention {
             out_acc, lse_acc, options_.workspace_bytes());
       }
 #endif
+      if constexpr (Impl::original_host::applies_v<ExecSpace, T>) {
+        Impl::original_host::forward_branches(
+            space, g,
+            Impl::make_launch<ExecSpace, Acc>(g, options_, call, q.extent(1), q.extent(3)), q, k, v,
+            out_acc, lse_acc);
+      }
     } else {
       Impl::original_forward_branches(space, g, options_, call, q, k, v, out_acc, lse_acc, true);
     }
@@ -473,15 +489,20 @@ class DilatedAttention {
       Impl::convert_rows(space, "dilated::original::load_lse", *lse, lse_acc);
     } else if (longnet && gemm) {
       // No lse from the forward: recompute it (a whole forward; pass lse to avoid this).
+      const auto out_acc = Impl::scratch_view<Impl::Accumulator4<ExecSpace, Acc>>(
+          space, "dilated::original::out_accumulator", true, batch, n, heads, d);
 #if defined(KOKKOS_ENABLE_CUDA)
       if constexpr (std::is_same_v<ExecSpace, Kokkos::Cuda>) {
         Impl::gemm_forward_branches<T, Acc>(
-            space, g, Impl::make_launch<ExecSpace, Acc>(g, options_, call, n, d), q, k, v,
-            Impl::scratch_view<Impl::Accumulator4<ExecSpace, Acc>>(
-                space, "dilated::original::out_accumulator", true, batch, n, heads, d),
+            space, g, Impl::make_launch<ExecSpace, Acc>(g, options_, call, n, d), q, k, v, out_acc,
             lse_acc, options_.workspace_bytes());
       }
 #endif
+      if constexpr (Impl::original_host::applies_v<ExecSpace, T>) {
+        Impl::original_host::forward_branches(
+            space, g, Impl::make_launch<ExecSpace, Acc>(g, options_, call, n, d), q, k, v, out_acc,
+            lse_acc);
+      }
     } else if (longnet) {
       Impl::original_forward_branches(space, g, options_, call, q, k, v,
                                       Impl::Accumulator4<ExecSpace, Acc>(), lse_acc, false);
@@ -502,6 +523,11 @@ class DilatedAttention {
             dout, lse_acc, dq_acc, dk_acc, dv_acc, through_weights, options_.workspace_bytes());
       }
 #endif
+      if constexpr (Impl::original_host::applies_v<ExecSpace, T>) {
+        Impl::original_host::backward_branches(
+            space, g, Impl::make_launch<ExecSpace, Acc>(g, options_, call, n, d), q, k, v, out,
+            dout, lse_acc, dq_acc, dk_acc, dv_acc, through_weights);
+      }
     } else {
       const Impl::LaunchSchedule<ExecSpace> schedule(g, batch, n, 2, sizeof(Acc),
                                                      options_.workspace_bytes());
@@ -613,15 +639,21 @@ class DilatedAttention {
     }
   }
 
-  // The cuBLAS path of the Original algorithm: CUDA, asked for, contiguous head_dim.
-  template <class ExecSpace, class... Views>
-  bool use_gemm_path(const ExecSpace&, const Views&... views) const {
+  // The vendor-GEMM paths of the Original algorithm, where asked for and every view's head_dim
+  // is contiguous: cuBLAS on CUDA; the host BLAS on Serial / OpenMP for float and double
+  // (Dilated_OriginalHostGemmPath.hpp). Elsewhere the team kernel.
+  template <class ExecSpace, class Q, class... Views>
+  bool use_gemm_path(const ExecSpace&, const Q& q, const Views&... views) const {
+    const bool contiguous = q.stride(3) == 1 && ((views.stride(3) == 1) && ...);
 #if defined(KOKKOS_ENABLE_CUDA)
     if constexpr (std::is_same_v<ExecSpace, Kokkos::Cuda>) {
-      return options_.vendor_gemm() && (Impl::rows_are_contiguous(views) && ...);
+      return options_.vendor_gemm() && contiguous;
     }
 #endif
-    ((void)views, ...);
+    if constexpr (Impl::original_host::applies_v<ExecSpace, typename Q::non_const_value_type>) {
+      return options_.vendor_gemm() && contiguous;
+    }
+    (void)contiguous;
     return false;
   }
 

@@ -40,9 +40,11 @@ class AttentionOptions {
     return *this;
   }
 
-  // Original on CUDA: run the two matrix products of each segment through cuBLAS
-  // strided-batched GEMMs (tensor cores for half/bf16) instead of inside the team kernel.
-  // Needs views with contiguous head_dim (stride(3) == 1); otherwise the team kernel runs.
+  // Original: run the matrix products of each segment through the vendor's GEMM instead of
+  // inside the team kernel: on CUDA cuBLAS strided-batched GEMMs (tensor cores for half/bf16),
+  // on the host (Serial, OpenMP) the BLAS Kokkos Kernels was built with, for float and double
+  // (impl/Dilated_OriginalHostGemmPath.hpp). Needs views with contiguous head_dim
+  // (stride(3) == 1); otherwise, and for half/bf16 on the host, the team kernel runs.
   AttentionOptions& set_vendor_gemm(bool use) {
     vendor_gemm_ = use;
     return *this;
