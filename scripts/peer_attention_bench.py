@@ -2,7 +2,8 @@
 """Times the PyTorch peer's attention modules (DarcStar-Solutions-Tech/dilated-attention-pytorch:
 DilatedAttention and ImprovedDilatedAttention, on (b, n, h, d) q, k, v) and a dense bound on the
 GPU, for comparison with our dilated_bench_attention in the same run on the same card
-(scripts/attention_vs_peer.sh).
+(scripts/attention_vs_peer.sh); with `--device cpu`, on the CPU with `--threads` threads (the
+same cores as ours in the same run; DEVICE=cpu in attention_vs_peer.sh).
 
 The peer's source is not part of this repository: pass the folder that holds its package
 (`--peer DIR`, DIR/dilated_attention_pytorch/...). Its package __init__ imports unrelated
@@ -29,6 +30,12 @@ branches (`max_abs_diff_vs_dense`; `--no-check` skips it): a check that the peer
 meant and computes the same attention. A configuration that fails (out of memory or any
 exception) is recorded with "error" and the others still run. `--dry-run` prints the
 configurations and their FLOP counts without torch.
+
+On the CPU (`--device cpu`): times from time.perf_counter around each call (the calls are
+synchronous), no per-configuration memory (the JSON's context holds the process's peak resident
+set instead), and where PyTorch has no scaled_dot_product_attention (Debian's 1.13) the check's
+dense reference computes softmax(q k^T / sqrt(D)) v per chunk with matmul; the dense bound then
+is not run by default (`--impls` may still ask for it: it times that matmul version).
 """
 import argparse
 import gc
@@ -37,12 +44,39 @@ import json
 import os
 import statistics
 import sys
+import time
 import types
 
 # The peers' timing loop (3 untimed calls, then CUDA events per call), shared with the layer script.
 from peer_layer_bench import time_calls
 
 IMPLS = ("DilatedAttention", "ImprovedDilatedAttention", "dense_bound")
+
+
+def time_calls_cpu(fn, repeat):
+    """time_calls on the CPU: 3 untimed calls, then `repeat` calls timed one by one (ms)."""
+    for _ in range(3):
+        fn()
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1e3)
+    return times
+
+
+def attention_math(torch, q, k, v, is_causal=False):
+    """scaled_dot_product_attention(q, k, v, is_causal) where PyTorch has it, else the same from
+    matmul and softmax ((..., m, D) inputs)."""
+    sdpa = getattr(torch.nn.functional, "scaled_dot_product_attention", None)
+    if sdpa is not None:
+        return sdpa(q, k, v, is_causal=is_causal)
+    s = torch.matmul(q, k.transpose(-2, -1)) * q.shape[-1] ** -0.5
+    if is_causal:
+        m = s.shape[-1]
+        mask = torch.ones((m, m), dtype=torch.bool, device=s.device).triu(1)
+        s = s.masked_fill(mask, float("-inf"))
+    return torch.matmul(torch.softmax(s, dim=-1), v)
 
 
 def load_peer(folder):
@@ -110,7 +144,7 @@ def dense_reference(torch, q, k, v, plan, causal):
     ref = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
     chunks = zip(*(gather_dense(torch, x, dim, plan) for x in (q, k, v)))
     for br, (qc, kc, vc) in zip(plan, chunks):
-        o = torch.nn.functional.scaled_dot_product_attention(qc, kc, vc, is_causal=causal)
+        o = attention_math(torch, qc, kc, vc, is_causal=causal)
         rows = ref[0, :, br["hmin"]:br["hmax"], :].view(br["segments"], br["w"], br["heads"], dim)
         rows[:, br["offset"]::br["r"]] += o.permute(0, 2, 1, 3).float()
     return ref.div_(len(plan))
@@ -118,7 +152,9 @@ def dense_reference(torch, q, k, v, plan, causal):
 
 def make_call(torch, impl, module, inputs, causal, with_backward):
     """The timed step of one configuration."""
-    sdpa = torch.nn.functional.scaled_dot_product_attention
+    def sdpa(q, k, v, is_causal):
+        return attention_math(torch, q, k, v, is_causal=is_causal)
+
     if impl == "dense_bound":
         qs, ks, vs, douts = inputs
 
@@ -162,8 +198,11 @@ def main():
     parser.add_argument("--causal", choices=["both", "false", "true"], default="both")
     parser.add_argument("--dtype", choices=["fp16", "bf16", "fp32"], default="fp16")
     parser.add_argument("--passes", default="fwd,fwd_bwd")
-    parser.add_argument("--impls", default=",".join(IMPLS), help="comma-separated, of "
-                        + ", ".join(IMPLS))
+    parser.add_argument("--impls", help="comma-separated, of " + ", ".join(IMPLS)
+                        + " (default: all on cuda, DilatedAttention on cpu)")
+    parser.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
+    parser.add_argument("--threads", type=int, help="cpu: torch.set_num_threads (default: "
+                        "PyTorch's own choice)")
     parser.add_argument("--repeat", type=int, default=10)
     parser.add_argument("--out", help="JSON file to write")
     parser.add_argument("--no-check", action="store_true",
@@ -178,6 +217,8 @@ def main():
     dilations = [int(x) for x in args.dilations.split(",") if x]
     masks = {"both": [False, True], "false": [False], "true": [True]}[args.causal]
     passes = [p for p in args.passes.split(",") if p]
+    if args.impls is None:
+        args.impls = ",".join(IMPLS) if args.device == "cuda" else "DilatedAttention"
     impls = [x for x in args.impls.split(",") if x]
     if len(segments) != len(dilations):
         parser.error("--segments and --dilations differ in length")
@@ -231,6 +272,9 @@ def main():
 
     import torch
 
+    cuda = args.device == "cuda"
+    if not cuda and args.threads:
+        torch.set_num_threads(args.threads)
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype]
     modules = {}
     if peer_impls:
@@ -247,8 +291,8 @@ def main():
         check_length(n, segments)
         plan = branches(n, args.heads, segments, dilations)
         torch.manual_seed(n)
-        q, k, v = (torch.rand((1, n, args.heads, args.dim), device="cuda", dtype=dtype) * 2 - 1
-                   for _ in range(3))
+        q, k, v = (torch.rand((1, n, args.heads, args.dim), device=args.device, dtype=dtype) * 2
+                   - 1 for _ in range(3))
         if impl == "dense_bound":
             qs, ks, vs = (gather_dense(torch, x, args.dim, plan) for x in (q, k, v))
             del q, k, v
@@ -266,14 +310,19 @@ def main():
         # What the call's results take: out (+ dq, dk, dv).
         entry["results_MiB"] = (4 if with_backward else 1) * count * elem / 2**20
         call = make_call(torch, impl, modules.get(impl), inputs, causal, with_backward)
-        torch.cuda.synchronize()
-        base = torch.cuda.memory_allocated()
-        torch.cuda.reset_peak_memory_stats()
-        times = time_calls(torch, call, args.repeat)
+        if cuda:
+            torch.cuda.synchronize()
+            base = torch.cuda.memory_allocated()
+            torch.cuda.reset_peak_memory_stats()
+            times = time_calls(torch, call, args.repeat)
+        else:
+            times = time_calls_cpu(call, args.repeat)
         median = statistics.median(times)
         entry.update(times_ms=times, median_ms=median, mean_ms=statistics.fmean(times),
                      TFLOP_per_s=entry["useful_GFLOP"] / median,  # GFLOP per ms
-                     extra_MiB=(torch.cuda.max_memory_allocated() - base) / 2**20)
+                     GFLOP_per_s=entry["useful_GFLOP"] / median * 1e3)
+        if cuda:
+            entry["extra_MiB"] = (torch.cuda.max_memory_allocated() - base) / 2**20
         if impl != "dense_bound" and not with_backward and not args.no_check:
             # That the peer is called as meant (layout, is_causal): its output against the
             # same attention from the dense bound's SDPA calls.
@@ -296,17 +345,27 @@ def main():
                         text = (str(error).strip().splitlines() or [""])[0][:200]
                         entry["error"] = f"{type(error).__name__}: {text}"
                     gc.collect()
-                    torch.cuda.empty_cache()
+                    if cuda:
+                        torch.cuda.empty_cache()
                     results.append(entry)
                     print(f"{entry['name']}: " + (
-                        f"median {entry['median_ms']:.3f} ms, {entry['TFLOP_per_s']:.1f} TFLOP/s, "
-                        f"extra {entry['extra_MiB']:.0f} MiB" if "median_ms" in entry
+                        f"median {entry['median_ms']:.3f} ms, {entry['TFLOP_per_s']:.3f} TFLOP/s"
+                        + (f", extra {entry['extra_MiB']:.0f} MiB" if "extra_MiB" in entry else "")
+                        if "median_ms" in entry
                         else entry["error"])
                         + (f", vs dense {entry['max_abs_diff_vs_dense']:.3g}"
                            if "max_abs_diff_vs_dense" in entry else ""), flush=True)
-    context.update(torch=torch.__version__, device=torch.cuda.get_device_name(),
-                   sdpa_flash=torch.backends.cuda.flash_sdp_enabled(),
-                   peer=os.path.abspath(args.peer) if args.peer else None)
+    context.update(torch=torch.__version__, peer=os.path.abspath(args.peer) if args.peer else None)
+    if cuda:
+        context.update(device=torch.cuda.get_device_name(),
+                       sdpa_flash=torch.backends.cuda.flash_sdp_enabled())
+    else:
+        import platform
+        import resource
+        context.update(device="cpu", cpu=platform.processor() or platform.machine(),
+                       threads=torch.get_num_threads(),
+                       peak_rss_MiB=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                       blas=torch.__config__.show().strip().splitlines())
     with open(args.out + ".tmp", "w") as f:
         json.dump({"context": context, "benchmarks": results}, f, indent=1)
     os.replace(args.out + ".tmp", args.out)
