@@ -14,6 +14,8 @@
 #include <cstdint>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -108,6 +110,52 @@ TEST_CASE("npy: malformed files throw FormatError saying what is wrong", "[npy][
     out.write("\x93NUMPY\x01\x00\x40", 9);
   }
   REQUIRE_THROWS_WITH(npy::read(tmp("cut.npy")), ContainsSubstring("truncated .npy header"));
+}
+
+// Inputs the fuzz target fuzz/fuzz_npy.cpp found or that it guards (kept in fuzz/corpus/npy/):
+// a length read from the file is checked against the file before anything is allocated, and a
+// shape entry too long for a size_t is a FormatError, not std::out_of_range from std::stoull.
+TEST_CASE("npy: lengths in a header are checked against the file before allocating",
+          "[npy][errors][fuzz]") {
+  // Version 3: a 4-byte header length of 0xfffffff0 (4 GiB) followed by 7 bytes.
+  const std::string lying("\x93NUMPY\x03\x00\xf0\xff\xff\xff{'descr", 19);
+  std::istringstream in(lying, std::ios::binary);
+  REQUIRE_THROWS_WITH(npy::read(in, "lying.npy"),
+                      ContainsSubstring("lying.npy: truncated .npy header: 4294967280 bytes "
+                                        "announced, 7 in the file"));
+  // What the fuzzer found: version 3, the header length is 0x2734663d.
+  {
+    std::ofstream out(tmp("fuzz_header.npy"), std::ios::binary);
+    out << std::string("\x93NUMPY\x03\x00=f4',   0      \n", 24);
+  }
+  REQUIRE_THROWS_WITH(npy::read(tmp("fuzz_header.npy")), ContainsSubstring("bytes announced"));
+  write_raw(tmp("long_entry.npy"), 1,
+            "{'descr': '<f4', 'fortran_order': False, 'shape': (99999999999999999999999,), }\n",
+            {});
+  REQUIRE_THROWS_AS(npy::read(tmp("long_entry.npy")), npy::FormatError);
+  REQUIRE_THROWS_WITH(npy::read(tmp("long_entry.npy")),
+                      ContainsSubstring("shape entry '99999999999999999999999' is too large"));
+  // The largest entry that fits is still refused by the product check, not earlier.
+  write_raw(tmp("big_entry.npy"), 1,
+            "{'descr': '<f4', 'fortran_order': False, 'shape': (4611686018427387903,), }\n", {});
+  REQUIRE_THROWS_WITH(npy::read(tmp("big_entry.npy")), ContainsSubstring("too large"));
+}
+
+TEST_CASE("npy: reading from a stream equals reading the file", "[npy]") {
+  const std::vector<float> values = {1.f, -2.f, 0.5f, 3.f, 4.f, 5.f};
+  npy::write(tmp("stream.npy"), {2, 3}, values.data());
+  std::ifstream file(tmp("stream.npy"), std::ios::binary);
+  const std::string bytes((std::istreambuf_iterator<char>(file)), std::istreambuf_iterator<char>());
+  std::istringstream in(bytes, std::ios::binary);
+  const auto a = npy::read(in, "in memory");
+  const auto b = npy::read(tmp("stream.npy"));
+  REQUIRE(a.shape == b.shape);
+  REQUIRE(a.dtype == b.dtype);
+  REQUIRE(a.bytes == b.bytes);
+  // Data cut short: the message names the stream.
+  std::istringstream cut(bytes.substr(0, bytes.size() - 4), std::ios::binary);
+  REQUIRE_THROWS_WITH(npy::read(cut, "in memory"),
+                      ContainsSubstring("in memory: truncated data: expected 24 bytes, found 20"));
 }
 
 TEST_CASE("npy: a write killed midway leaves the old file whole", "[npy][files]") {

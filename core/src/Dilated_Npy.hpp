@@ -9,6 +9,7 @@
 #include <cstring>
 #include <fstream>
 #include <functional>
+#include <istream>
 #include <numeric>
 #include <stdexcept>
 #include <string>
@@ -110,7 +111,17 @@ inline std::vector<std::size_t> parse_shape(const std::string& text, const std::
       if (item.find_first_not_of("0123456789") != std::string::npos) {
         throw FormatError(path + ": .npy shape entry '" + item + "' is not a length");
       }
-      shape.push_back(std::stoull(item));
+      // Digits only, but maybe more than a size_t holds (std::stoull would throw
+      // std::out_of_range, not a FormatError): a length beyond 2^62 is refused here, the
+      // product of the lengths later.
+      std::size_t length = 0;
+      for (const char digit : item) {
+        if (length > ((std::size_t{1} << 62) - 9) / 10) {
+          throw FormatError(path + ": .npy shape entry '" + item + "' is too large");
+        }
+        length = 10 * length + static_cast<std::size_t>(digit - '0');
+      }
+      shape.push_back(length);
     }
     start = end + 1;
   }
@@ -158,6 +169,17 @@ inline void write_format1(const std::string& path, std::string dict, const void*
   }
 }
 
+// The bytes from `in`'s position to its end (the position is kept), so that no length read
+// from a file is allocated before the file is known to hold it.
+inline std::size_t remaining_bytes(std::istream& in, const std::string& path) {
+  const auto here = in.tellg();
+  in.seekg(0, std::ios::end);
+  const auto end = in.tellg();
+  in.seekg(here);
+  if (here < 0 || end < here || !in) throw FormatError(path + ": cannot tell the file's size");
+  return static_cast<std::size_t>(end - here);
+}
+
 }  // namespace Impl
 
 inline std::vector<double> Array::to_double() const {
@@ -181,12 +203,12 @@ inline std::vector<double> Array::to_double() const {
   return values;
 }
 
-// Reads `path`. Throws FormatError when the file is missing, not .npy, truncated, Fortran
-// ordered, big-endian or of another dtype than float16/32/64.
-inline Array read(const std::string& path) {
+// Reads a .npy file's bytes from `in` (a binary stream, positioned at the magic string);
+// `path` names it in errors. Throws FormatError when the bytes are not .npy, truncated, Fortran
+// ordered, big-endian or of another dtype than float16/32/64. The fuzz target fuzz/fuzz_npy.cpp
+// calls this on bytes in memory.
+inline Array read(std::istream& in, const std::string& path) {
   if (!Impl::host_is_little_endian()) throw FormatError("dilated::npy needs a little-endian host");
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw FormatError(path + ": cannot open for reading");
   char magic[8] = {};
   in.read(magic, 8);
   if (in.gcount() != 8 || std::memcmp(magic, "\x93NUMPY", 6) != 0) {
@@ -203,6 +225,12 @@ inline Array read(const std::string& path) {
   if (in.gcount() != len_size) throw FormatError(path + ": truncated .npy header");
   for (int i = len_size - 1; i >= 0; --i)
     header_len = header_len * 256 + len_bytes[i];
+  // A version 2 or 3 header length goes up to 4 GiB: check it against the file first.
+  const std::size_t after_length = Impl::remaining_bytes(in, path);
+  if (header_len > after_length) {
+    throw FormatError(path + ": truncated .npy header: " + std::to_string(header_len) +
+                      " bytes announced, " + std::to_string(after_length) + " in the file");
+  }
   std::string header(header_len, '\0');
   in.read(header.data(), header_len);
   if (static_cast<std::uint32_t>(in.gcount()) != header_len) {
@@ -228,10 +256,7 @@ inline Array read(const std::string& path) {
     }
     expected *= extent;
   }
-  const auto data_begin = in.tellg();
-  in.seekg(0, std::ios::end);
-  const auto available = static_cast<std::size_t>(in.tellg() - data_begin);
-  in.seekg(data_begin);
+  const std::size_t available = Impl::remaining_bytes(in, path);
   if (available < expected) {
     throw FormatError(path + ": truncated data: expected " + std::to_string(expected) +
                       " bytes, found " + std::to_string(available));
@@ -243,6 +268,14 @@ inline Array read(const std::string& path) {
                       " bytes, found " + std::to_string(in.gcount()));
   }
   return array;
+}
+
+// Reads `path`. Throws FormatError when the file is missing, not .npy, truncated, Fortran
+// ordered, big-endian or of another dtype than float16/32/64.
+inline Array read(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw FormatError(path + ": cannot open for reading");
+  return read(in, path);
 }
 
 // Writes float64 (T = double) or float32 (T = float) data of `shape`, C order, format 1.0.
