@@ -14,12 +14,14 @@
 #include <DilatedAttention.hpp>
 #include <Dilated_HostData.hpp>
 #include <Dilated_MemoryTracker.hpp>
+#include <impl/Dilated_HostBlas.hpp>
 
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <iostream>
 #include <optional>
@@ -347,6 +349,23 @@ int info() {
               Kokkos::DefaultHostExecutionSpace::name());
   std::printf("16-bit storage (half, bf16): %s\n",
               DILATED_HALF_IS_FLOAT ? "no (float on this build)" : "yes");
+  // The host BLAS (the Original's host products, the layers' host GEMMs): OpenBLAS picks its
+  // kernels for the CPU at load time, and a misdetected CPU runs them at a fraction of the rate.
+  const auto blas = dilated::Impl::blas_info();
+  if (!blas.built_in) {
+    std::printf("host BLAS: none (built without Kokkos Kernels' BLAS)\n");
+  } else if (!blas.openblas) {
+    std::printf("host BLAS: Kokkos Kernels' BLAS (not OpenBLAS: no kernel report)\n");
+  } else {
+    const char* env = std::getenv("OPENBLAS_CORETYPE");
+    const std::string chosen = env ? std::string("OPENBLAS_CORETYPE=") + env : "detected";
+    std::printf("host BLAS: %s; kernels: %s (%s); threads: %d\n", blas.config.c_str(),
+                blas.core.c_str(), chosen.c_str(), blas.threads);
+    const std::string advice = dilated::Impl::openblas_coretype_advice(blas.core);
+    if (!advice.empty())
+      std::printf("host BLAS: this CPU has wider vectors than the %s kernels use: set %s\n",
+                  blas.core.c_str(), advice.c_str());
+  }
   std::ostringstream config;
   Kokkos::print_configuration(config, false);
   std::printf("%s", config.str().c_str());

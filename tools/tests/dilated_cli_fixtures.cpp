@@ -72,6 +72,14 @@ int make(const std::string& dir_name) {
     const auto q = dilated::npy::read((dir / "q.npy").string()).to_double();
     dilated::npy::write((dir / "q_f64.npy").string(), qkv_shape, q.data());
   }
+  {  // q with a NaN and an infinity: NaN in their rows' outputs, no undefined behaviour (the
+     // host micro-kernels' exp converted a NaN to int: found by fuzz/fuzz_cli.cpp)
+    auto q = dilated::npy::read((dir / "q.npy").string()).to_double();
+    q[3] = std::nan("");
+    q[100] = -INFINITY;
+    const std::vector<float> f(q.begin(), q.end());
+    dilated::npy::write((dir / "q_nonfinite.npy").string(), qkv_shape, f.data());
+  }
   // Bad files.
   const std::size_t count = count_of(qkv_shape);
   const std::vector<std::int32_t> ints(count, 1);

@@ -28,6 +28,7 @@
 #define DILATED_HAVE_HOST_BLAS 0
 #endif
 
+#include <initializer_list>
 #include <string>
 #include <type_traits>
 
@@ -100,6 +101,28 @@ inline BlasInfo blas_info() {
     info.threads = openblas_get_num_threads();
   }
   return info;
+}
+
+// What to set when OpenBLAS' core does not use the vector units this CPU has (a DYNAMIC_ARCH
+// OpenBLAS that misdetects a virtual CPU falls back to e.g. "Prescott", SSE3 kernels at a fifth
+// of the AVX-512 rate): "OPENBLAS_CORETYPE=SkylakeX" (AVX-512) or "...=Haswell" (AVX2); empty
+// when the core fits, or where this cannot be asked (not x86-64, not GCC/Clang).
+inline std::string openblas_coretype_advice(const std::string& core) {
+#if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
+  const auto one_of = [&](std::initializer_list<const char*> names) {
+    for (const char* name : names)
+      if (core == name) return true;
+    return false;
+  };
+  const bool avx512_core = one_of({"SkylakeX", "Cooperlake", "SapphireRapids"});
+  if (__builtin_cpu_supports("avx512f") && !avx512_core) return "OPENBLAS_CORETYPE=SkylakeX";
+  if (__builtin_cpu_supports("avx2") && !avx512_core &&
+      !one_of({"Haswell", "Zen", "SkylakeX", "Cooperlake", "SapphireRapids"}))
+    return "OPENBLAS_CORETYPE=Haswell";
+#else
+  (void)core;
+#endif
+  return {};
 }
 
 }  // namespace dilated::Impl

@@ -119,6 +119,10 @@ inline void gemm_tile(int rows, int cols, int kdim, const float* A, long ars, lo
 // the exponent bits; n = -127 (x < -87.68) gives exactly 0. The clamp compares the bits as
 // unsigned integers (for x <= 0 a more negative x has larger bits): an integer min, where a
 // float compare would make the compiler branch around the arithmetic and not vectorise.
+// A NaN x (a NaN or infinite input makes NaN scores) gives NaN: n is rounded in the float
+// domain (adding 1.5 * 2^23 leaves round(t) in the low mantissa bits) and the exponent is
+// built in unsigned arithmetic, because a float -> int conversion of NaN is undefined behaviour
+// (found by fuzz/fuzz_cli.cpp under UBSan: a float16 q holding a NaN).
 inline float exp_nonpositive(float x) {
   constexpr std::uint32_t floor_bits = 0xC2B00000u;  // -88.0f
   std::uint32_t xb;
@@ -126,8 +130,13 @@ inline float exp_nonpositive(float x) {
   xb = xb < floor_bits ? xb : floor_bits;
   std::memcpy(&x, &xb, sizeof(float));
   const float t = x * 1.44269504088896341f;
-  const int n = static_cast<int>(t - 0.5f);  // t <= 0: truncation of t - 1/2 rounds to nearest
-  const float fn = static_cast<float>(n);
+  constexpr float round_shift = 12582912.0f;  // 1.5 * 2^23, bits 0x4B400000
+  const float shifted = t + round_shift;      // t in [-127, 0]: round(t) + 1.5 * 2^23, exact
+  std::uint32_t shifted_bits;
+  std::memcpy(&shifted_bits, &shifted, sizeof(float));
+  const std::uint32_t n_plus_127 = shifted_bits - 0x4B400000u + 127u;  // wraps for NaN only
+  // round(t) from the integer, not as shifted - 1.5 * 2^23 (-ffast-math may fold that to t).
+  const float fn = static_cast<float>(static_cast<std::int32_t>(n_plus_127) - 127);
   float r = x - fn * 0.693359375f;
   r = r - fn * -2.12194440e-4f;
   float p = 1.9875691500e-4f;
@@ -137,7 +146,7 @@ inline float exp_nonpositive(float x) {
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
   p = p * r * r + r + 1.0f;
-  const std::int32_t bits = (n + 127) * (1 << 23);
+  const std::uint32_t bits = n_plus_127 << 23;
   float scale;
   std::memcpy(&scale, &bits, sizeof(float));
   return p * scale;
