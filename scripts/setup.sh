@@ -108,8 +108,10 @@ fi
 # ---------------------------------------------------------------- Debian packages
 # Catch2 v3 comes from bookworm-backports (bookworm itself has only v2); the deb-src entry is
 # what lets `apt-get source` fetch trilinos.
+# clang, libclang-rt-14-dev (libFuzzer) and libomp-dev (clang's OpenMP): the fuzz preset.
 apt_pkgs=(cmake g++ make ninja-build pkg-config git ca-certificates dpkg-dev
   libopenblas-dev libbenchmark-dev libcli11-dev nlohmann-json3-dev clang-format
+  clang libclang-rt-14-dev libomp-dev
   python3 python3-numpy python3-matplotlib)
 have_all_pkgs() {
   for p in "${apt_pkgs[@]}" libcatch2-dev; do

@@ -2,8 +2,9 @@
 # The README's test command: set up a fresh machine (scripts/setup.sh), configure and build the
 # library with its tests (preset "tests"; on a machine with CUDA the "cuda" preset, every backend
 # the build has: Serial, OpenMP and CUDA), and run them with ctest; on the host build, then the
-# sanitizer build (preset "sanitize") and its ctest. `--cpu` first keeps the host build on a CUDA
-# machine. Extra arguments go to ctest.
+# sanitizer build (preset "sanitize") and its ctest, then the fuzz targets (scripts/fuzz.sh,
+# preset "fuzz"). `--cpu` first keeps the host build on a CUDA machine. Extra arguments go to
+# ctest.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here"
@@ -27,5 +28,12 @@ else
     cmake --build --preset sanitize -j "$jobs"
     echo "[test] ctest under the sanitizers" >&2
     ctest --preset sanitize "$@"
+  fi
+  # The fuzz targets (fuzz/, preset "fuzz": clang++, libFuzzer, ASan + UBSan), each run for
+  # DILATED_FUZZ_SECONDS (45) from its corpus in fuzz/corpus/; a crash fails the run.
+  # DILATED_SKIP_FUZZ=1 leaves it out.
+  if [ "${DILATED_SKIP_FUZZ:-0}" != 1 ]; then
+    echo "[test] fuzz targets" >&2
+    bash scripts/fuzz.sh "${DILATED_FUZZ_SECONDS:-45}"
   fi
 fi

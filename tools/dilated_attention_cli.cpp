@@ -374,7 +374,10 @@ int info() {
 
 }  // namespace
 
-int main(int argc, char* argv[]) {
+// The whole program, `main` without Kokkos' start when `start_kokkos` is false: the fuzz target
+// fuzz/fuzz_cli.cpp compiles this file with DILATED_CLI_NO_MAIN and calls it on many command
+// lines in one process, Kokkos started once.
+int dilated_cli_main(int argc, char* argv[], bool start_kokkos) {
   // --kokkos-* arguments go to Kokkos, the rest to this parser, which runs first (so --help and
   // bad command lines end before Kokkos starts).
   std::vector<char*> kokkos_args = {argv[0]}, args = {argv[0]};
@@ -452,7 +455,8 @@ int main(int argc, char* argv[]) {
     return status == 0 ? 0 : 1;
   }
   int kokkos_argc = static_cast<int>(kokkos_args.size());
-  Kokkos::ScopeGuard kokkos(kokkos_argc, kokkos_args.data());
+  std::optional<Kokkos::ScopeGuard> kokkos;
+  if (start_kokkos) kokkos.emplace(kokkos_argc, kokkos_args.data());
   try {
     if (info_cmd->parsed()) return info();
     return run(o);
@@ -467,3 +471,9 @@ int main(int argc, char* argv[]) {
     return 3;
   }
 }
+
+#ifndef DILATED_CLI_NO_MAIN
+int main(int argc, char* argv[]) {
+  return dilated_cli_main(argc, argv, true);
+}
+#endif

@@ -113,7 +113,7 @@ class DeviceMemoryCap {
 
  private:
   std::size_t limit_ = 0, ballast_bytes_ = 0;
-  void* ballast_ = nullptr;
+  [[maybe_unused]] void* ballast_ = nullptr;  // CUDA builds only
 };
 
 namespace Impl {
