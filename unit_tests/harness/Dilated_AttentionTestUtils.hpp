@@ -8,8 +8,11 @@
 
 #include <Kokkos_Core.hpp>
 
+#include <cstdlib>
+#include <optional>
 #include <string>
 #include <tuple>
+#include <utility>
 #include <type_traits>
 #include <vector>
 
@@ -64,6 +67,29 @@ void with_attention(const Variant& variant, const std::vector<int>& segs,
     f(DilatedAttention<Original>(segs, dils, options));
   }
 }
+
+// Sets an environment variable for a scope (DILATED_DISABLE_HOST_TILES: the generic team
+// kernels on the host), restoring what it was.
+class ScopedEnvironment {
+ public:
+  ScopedEnvironment(std::string name, const std::string& value) : name_(std::move(name)) {
+    if (const char* old = std::getenv(name_.c_str())) old_ = old;
+    setenv(name_.c_str(), value.c_str(), 1);
+  }
+  ~ScopedEnvironment() {
+    if (old_) {
+      setenv(name_.c_str(), old_->c_str(), 1);
+    } else {
+      unsetenv(name_.c_str());
+    }
+  }
+  ScopedEnvironment(const ScopedEnvironment&) = delete;
+  ScopedEnvironment& operator=(const ScopedEnvironment&) = delete;
+
+ private:
+  std::string name_;
+  std::optional<std::string> old_;
+};
 
 template <class T, class MemSpace>
 using Device4 = Kokkos::View<T****, Kokkos::LayoutRight, MemSpace>;

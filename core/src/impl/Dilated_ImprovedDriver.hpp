@@ -36,7 +36,8 @@
 namespace dilated::Impl {
 
 // Launches `kernel` (its `launch` member filled in here) over every tile of every item of
-// `plan`: tiles of `tile_rows` kept positions, scratch of Kernel::scratch_entries.
+// `plan`: tiles of `tile_rows` kept positions, scratch of Kernel::scratch_entries; the host
+// micro-kernels where they apply unless DILATED_DISABLE_HOST_TILES (host_tile::allowed).
 template <class ExecSpace, class Kernel>
 void launch_tiles(const ExecSpace& space, const char* label, Kernel kernel, int tile_rows) {
   using Acc = typename Kernel::Acc;
@@ -44,8 +45,11 @@ void launch_tiles(const ExecSpace& space, const char* label, Kernel kernel, int 
   auto& launch = kernel.launch;
   launch.tile_by(Tiles::query_rows, Tiles::key_rows, tile_rows);
   launch.ld = launch.branch.d + Tiles::pad;
+  if constexpr (Kernel::use_host_tile) kernel.host_tiles = host_tile::allowed();
   const std::size_t bytes =
-      sizeof(Acc) * Kernel::scratch_entries(launch.query_rows, launch.key_rows, launch.ld) + 64;
+      sizeof(Acc) * Kernel::scratch_entries(launch.query_rows, launch.key_rows, launch.ld,
+                                            kernel.host_tiles) +
+      64;
   using Policy = Kokkos::TeamPolicy<ExecSpace>;
   launch.scratch_level = bytes <= static_cast<std::size_t>(Policy::scratch_size_max(0)) ? 0 : 1;
   const long teams = launch.branch.plan.num_items() * launch.tiles;

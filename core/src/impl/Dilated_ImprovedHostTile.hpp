@@ -30,8 +30,10 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
+#include <string>
 #include <type_traits>
 
 namespace dilated::Impl::host_tile {
@@ -41,6 +43,15 @@ template <class ExecSpace, class Acc>
 inline constexpr bool enabled_v =
     std::conjunction_v<std::is_same<Acc, float>,
                        std::is_same<typename ExecSpace::memory_space, Kokkos::HostSpace>>;
+
+// Whether the micro-kernels run where they apply (enabled_v): yes, unless the environment sets
+// DILATED_DISABLE_HOST_TILES to a value other than 0; then the generic team kernels of
+// Dilated_ImprovedKernels.hpp run in float too (tests: each host path under more than one
+// storage type). Read at every launch.
+inline bool allowed() {
+  const char* off = std::getenv("DILATED_DISABLE_HOST_TILES");
+  return !(off && std::string(off) != "0");
+}
 
 inline constexpr int lanes = 16;  // floats per 512-bit vector: the padding unit
 

@@ -113,12 +113,15 @@ struct ImprovedForwardKernel {
 
   // Host float runs the register-blocked micro-kernels (Dilated_ImprovedHostTile.hpp).
   static constexpr bool use_host_tile = host_tile::enabled_v<ExecSpace, Acc>;
+  bool host_tiles = use_host_tile;  // launch_tiles: false under DILATED_DISABLE_HOST_TILES
 
   // Scratch entries: Q, O (query_rows x ld), K, V (key_rows x ld), S, 3 row statistics; the
   // host micro-kernels' padded layout instead when they run.
-  KOKKOS_INLINE_FUNCTION static long scratch_entries(int query_rows, int key_rows, int ld) {
-    if constexpr (use_host_tile)
-      return host_tile::ForwardLayout(query_rows, key_rows, ld).entries();
+  KOKKOS_INLINE_FUNCTION static long scratch_entries(int query_rows, int key_rows, int ld,
+                                                     bool tiles = use_host_tile) {
+    if constexpr (use_host_tile) {
+      if (tiles) return host_tile::ForwardLayout(query_rows, key_rows, ld).entries();
+    }
     return 2L * query_rows * ld + 2L * key_rows * ld + long(query_rows) * key_rows +
            3L * query_rows;
   }
@@ -126,8 +129,10 @@ struct ImprovedForwardKernel {
   KOKKOS_FUNCTION void operator()(const Member& team) const {
 #if !defined(__CUDA_ARCH__) && !defined(__HIP_DEVICE_COMPILE__)
     if constexpr (use_host_tile) {
-      host_tile::forward(*this, team);
-      return;
+      if (host_tiles) {
+        host_tile::forward(*this, team);
+        return;
+      }
     }
 #endif
     const auto& br = launch.branch;
@@ -137,7 +142,7 @@ struct ImprovedForwardKernel {
     const int b = tile.item.b, h = tile.item.head, rows = tile.count;
     const KeptPositions& kept = tile.item.kept;
     Acc* Qs = static_cast<Acc*>(team.team_scratch(launch.scratch_level)
-                                    .get_shmem(sizeof(Acc) * scratch_entries(BR, BC, ld)));
+                                    .get_shmem(sizeof(Acc) * scratch_entries(BR, BC, ld, false)));
     Acc* Os = Qs + BR * ld;
     Acc* Ks = Os + BR * ld;
     Acc* Vs = Ks + BC * ld;
@@ -300,19 +305,25 @@ struct ImprovedDqKernel {
 
   // Host float runs the register-blocked micro-kernels (Dilated_ImprovedHostBackward.hpp).
   static constexpr bool use_host_tile = host_tile::enabled_v<ExecSpace, Acc>;
+  bool host_tiles = use_host_tile;  // launch_tiles: false under DILATED_DISABLE_HOST_TILES
 
   // Q, G, dQ (query_rows x ld), K, V (key_rows x ld), PZ, dS, L, D, 2 row sums; the host
   // micro-kernels' padded layout instead when they run.
-  KOKKOS_INLINE_FUNCTION static long scratch_entries(int query_rows, int key_rows, int ld) {
-    if constexpr (use_host_tile) return host_tile::DqLayout(query_rows, key_rows, ld).entries();
+  KOKKOS_INLINE_FUNCTION static long scratch_entries(int query_rows, int key_rows, int ld,
+                                                     bool tiles = use_host_tile) {
+    if constexpr (use_host_tile) {
+      if (tiles) return host_tile::DqLayout(query_rows, key_rows, ld).entries();
+    }
     return 3L * query_rows * ld + 2L * key_rows * ld + 2L * query_rows * key_rows + 4L * query_rows;
   }
 
   KOKKOS_FUNCTION void operator()(const Member& team) const {
 #if !defined(__CUDA_ARCH__) && !defined(__HIP_DEVICE_COMPILE__)
     if constexpr (use_host_tile) {
-      host_tile::dq(*this, team);
-      return;
+      if (host_tiles) {
+        host_tile::dq(*this, team);
+        return;
+      }
     }
 #endif
     const auto& br = launch.branch;
@@ -322,7 +333,7 @@ struct ImprovedDqKernel {
     const int b = tile.item.b, h = tile.item.head, rows = tile.count;
     const KeptPositions& kept = tile.item.kept;
     Acc* Qs = static_cast<Acc*>(team.team_scratch(launch.scratch_level)
-                                    .get_shmem(sizeof(Acc) * scratch_entries(BR, BC, ld)));
+                                    .get_shmem(sizeof(Acc) * scratch_entries(BR, BC, ld, false)));
     Acc* Gs = Qs + BR * ld;
     Acc* dQ = Gs + BR * ld;
     Acc* Ks = dQ + BR * ld;
@@ -428,19 +439,25 @@ struct ImprovedDkDvKernel {
 
   // Host float runs the register-blocked micro-kernels (Dilated_ImprovedHostBackward.hpp).
   static constexpr bool use_host_tile = host_tile::enabled_v<ExecSpace, Acc>;
+  bool host_tiles = use_host_tile;  // launch_tiles: false under DILATED_DISABLE_HOST_TILES
 
   // K, V, dK, dV (key_rows x ld), Q, G (query_rows x ld), PZ, dS, L, D; the host
   // micro-kernels' padded layout instead when they run.
-  KOKKOS_INLINE_FUNCTION static long scratch_entries(int query_rows, int key_rows, int ld) {
-    if constexpr (use_host_tile) return host_tile::DkDvLayout(query_rows, key_rows, ld).entries();
+  KOKKOS_INLINE_FUNCTION static long scratch_entries(int query_rows, int key_rows, int ld,
+                                                     bool tiles = use_host_tile) {
+    if constexpr (use_host_tile) {
+      if (tiles) return host_tile::DkDvLayout(query_rows, key_rows, ld).entries();
+    }
     return 4L * key_rows * ld + 2L * query_rows * ld + 2L * query_rows * key_rows + 2L * query_rows;
   }
 
   KOKKOS_FUNCTION void operator()(const Member& team) const {
 #if !defined(__CUDA_ARCH__) && !defined(__HIP_DEVICE_COMPILE__)
     if constexpr (use_host_tile) {
-      host_tile::dkdv(*this, team);
-      return;
+      if (host_tiles) {
+        host_tile::dkdv(*this, team);
+        return;
+      }
     }
 #endif
     const auto& br = launch.branch;
@@ -450,7 +467,7 @@ struct ImprovedDkDvKernel {
     const int b = tile.item.b, h = tile.item.head, cols = tile.count, u0 = tile.first;
     const KeptPositions& kept = tile.item.kept;
     Acc* Ks = static_cast<Acc*>(team.team_scratch(launch.scratch_level)
-                                    .get_shmem(sizeof(Acc) * scratch_entries(BR, BC, ld)));
+                                    .get_shmem(sizeof(Acc) * scratch_entries(BR, BC, ld, false)));
     Acc* Vs = Ks + BC * ld;
     Acc* dK = Vs + BC * ld;
     Acc* dV = dK + BC * ld;
