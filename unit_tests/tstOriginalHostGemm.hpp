@@ -35,9 +35,10 @@ struct HostGemmCase {
   double dropout;
 };
 
-// Forward blocks are 256 query rows, backward blocks 64: a segment of 512 kept positions makes
-// two forward blocks, 256 four backward ones; n not a multiple of the segments leaves partial
-// last segments (600 = 512 + 88; 700 = 2 x 256 + 188, whose dilated branch keeps 94).
+// Forward blocks are 256 query rows, backward blocks 128: a segment of 512 kept positions makes
+// two forward and four backward blocks, 256 two backward ones; n not a multiple of the segments
+// leaves partial last segments (600 = 512 + 88; 700 = 2 x 256 + 188, whose dilated branch keeps
+// 94).
 const HostGemmCase host_gemm_cases[] = {
     {Semantics::grouped, {256, 512}, {1, 2}, 1, 700, 2, 8, false, 0.0},
     {Semantics::longnet, {128, 512}, {1, 1}, 1, 600, 1, 40, false, 0.0},

@@ -9,7 +9,7 @@
 // BLAS single-threaded (SingleThreadedBlas) on the item's kept rows read in place: the dilated
 // rows of a segment are a matrix with row stride r * stride(1), so q, k, v are never gathered.
 // A block's score rows span all of the segment's keys (this is the Original: each row's full
-// softmax is computed from its stored scores), rows x m entries, L2-sized for m = 2048, in a
+// softmax is computed from its stored scores), rows x m entries (2 MiB for m = 2048), in a
 // slice of one workspace per thread from the scratch pool. Why a block and one BLAS thread per
 // Kokkos thread, not whole segments through a threaded BLAS: the block's scores stay in cache
 // between the two products and the softmax (a segment's are 16 MiB at m = 2048), and the
@@ -55,9 +55,13 @@ template <class ExecSpace, class T>
 inline constexpr bool applies_v =
     host_blas_type_v<T>&& std::is_same_v<typename ExecSpace::memory_space, Kokkos::HostSpace>;
 
-// Query rows per block: forward and backward (the backward holds two score blocks).
-inline constexpr int forward_rows = 64;
-inline constexpr int backward_rows = 64;
+// Query rows per block, forward and backward. Each product packs its whole key-side operand (K
+// or V: m x d) per call, so fewer, taller blocks pack less per FLOP: at m = 2048 a block of 64
+// rows spent ~25 % of the forward in OpenBLAS' packing (perf), 256 rows measured 1.1-1.4x faster
+// (docs/performance-notes.md). A block's score rows are then 2 MiB (forward: 256 x 2048 floats;
+// backward: two 128-row matrices), in L2 and L3.
+inline constexpr int forward_rows = 256;
+inline constexpr int backward_rows = 128;
 
 // Score rows' leading dimension: the longest segment's kept count in whole 64-byte lines.
 inline int leading_dimension(int max_kept) {
