@@ -329,7 +329,9 @@ int run(const RunOptions& o) {
     j["arguments_MiB"] = m.argument_bytes / MiB;
     j["out"] = o.out;
     if (!o.lse.empty()) j["lse"] = o.lse;
-    std::cout << j.dump(2) << "\n";
+    // Paths may hold any bytes on Linux: what is not UTF-8 is written as U+FFFD (dump threw
+    // type_error 316, exit status 3, after the outputs were written; found by fuzz_cli).
+    std::cout << j.dump(2, ' ', false, nlohmann::ordered_json::error_handler_t::replace) << "\n";
   } else {
     std::printf("%s on %s, %s, %s%s, input %s\n", variant_name(o).c_str(), device.c_str(),
                 o.dtype.c_str(), o.semantics.c_str(), o.causal ? ", causal" : "",
