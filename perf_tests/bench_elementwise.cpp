@@ -2,12 +2,14 @@
 // the same backend: LayerNorm forward and backward (Impl::layer_norm_forward / _backward, the
 // multihead layer's sub-LayerNorm and the blocks' pre-LNs), the bias broadcast
 // (Impl::broadcast_rows: the host layer's bias before its product) and a bias gradient's column
-// sums (Impl::column_sums), and a copy through a Kokkos kernel (kernel_copy). Each runs over a
-// (rows, cols) matrix, as the layer does at rows = batch x sequence length and cols = the embedding
-// width.
+// sums (Impl::column_sums), the exact GELU forward and backward (Impl::gelu_forward /
+// _backward: the feed-forward's activation), and a copy through a Kokkos kernel (kernel_copy). Each
+// runs over a (rows, cols) matrix, as the layer does at rows = batch x sequence length and cols =
+// the embedding width.
 //
 // Counters: GB_per_s of the kernel's least traffic (what it must read and write once: LayerNorm
-// forward x and y; backward x, dy and dx; broadcast y; column sums dy), copy_GB_per_s of a copy
+// forward x and y; backward x, dy and dx; broadcast y; column sums dy; GELU forward h and g,
+// backward h, dg and dh), copy_GB_per_s of a copy
 // of one such matrix (Kokkos::deep_copy: memcpy on the host, the copy engine's path on CUDA)
 // timed in the same iterations, and of_copy, their ratio: how close to the memory bound of this
 // machine the kernel runs (issue 21: "the OpenMP layer at the CPU's memory bandwidth for its
@@ -15,10 +17,12 @@
 //
 //   dilated_bench_elementwise --rows=16384,65536 --cols=768 [--backend=default|host|serial]
 //       [--dtypes=fp32]
-//       [--kernels=layer_norm_forward,layer_norm_backward,broadcast,column_sums,kernel_copy]
+//       [--kernels=layer_norm_forward,layer_norm_backward,broadcast,column_sums,gelu_forward,
+//                  gelu_backward,kernel_copy]
 //       --benchmark_out=elementwise.json --benchmark_out_format=json
 #include <Dilated_BenchmarkContext.hpp>
 #include <Dilated_BenchmarkInputs.hpp>
+#include <Dilated_Gelu.hpp>
 #include <Dilated_LayerNorm.hpp>
 #include <Dilated_Linear.hpp>
 #include <impl/Dilated_OriginalKernels.hpp>  // accumulation_t
@@ -34,8 +38,9 @@
 
 namespace {
 
-const std::vector<std::string> all_kernels = {"layer_norm_forward", "layer_norm_backward",
-                                              "broadcast", "column_sums", "kernel_copy"};
+const std::vector<std::string> all_kernels = {
+    "layer_norm_forward", "layer_norm_backward", "broadcast",  "column_sums",
+    "gelu_forward",       "gelu_backward",       "kernel_copy"};
 
 struct Settings {
   std::vector<int> rows = {16384, 65536};
@@ -124,6 +129,12 @@ void run(benchmark::State& state, const std::string& kernel, int rows, int cols)
   } else if (kernel == "broadcast") {
     least_bytes = matrix_bytes;  // y written
     call = [&] { dilated::Impl::broadcast_rows(space, "dilated::bench::broadcast", beta, y); };
+  } else if (kernel == "gelu_forward") {
+    least_bytes = 2 * matrix_bytes;  // h read, g written
+    call = [&] { dilated::Impl::gelu_forward(space, x, y); };
+  } else if (kernel == "gelu_backward") {
+    least_bytes = 3 * matrix_bytes;  // h and dg read, dh written
+    call = [&] { dilated::Impl::gelu_backward(space, x, dy, y); };
   } else if (kernel == "kernel_copy") {
     // y = dy through a Kokkos kernel: ordinary (cacheable) stores, which read each line of y
     // before writing it, where deep_copy's memcpy may stream past the cache. The bound of a

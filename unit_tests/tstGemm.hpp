@@ -2,6 +2,7 @@
 // the team kernel itself, on every backend and storage type, against plain loops in double.
 #include <Dilated_Allclose.hpp>
 #include <Dilated_AttentionTestUtils.hpp>
+#include <Dilated_Gelu.hpp>
 #include <Dilated_Gemm.hpp>
 
 #include <catch2/catch_template_test_macros.hpp>
@@ -139,6 +140,13 @@ double tanh_gelu_derivative(double x) {
   const double t = std::tanh(k * (x + 0.044715 * x * x * x));
   return 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * k * (1.0 + 3 * 0.044715 * x * x);
 }
+// PyTorch's exact GELU x Phi(x) and its derivative Phi(x) + x phi(x), in double.
+double exact_gelu(double x) {
+  return 0.5 * x * std::erfc(-x / std::sqrt(2.0));
+}
+double exact_gelu_derivative(double x) {
+  return 0.5 * std::erfc(-x / std::sqrt(2.0)) + x * std::exp(-0.5 * x * x) / std::sqrt(2 * M_PI);
+}
 
 }  // namespace
 
@@ -205,5 +213,60 @@ TEMPLATE_LIST_TEST_CASE("gemm_bias_gelu and gemm_dgelu equal plain loops (tanh G
     // (half and bf16 round their results more than that already).
     const double dgelu_tol = std::max(tol, std::ldexp(1.0, -11) * std::sqrt(double(s.k)));
     DILATED_CHECK_ALLCLOSE(as_host(g), dg, dgelu_tol, dgelu_tol);
+  }
+}
+
+TEMPLATE_LIST_TEST_CASE("gelu_forward and gelu_backward equal the double formulas",
+                        "[gemm][gelu]" TEST_CATEGORY, dilated::testing::StorageTypes) {
+  // Both GELUs elementwise, out of place and in place, on values over [-12, 12] (both tails and
+  // the erf's two pieces on the host, impl/Dilated_HostMath.hpp) and signed zeros. Shapes: more
+  // than one host chunk with a remainder (3 x 4099 = 12297 = 3 x 4096 + 9), and 1 x 5 (not a
+  // whole number of 16-byte packs).
+  using T = TestType;
+  // Float: the host erf's absolute error (<= 1.5e-7) times |x| / 2 <= 6 (a GELU value), or times
+  // |dg| ~ 1 (a derivative), plus float's rounding of the result; CUDA's erff is closer. Half
+  // and bf16: storage rounding (bf16: 2^-8 relative). Double: libm's erf and exp.
+  const double rtol = std::is_same_v<T, double> ? 1e-13 : std::is_same_v<T, float> ? 5e-7 : 1e-2;
+  const double atol = std::is_same_v<T, double> ? 1e-13 : std::is_same_v<T, float> ? 1e-6 : 1e-2;
+  for (const auto approximation :
+       {dilated::GeluApproximation::none, dilated::GeluApproximation::tanh}) {
+    const auto value = approximation == dilated::GeluApproximation::tanh ? tanh_gelu : exact_gelu;
+    const auto derivative = approximation == dilated::GeluApproximation::tanh
+                                ? tanh_gelu_derivative
+                                : exact_gelu_derivative;
+    for (const auto& [rows, cols] : {std::pair{3, 4099}, std::pair{1, 5}}) {
+      CAPTURE(dilated::to_string(approximation), rows, cols);
+      Matrix<T> h("h", rows, cols);
+      auto staged = Kokkos::create_mirror_view(h);
+      Host2 hx("hx", rows, cols);
+      const long count = static_cast<long>(rows) * cols;
+      for (int i = 0; i < rows; ++i)
+        for (int j = 0; j < cols; ++j) {
+          const long e = static_cast<long>(i) * cols + j;
+          // Evenly over [-12, 12], the first two entries -0 and +0.
+          const double x = e < 2 ? (e == 0 ? -0.0 : 0.0) : -12.0 + 24.0 * e / (count - 1);
+          staged(i, j) = static_cast<T>(x);
+          hx(i, j) = dilated::Impl::to_double(staged(i, j));
+        }
+      Kokkos::deep_copy(h, staged);
+      const auto [dg, dgh] = random_matrix<T>(rows, cols, 60 + cols);
+      Host2 forward("forward", rows, cols), backward("backward", rows, cols);
+      for (int i = 0; i < rows; ++i)
+        for (int j = 0; j < cols; ++j) {
+          forward(i, j) = value(hx(i, j));
+          backward(i, j) = dgh(i, j) * derivative(hx(i, j));
+        }
+      const Matrix<T> g("g", rows, cols), dh("dh", rows, cols);
+      dilated::Impl::gelu_forward(ExecSpace(), h, g, approximation);
+      dilated::Impl::gelu_backward(ExecSpace(), h, dg, dh, approximation);
+      DILATED_CHECK_ALLCLOSE(as_host(g), forward, rtol, atol);
+      DILATED_CHECK_ALLCLOSE(as_host(dh), backward, rtol, atol);
+      // In place: g = gelu(g), dh = dg gelu'(h) into dg.
+      Kokkos::deep_copy(g, h);
+      dilated::Impl::gelu_forward(ExecSpace(), g, g, approximation);
+      dilated::Impl::gelu_backward(ExecSpace(), h, dg, dg, approximation);
+      DILATED_CHECK_ALLCLOSE(as_host(g), forward, rtol, atol);
+      DILATED_CHECK_ALLCLOSE(as_host(dg), backward, rtol, atol);
+    }
   }
 }
