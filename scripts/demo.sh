@@ -20,5 +20,6 @@ preset_build demo demo --target dilated_demo
 # (measured: products 1.9x slower on 2 cores; docs/training.md).
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$jobs} OMP_PROC_BIND=${OMP_PROC_BIND:-false}
 export OMP_PLACES=${OMP_PLACES:-threads}
+source scripts/host_blas_env.sh
 echo "[demo] run" >&2
 exec "$build_dir"/examples/dilated_demo "$@"

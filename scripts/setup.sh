@@ -109,8 +109,10 @@ fi
 # Catch2 v3 comes from bookworm-backports (bookworm itself has only v2); the deb-src entry is
 # what lets `apt-get source` fetch trilinos.
 # clang, libclang-rt-14-dev (libFuzzer) and libomp-dev (clang's OpenMP): the fuzz preset.
+# libopenblas0-openmp: OpenBLAS' OpenMP build beside Debian's default pthread build, which the
+# CPU scripts put first (scripts/host_blas_env.sh; the system's choice is left as it is).
 apt_pkgs=(cmake g++ make ninja-build pkg-config git ca-certificates dpkg-dev
-  libopenblas-dev libbenchmark-dev libcli11-dev nlohmann-json3-dev clang-format
+  libopenblas-dev libopenblas0-openmp libbenchmark-dev libcli11-dev nlohmann-json3-dev clang-format
   clang libclang-rt-14-dev libomp-dev
   python3 python3-numpy python3-matplotlib)
 have_all_pkgs() {

@@ -37,6 +37,7 @@ if [ "$device" = cpu ]; then
   # A bound first thread (OMP_PROC_BIND=spread/close/true) pins OpenBLAS's pthread pool to its
   # core: every product on one core (docs/training.md). Unbound unless the caller says otherwise.
   export OMP_PROC_BIND=${OMP_PROC_BIND:-false}
+  source "$here/host_blas_env.sh"
   # Our process's peak resident set, measured as the peer script measures its own.
   wrap=("$python" -c 'import resource, subprocess, sys
 rc = subprocess.call(sys.argv[1:])
