@@ -295,12 +295,18 @@ int train(const Config& c) {
   const double tokens_per_second = tokens / step_seconds;
   const double mfu = tokens_per_second * flops_token / (c.peak_tflops * 1e12);
   const auto gib = [](double bytes) { return bytes / (1 << 30); };
+  // The first 3 steps are not timed (they allocate and plan): with no later step there is no
+  // speed to report, which is said rather than printed as nan.
+  char speed[160];
+  if (timed_steps > 0)
+    std::snprintf(speed, sizeof speed, "%.3f s/step, %.0f tokens/s, MFU %.1f %% of %.0f TFLOP/s",
+                  step_seconds, tokens_per_second, 100 * mfu, c.peak_tflops);
+  else
+    std::snprintf(speed, sizeof speed, "no step timed (the first 3 are not: --steps 4 or more)");
   std::printf(
-      "summary: %.3f s/step, %.0f tokens/s, MFU %.1f %% of %.0f TFLOP/s; peak %.2f GiB "
-      "(weights %.2f, gradients %.2f, optimizer %.2f, activations %.2f, workspace "
-      "%.2f GiB); skipped steps %ld\n",
-      step_seconds, tokens_per_second, 100 * mfu, c.peak_tflops,
-      gib(dilated::tools::MemoryTracker::peak_extra()), gib(memory.parameters),
+      "summary: %s; peak %.2f GiB (weights %.2f, gradients %.2f, optimizer %.2f, activations "
+      "%.2f, workspace %.2f GiB); skipped steps %ld\n",
+      speed, gib(dilated::tools::MemoryTracker::peak_extra()), gib(memory.parameters),
       gib(gradient_bytes()), gib(optimizer.state_bytes()), gib(memory.activations),
       gib(memory.workspace), trainer.scaler().skipped_steps());
   log.summary << "\"step_seconds\": " << json_number(step_seconds)
