@@ -1,10 +1,19 @@
 // dilated::DeviceOutOfMemory: what the library throws when a View it allocates does not fit,
 // naming the buffer (its Kokkos label), the bytes asked and the memory space, instead of Kokkos's
-// own message (std::runtime_error in Kokkos 4, std::bad_alloc in 3.4, neither with the exact
-// size). Every buffer the library keeps across calls is allocated through Impl::allocate_view
-// (ensure_extents, the scratch pool, the optimizers' state, parameters), so a training step or
-// a layer call that does not fit reports the allocation that failed; nothing is left half-made
-// (the object keeps its previous buffers; a failed ensure_extents leaves the View empty).
+// own message (Kokkos 4 and 3.4's View allocation throw std::runtime_error, 3.4's raw
+// MemorySpace::allocate a std::bad_alloc, RawMemoryAllocationFailure; none with the exact size),
+// which is kept at the end of what(). Every buffer the library allocates at run time goes
+// through Impl::allocate_view (ensure_extents, ensure_capacity, the scratch pool, the optimizers'
+// state, parameters, the loss's, the clipping's and cuBLASLt's workspaces), so a training step or
+// a layer call that does not fit reports the allocation that failed; nothing is left half-made: a
+// grown buffer releases the old one first and is recorded only once made (a failed
+// ensure_extents leaves the View empty, a failed pool entry holds no bytes, an optimizer whose
+// state does not fit holds none), so the next call, smaller, succeeds.
+//
+// A std::runtime_error rather than a std::bad_alloc: it carries a message (bad_alloc's what()
+// is fixed by its type), it is what Kokkos throws for the same failure (a caller catching
+// Kokkos' error keeps working), and a std::bad_alloc stays what it means in C++, a failure of
+// the host's operator new.
 #ifndef DILATED_DEVICE_MEMORY_HPP
 #define DILATED_DEVICE_MEMORY_HPP
 
@@ -38,9 +47,17 @@ class DeviceOutOfMemory : public std::runtime_error {
  private:
   static std::string message(const std::string& label, std::size_t bytes, const std::string& space,
                              const std::string& detail) {
+    // One line: Kokkos' message (kept whole) spans lines and pads with spaces.
+    std::string kokkos;
+    for (const char c : detail) {
+      const bool blank = c == ' ' || c == '\n' || c == '\r' || c == '\t';
+      if (!blank || (!kokkos.empty() && kokkos.back() != ' ')) kokkos += blank ? ' ' : c;
+    }
+    while (!kokkos.empty() && kokkos.back() == ' ')
+      kokkos.pop_back();
     std::ostringstream out;
     out << "dilated: out of " << space << " memory: allocating '" << label << "' (" << bytes
-        << " bytes, " << static_cast<double>(bytes) / (1 << 30) << " GiB) failed (" << detail
+        << " bytes, " << static_cast<double>(bytes) / (1 << 30) << " GiB) failed (" << kokkos
         << ")";
     return out.str();
   }

@@ -20,6 +20,7 @@
 #define DILATED_CROSS_ENTROPY_HPP
 
 #include <Dilated_Compat.hpp>
+#include <Dilated_DeviceMemory.hpp>
 #include <Dilated_Gemm.hpp>
 #include <Dilated_LayerNorm.hpp>
 #include <Dilated_MemoryPlan.hpp>
@@ -384,11 +385,15 @@ class FusedLinearCrossEntropy {
     const long chunk = std::min(options_.chunk_tokens(), tokens);
     Impl::ensure_capacity(logits_, "dilated::FusedLinearCrossEntropy::logits", chunk * vocab);
     Impl::ensure_capacity(losses_, "dilated::FusedLinearCrossEntropy::losses", tokens);
-    if (!result_.data()) {
-      partials_ = decltype(partials_)("dilated::FusedLinearCrossEntropy::partials", loss_parts);
-      firsts_ = decltype(firsts_)("dilated::FusedLinearCrossEntropy::firsts", loss_parts);
-      result_ = decltype(result_)("dilated::FusedLinearCrossEntropy::result");
-      host_result_ = Kokkos::create_mirror_view(result_);
+    if (!result_.data()) {  // result_ assigned last: a failed allocation leaves none made
+      partials_ = Impl::allocate_view<decltype(partials_)>(
+          "dilated::FusedLinearCrossEntropy::partials", true, loss_parts);
+      firsts_ = Impl::allocate_view<decltype(firsts_)>("dilated::FusedLinearCrossEntropy::firsts",
+                                                       true, loss_parts);
+      auto result =
+          Impl::allocate_view<decltype(result_)>("dilated::FusedLinearCrossEntropy::result", true);
+      host_result_ = Kokkos::create_mirror_view(result);
+      result_ = result;
     }
     const Impl::GemmOptions gemm_options{options_.use_tf32()};
     const double alpha = gradient_options.scale() / static_cast<double>(counted_);

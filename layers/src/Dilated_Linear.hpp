@@ -5,6 +5,7 @@
 #ifndef DILATED_LINEAR_HPP
 #define DILATED_LINEAR_HPP
 
+#include <Dilated_DeviceMemory.hpp>
 #include <Dilated_Gemm.hpp>
 #include <impl/Dilated_Error.hpp>
 
@@ -77,9 +78,8 @@ void ensure_column_partials(Partial& partial, int sums, long rows, long cols) {
   const auto [needed, width] = column_sum_partials(sums, rows, cols);
   if (partial.extent(0) < static_cast<std::size_t>(needed) ||
       partial.extent(1) < static_cast<std::size_t>(width)) {
-    partial =
-        Partial(Kokkos::view_alloc(Kokkos::WithoutInitializing, "dilated::column_sums::partial"),
-                needed, width);
+    partial = Partial();  // the old buffer first: the two need not coexist
+    partial = allocate_view<Partial>("dilated::column_sums::partial", false, needed, width);
   }
 }
 

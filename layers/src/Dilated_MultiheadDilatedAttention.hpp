@@ -294,9 +294,9 @@ class MultiheadDilatedAttention {
   std::pair<Output, std::nullopt_t> operator()(const ExecSpace& space, const Q& query, const K& key,
                                                const V& value,
                                                const ForwardOptions& call = {}) const {
-    Output out(Kokkos::view_alloc(Kokkos::WithoutInitializing,
-                                  "dilated::MultiheadDilatedAttention::output"),
-               query.extent(0), query.extent(1), query.extent(2));
+    const Output out =
+        Impl::allocate_view<Output>("dilated::MultiheadDilatedAttention::output", false,
+                                    query.extent(0), query.extent(1), query.extent(2));
     forward(space, query, key, value, out, call);
     return {out, std::nullopt};
   }

@@ -145,11 +145,16 @@ class AdamW {
       Impl::check_same_tensors(fn, records_, tensors);
     }
     if (first) {
-      records_ = Impl::record_tensors(tensors);
+      // Made aside and kept only whole: a state that does not fit (DeviceOutOfMemory) leaves
+      // none, and the next step starts afresh.
+      std::vector<Impl::MomentState<state_type, MemorySpace>> states;
+      states.reserve(tensors.size());
       for (const auto& t : tensors) {
-        states_.emplace_back("dilated::training::AdamW::" + t.name, t.parameter.extent(0),
-                             Impl::needs_master_v<T>);
+        states.emplace_back("dilated::training::AdamW::" + t.name, t.parameter.extent(0),
+                            Impl::needs_master_v<T>);
       }
+      records_ = Impl::record_tensors(tensors);
+      states_ = std::move(states);
     }
     ++step_count_;
     const auto s = Impl::adamw_scalars<state_type>(

@@ -56,9 +56,8 @@ class AdamW8bit {
   explicit AdamW8bit(const AdamWOptions& options = {}, std::size_t min_8bit_size = 4096)
       : options_(options),
         min_8bit_size_(min_8bit_size),
-        maps_(Kokkos::view_alloc(Kokkos::WithoutInitializing,
-                                 "dilated::training::AdamW8bit::quantization_maps"),
-              2 * Impl::map_entries) {
+        maps_(dilated::Impl::allocate_view<decltype(maps_)>(
+            "dilated::training::AdamW8bit::quantization_maps", false, 2 * Impl::map_entries)) {
     dilated::Impl::ScopedRegion region("dilated::training::AdamW8bit::AdamW8bit");
     Impl::check_options("dilated::training::AdamW8bit", options_);
     auto host = Kokkos::create_mirror_view(maps_);
@@ -236,24 +235,33 @@ class AdamW8bit {
     return t.parameter.extent(0) >= min_8bit_size_;
   }
 
-  // Fresh (uninitialised) state for `tensors`, replacing any held.
+  // Fresh (uninitialised) state for `tensors`, replacing any held. The held state is released
+  // first (the two need not coexist); a state that does not fit (DeviceOutOfMemory) leaves none,
+  // so the next step starts afresh instead of finding a list with missing states.
   void allocate(const Tensors& tensors) {
-    records_ = Impl::record_tensors(tensors);
+    records_.clear();
     quantized_.clear();
     quantized_states_.clear();
     moment_states_.clear();
+    std::vector<bool> quantized;
+    std::vector<Impl::QuantizedState<state_type, MemorySpace>> quantized_states;
+    std::vector<Impl::MomentState<state_type, MemorySpace>> moment_states;
     for (const auto& t : tensors) {
       const std::string label = "dilated::training::AdamW8bit::" + t.name;
       const std::size_t n = t.parameter.extent(0);
       const bool q = is_quantized(t);
-      quantized_.push_back(q);
-      quantized_states_.push_back(
+      quantized.push_back(q);
+      quantized_states.push_back(
           q ? Impl::QuantizedState<state_type, MemorySpace>(label, n, Impl::needs_master_v<T>)
             : Impl::QuantizedState<state_type, MemorySpace>());
-      moment_states_.push_back(
+      moment_states.push_back(
           q ? Impl::MomentState<state_type, MemorySpace>()
             : Impl::MomentState<state_type, MemorySpace>(label, n, Impl::needs_master_v<T>));
     }
+    records_ = Impl::record_tensors(tensors);
+    quantized_ = std::move(quantized);
+    quantized_states_ = std::move(quantized_states);
+    moment_states_ = std::move(moment_states);
   }
 
   AdamWOptions options_;

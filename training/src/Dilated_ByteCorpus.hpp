@@ -14,6 +14,7 @@
 #define DILATED_BYTE_CORPUS_HPP
 
 #include <Dilated_Compat.hpp>
+#include <Dilated_DeviceMemory.hpp>
 #include <impl/Dilated_Error.hpp>
 
 #include <Kokkos_Core.hpp>
@@ -127,8 +128,12 @@ class ByteCorpus {
                            targets.extent(0), ", ", targets.extent(1), ") but inputs is (", b, ", ",
                            n, ")");
     if (staged_inputs_.extent(0) != b || staged_inputs_.extent(1) != n) {
-      staged_inputs_ = HostTokens("dilated::training::ByteCorpus::staged_inputs", b, n);
-      staged_targets_ = HostTokens("dilated::training::ByteCorpus::staged_targets", b, n);
+      // The tested one (inputs) last: a failed allocation leaves the next call to make both.
+      staged_inputs_ = HostTokens();
+      staged_targets_ = dilated::Impl::allocate_view<HostTokens>(
+          "dilated::training::ByteCorpus::staged_targets", true, b, n);
+      staged_inputs_ = dilated::Impl::allocate_view<HostTokens>(
+          "dilated::training::ByteCorpus::staged_inputs", true, b, n);
     }
     for (std::size_t i = 0; i < b; ++i) {
       const std::uint8_t* window = bytes_.data() + window_start(state_.windows_drawn + i);

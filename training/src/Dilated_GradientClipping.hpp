@@ -11,6 +11,7 @@
 #define DILATED_GRADIENT_CLIPPING_HPP
 
 #include <Dilated_Compat.hpp>
+#include <Dilated_DeviceMemory.hpp>
 #include <Dilated_ParameterGradients.hpp>
 #include <impl/Dilated_OptimizerState.hpp>
 
@@ -62,15 +63,19 @@ state_t<T> sum_of_squares(const ExecSpace& space, const char* fn,
   constexpr long P = Workspace::partials_per_tensor;
   require(!tensors.empty(), fn, "tensors is empty");
   const long count = static_cast<long>(tensors.size());
+  // Each pair of buffers is replaced whole: the one whose extent is tested is assigned last, so
+  // an allocation that fails (DeviceOutOfMemory) leaves the next call to make both again.
   if (workspace.sums.extent(0) != tensors.size()) {
-    workspace.partials = decltype(workspace.partials)(
-        Kokkos::view_alloc(Kokkos::WithoutInitializing, "dilated::training::grad_norm::partials"),
-        count, P);
-    workspace.sums = decltype(workspace.sums)(
-        Kokkos::view_alloc(Kokkos::WithoutInitializing, "dilated::training::grad_norm::sums"),
-        count);
-    workspace.total = decltype(workspace.total)(
-        Kokkos::view_alloc(Kokkos::WithoutInitializing, "dilated::training::grad_norm::total"));
+    workspace.sums = decltype(workspace.sums)();
+    auto partials = dilated::Impl::allocate_view<decltype(workspace.partials)>(
+        "dilated::training::grad_norm::partials", false, count, P);
+    auto total = dilated::Impl::allocate_view<decltype(workspace.total)>(
+        "dilated::training::grad_norm::total", false);
+    auto sums = dilated::Impl::allocate_view<decltype(workspace.sums)>(
+        "dilated::training::grad_norm::sums", false, count);
+    workspace.partials = partials;
+    workspace.total = total;
+    workspace.sums = sums;
   }
   // The tensors' addresses and lengths, sent to the device when the list changed.
   std::vector<std::uintptr_t> addresses(count);
@@ -81,12 +86,14 @@ state_t<T> sum_of_squares(const ExecSpace& space, const char* fn,
   }
   if (addresses != workspace.host_data || lengths != workspace.host_sizes) {
     if (workspace.data.extent(0) != static_cast<std::size_t>(count)) {
-      workspace.data = decltype(workspace.data)(
-          Kokkos::view_alloc(Kokkos::WithoutInitializing, "dilated::training::grad_norm::data"),
-          count);
-      workspace.sizes = decltype(workspace.sizes)(
-          Kokkos::view_alloc(Kokkos::WithoutInitializing, "dilated::training::grad_norm::sizes"),
-          count);
+      workspace.data = decltype(workspace.data)();
+      workspace.host_data.clear();  // the device copy of the list is gone with it
+      auto sizes = dilated::Impl::allocate_view<decltype(workspace.sizes)>(
+          "dilated::training::grad_norm::sizes", false, count);
+      auto data = dilated::Impl::allocate_view<decltype(workspace.data)>(
+          "dilated::training::grad_norm::data", false, count);
+      workspace.sizes = sizes;
+      workspace.data = data;
     }
     using Unmanaged = Kokkos::MemoryTraits<Kokkos::Unmanaged>;
     Kokkos::deep_copy(

@@ -15,6 +15,7 @@
 #ifndef DILATED_IMPL_CUBLASLT_GEMM_HPP
 #define DILATED_IMPL_CUBLASLT_GEMM_HPP
 
+#include <Dilated_DeviceMemory.hpp>
 #include <impl/Dilated_CublasGemm.hpp>
 
 #if defined(KOKKOS_ENABLE_CUDA)
@@ -165,9 +166,8 @@ class CublasLtPlans {
   void* workspace(cudaStream_t stream) {
     auto it = workspaces_.find(stream);
     if (it == workspaces_.end()) {
-      Workspace ws{Kokkos::View<unsigned char*, Kokkos::CudaSpace>(
-          Kokkos::view_alloc(Kokkos::WithoutInitializing, "dilated::cublasLt::workspace"),
-          workspace_bytes + 256)};
+      Workspace ws{allocate_view<Kokkos::View<unsigned char*, Kokkos::CudaSpace>>(
+          "dilated::cublasLt::workspace", false, workspace_bytes + 256)};
       it = workspaces_.emplace(stream, std::move(ws)).first;
     }
     const auto address = reinterpret_cast<std::uintptr_t>(it->second.view.data());

@@ -104,9 +104,11 @@ class TokenIdCheck {
   long run(const ExecSpace& space, const char* fn, const char* argument, const Ids& ids,
            long sequence_length, long vocab, long ignore_index) {
     using Long = Kokkos::View<long, MemorySpace>;
-    if (!result_.data()) {
-      result_ = Kokkos::View<long[2], MemorySpace>("dilated::TokenIdCheck::result");
-      host_ = Kokkos::create_mirror_view(result_);
+    if (!result_.data()) {  // result_ assigned last: a failed allocation leaves none made
+      auto result =
+          allocate_view<Kokkos::View<long[2], MemorySpace>>("dilated::TokenIdCheck::result", true);
+      host_ = Kokkos::create_mirror_view(result);
+      result_ = result;
     }
     const long count = static_cast<long>(ids.extent(0));
     if (count == 0) return 0;
