@@ -10,7 +10,8 @@
 //   dilated-attention info
 //
 // Exit status: 0 done; 1 bad command line; 2 a file or an argument the library rejects (missing,
-// not .npy, truncated, unsupported dtype, wrong shape); 3 any other failure (e.g. out of memory).
+// not .npy, truncated, unsupported dtype, wrong shape); 3 any other failure (out of memory: a
+// buffer that does not fit, named with its bytes and memory space by dilated::DeviceOutOfMemory).
 #include <DilatedAttention.hpp>
 #include <Dilated_HostData.hpp>
 #include <Dilated_MemoryTracker.hpp>
@@ -468,6 +469,11 @@ int dilated_cli_main(int argc, char* argv[], bool start_kokkos) {
   } catch (const std::invalid_argument& e) {
     std::fprintf(stderr, "dilated-attention: error: %s\n", e.what());
     return 2;
+  } catch (const dilated::DeviceOutOfMemory& e) {
+    // The library's own message, one line: the buffer's label, the bytes asked, the memory
+    // space, then Kokkos' message.
+    std::fprintf(stderr, "dilated-attention: failed: %s\n", e.what());
+    return 3;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "dilated-attention: failed: %s\n", e.what());
     return 3;

@@ -117,6 +117,14 @@ int make(const std::string& dir_name) {
   write_float(dir / "x.npy", x_shape, 7);
   write_float(dir / "x_long.npy", {2, 41, 16}, 8);
   write_float(dir / "x_e12.npy", {2, 40, 12}, 9);
+  {  // one token of 2^23 features (float16 zeros, 16 MiB): the layer's in_proj_weight would be
+     // 3 x 2^46 floats, 768 TiB, beyond any device and any 48-bit address space
+    const std::vector<std::uint16_t> zeros(std::size_t(1) << 23, 0);
+    write_raw(dir / "x_huge_embed.npy",
+              "{'descr': '<f2', 'fortran_order': False, 'shape': " +
+                  shape_text({1, 1, zeros.size()}) + ", }",
+              zeros.data(), zeros.size() * 2);
+  }
   const int e = static_cast<int>(x_shape[2]);
   using HostLayer =
       dilated::MultiheadDilatedAttention<dilated::Improved, double, Kokkos::HostSpace>;
