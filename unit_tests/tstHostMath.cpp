@@ -1,6 +1,6 @@
 // The host float functions that vectorised loops use (impl/Dilated_HostMath.hpp) against libm
-// in double: erf over [-6, 6] (both pieces and the clamp), 1 + tanh over [-20, 20] (relative,
-// where it is tiny), and their special values.
+// in double: erf over [-6, 6] (both pieces and the clamp), 1 +- tanh over [-20, 20] (relative,
+// where small), exp over [-87, 0], and their special values.
 #include <impl/Dilated_HostMath.hpp>
 
 #include <catch2/catch_test_macros.hpp>
@@ -72,4 +72,22 @@ TEST_CASE("host_math::one_plus_minus_tanh is relatively accurate, also where sma
   CHECK(host_math::one_plus_minus_tanh(inf).minus == 0.f);
   CHECK(host_math::one_plus_minus_tanh(-inf).minus == 2.f);
   CHECK(std::isnan(host_math::one_plus_tanh(std::numeric_limits<float>::quiet_NaN())));
+}
+
+TEST_CASE("host_math::exp_nonpositive is within 2 float ulps of exp, 0 below -88", "[host_math]") {
+  double worst = 0, worst_x = 0;
+  for (long i = -870000; i <= 0; ++i) {  // [-87, 0] in steps of 1e-4
+    const float x = static_cast<float>(i * 1e-4);
+    const double error = std::fabs(host_math::exp_nonpositive(x) / std::exp(double(x)) - 1);
+    if (error > worst) {
+      worst = error;
+      worst_x = x;
+    }
+  }
+  CAPTURE(worst, worst_x);
+  CHECK(worst <= 2.4e-7);  // 2 ulps of float (2^-23 each)
+  CHECK(host_math::exp_nonpositive(0.f) == 1.f);
+  CHECK(host_math::exp_nonpositive(-90.f) == 0.f);
+  CHECK(host_math::exp_nonpositive(-std::numeric_limits<float>::infinity()) == 0.f);
+  CHECK(std::isnan(host_math::exp_nonpositive(std::numeric_limits<float>::quiet_NaN())));
 }

@@ -1,22 +1,19 @@
-// Float functions for host loops that must vectorise: straight-line arithmetic, no branch and
-// no libm call. glibc's erff and expf are scalar calls unless the build asks for fast math
-// (its vector variants are declared only under __FAST_MATH__, and the library sets no flags),
-// and one erff a value made the host GELU cost 27 ns an element on one core of this project's
-// 2-core machine (a loop over 4 Mi floats), where the loop below takes 1.4-2 ns.
+// Float functions for host loops that must vectorise (the host micro-kernels' softmax, the
+// Original's host rows, the host GELU): straight-line arithmetic, no branch and no libm call.
+// glibc's erff and expf are scalar calls unless the build asks for fast math (its vector variants
+// are declared only under __FAST_MATH__, and the library sets no flags), and one erff a value made
+// the host GELU cost 27 ns an element on one core of this project's 2-core machine (a loop over 4
+// Mi floats), where the loop below takes 1.4-2 ns.
 //
 // Selections are made on the bits (integer masks): a float compare in a ternary makes GCC
 // branch around the arithmetic and the loop does not vectorise ("control flow in loop").
 #ifndef DILATED_IMPL_HOST_MATH_HPP
 #define DILATED_IMPL_HOST_MATH_HPP
 
-#include <impl/Dilated_ImprovedHostTile.hpp>
-
 #include <cstdint>
 #include <cstring>
 
 namespace dilated::Impl::host_math {
-
-using host_tile::exp_nonpositive;
 
 inline std::uint32_t bits_of(float x) {
   std::uint32_t b;
@@ -31,6 +28,45 @@ inline float float_of(std::uint32_t b) {
 // All ones where `condition`, else zero.
 inline std::uint32_t mask_of(bool condition) {
   return 0u - static_cast<std::uint32_t>(condition);
+}
+
+// exp(x) for x <= 0 (-inf included) in straight-line arithmetic, so that loops over it
+// vectorise (no branch, no libm call): x is clamped at -88 (below which the result is 0),
+// x = n ln2 + r with |r| <= ln2 / 2, exp(r) by Cephes' expf polynomial (about 1 ulp), 2^n in
+// the exponent bits; n = -127 (x < -87.68) gives exactly 0. The clamp compares the bits as
+// unsigned integers (for x <= 0 a more negative x has larger bits): an integer min, where a
+// float compare would make the compiler branch around the arithmetic and not vectorise.
+// A NaN x (a NaN or infinite input makes NaN scores) gives NaN: n is rounded in the float
+// domain (adding 1.5 * 2^23 leaves round(t) in the low mantissa bits) and the exponent is
+// built in unsigned arithmetic, because a float -> int conversion of NaN is undefined behaviour
+// (found by fuzz/fuzz_cli.cpp under UBSan: a float16 q holding a NaN).
+inline float exp_nonpositive(float x) {
+  constexpr std::uint32_t floor_bits = 0xC2B00000u;  // -88.0f
+  std::uint32_t xb;
+  std::memcpy(&xb, &x, sizeof(float));
+  xb = xb < floor_bits ? xb : floor_bits;
+  std::memcpy(&x, &xb, sizeof(float));
+  const float t = x * 1.44269504088896341f;
+  constexpr float round_shift = 12582912.0f;  // 1.5 * 2^23, bits 0x4B400000
+  const float shifted = t + round_shift;      // t in [-127, 0]: round(t) + 1.5 * 2^23, exact
+  std::uint32_t shifted_bits;
+  std::memcpy(&shifted_bits, &shifted, sizeof(float));
+  const std::uint32_t n_plus_127 = shifted_bits - 0x4B400000u + 127u;  // wraps for NaN only
+  // round(t) from the integer, not as shifted - 1.5 * 2^23 (-ffast-math may fold that to t).
+  const float fn = static_cast<float>(static_cast<std::int32_t>(n_plus_127) - 127);
+  float r = x - fn * 0.693359375f;
+  r = r - fn * -2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  const std::uint32_t bits = n_plus_127 << 23;
+  float scale;
+  std::memcpy(&scale, &bits, sizeof(float));
+  return p * scale;
 }
 
 // erf(x) in float, absolute error <= 1.5e-7 (measured: 1.14e-7 without FMA, 1.03e-7 with;

@@ -24,6 +24,7 @@
 
 #include <Dilated_Compat.hpp>
 #include <Dilated_Geometry.hpp>
+#include <impl/Dilated_HostMath.hpp>
 #include <impl/Dilated_OriginalKernels.hpp>
 
 #include <Kokkos_Core.hpp>
@@ -37,6 +38,10 @@
 #include <type_traits>
 
 namespace dilated::Impl::host_tile {
+
+// exp(x) for x <= 0 in straight-line arithmetic (Dilated_HostMath.hpp): the softmax loops over it
+// vectorise.
+using host_math::exp_nonpositive;
 
 // Whether a kernel on ExecSpace with accumulation type Acc runs the host micro-kernels.
 template <class ExecSpace, class Acc>
@@ -122,45 +127,6 @@ inline void gemm_tile(int rows, int cols, int kdim, const float* A, long ars, lo
     for (; j < cols; j += lanes)
       gemm_block<rows_block, lanes>(kdim, a, ars, aks, B + j, ldb, c + j, ldc, f);
   }
-}
-
-// exp(x) for x <= 0 (-inf included) in straight-line arithmetic, so that loops over it
-// vectorise (no branch, no libm call): x is clamped at -88 (below which the result is 0),
-// x = n ln2 + r with |r| <= ln2 / 2, exp(r) by Cephes' expf polynomial (about 1 ulp), 2^n in
-// the exponent bits; n = -127 (x < -87.68) gives exactly 0. The clamp compares the bits as
-// unsigned integers (for x <= 0 a more negative x has larger bits): an integer min, where a
-// float compare would make the compiler branch around the arithmetic and not vectorise.
-// A NaN x (a NaN or infinite input makes NaN scores) gives NaN: n is rounded in the float
-// domain (adding 1.5 * 2^23 leaves round(t) in the low mantissa bits) and the exponent is
-// built in unsigned arithmetic, because a float -> int conversion of NaN is undefined behaviour
-// (found by fuzz/fuzz_cli.cpp under UBSan: a float16 q holding a NaN).
-inline float exp_nonpositive(float x) {
-  constexpr std::uint32_t floor_bits = 0xC2B00000u;  // -88.0f
-  std::uint32_t xb;
-  std::memcpy(&xb, &x, sizeof(float));
-  xb = xb < floor_bits ? xb : floor_bits;
-  std::memcpy(&x, &xb, sizeof(float));
-  const float t = x * 1.44269504088896341f;
-  constexpr float round_shift = 12582912.0f;  // 1.5 * 2^23, bits 0x4B400000
-  const float shifted = t + round_shift;      // t in [-127, 0]: round(t) + 1.5 * 2^23, exact
-  std::uint32_t shifted_bits;
-  std::memcpy(&shifted_bits, &shifted, sizeof(float));
-  const std::uint32_t n_plus_127 = shifted_bits - 0x4B400000u + 127u;  // wraps for NaN only
-  // round(t) from the integer, not as shifted - 1.5 * 2^23 (-ffast-math may fold that to t).
-  const float fn = static_cast<float>(static_cast<std::int32_t>(n_plus_127) - 127);
-  float r = x - fn * 0.693359375f;
-  r = r - fn * -2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
-  const std::uint32_t bits = n_plus_127 << 23;
-  float scale;
-  std::memcpy(&scale, &bits, sizeof(float));
-  return p * scale;
 }
 
 // Scratch layout of one forward team (floats, from a 64-byte aligned base):
