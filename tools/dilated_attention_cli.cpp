@@ -151,9 +151,10 @@ Measurement run_core(const RunOptions& o, HostArray& q_host, HostArray& k_host, 
   const auto q = dilated::tools::upload<View4>("dilated::cli::q", q_host);
   const auto k = dilated::tools::upload<View4>("dilated::cli::k", k_host);
   const auto v = dilated::tools::upload<View4>("dilated::cli::v", v_host);
-  const View4 out("dilated::cli::out", q.extent(0), q.extent(1), q.extent(2), q.extent(3));
-  const Kokkos::View<Acc***, Kokkos::LayoutRight, Memory> lse(
-      "dilated::cli::lse", o.lse.empty() ? 0 : q.extent(0), q.extent(1), q.extent(2));
+  const auto out = dilated::Impl::allocate_view<View4>("dilated::cli::out", true, q.extent(0),
+                                                       q.extent(1), q.extent(2), q.extent(3));
+  const auto lse = dilated::Impl::allocate_view<Kokkos::View<Acc***, Kokkos::LayoutRight, Memory>>(
+      "dilated::cli::lse", true, o.lse.empty() ? 0 : q.extent(0), q.extent(1), q.extent(2));
   const dilated::ForwardOptions call{o.causal, false, 0};
   Measurement m = time_calls<Space>(o, [&] {
     if (o.lse.empty()) {
@@ -191,7 +192,8 @@ Measurement run_layer(const RunOptions& o, HostArray& x_host, HostArray* key_hos
       key_host ? dilated::tools::upload<View3>("dilated::cli::key_input", *key_host) : x;
   const View3 value =
       value_host ? dilated::tools::upload<View3>("dilated::cli::value_input", *value_host) : x;
-  const View3 out("dilated::cli::out", x.extent(0), x.extent(1), x.extent(2));
+  const auto out = dilated::Impl::allocate_view<View3>("dilated::cli::out", true, x.extent(0),
+                                                       x.extent(1), x.extent(2));
   const dilated::ForwardOptions call{o.causal, false, 0};
   typename decltype(layer)::Activations saved;
   Measurement m = time_calls<Space>(o, [&] {

@@ -5,6 +5,7 @@
 #ifndef DILATED_HOST_DATA_HPP
 #define DILATED_HOST_DATA_HPP
 
+#include <Dilated_DeviceMemory.hpp>
 #include <impl/Dilated_Numeric.hpp>
 
 #include <Kokkos_Core.hpp>
@@ -51,13 +52,13 @@ template <class View>
 View upload(const std::string& label, HostArray& a) {
   static_assert(View::rank == 3 || View::rank == 4, "dilated::tools::upload: rank 3 or 4");
   using T = typename View::non_const_value_type;
-  View view;
+  View view;  // DeviceOutOfMemory (label, bytes, space) when it does not fit
   if constexpr (View::rank == 3) {
-    view = View(Kokkos::view_alloc(Kokkos::WithoutInitializing, label), a.shape.at(0),
-                a.shape.at(1), a.shape.at(2));
+    view = dilated::Impl::allocate_view<View>(label, false, a.shape.at(0), a.shape.at(1),
+                                              a.shape.at(2));
   } else {
-    view = View(Kokkos::view_alloc(Kokkos::WithoutInitializing, label), a.shape.at(0),
-                a.shape.at(1), a.shape.at(2), a.shape.at(3));
+    view = dilated::Impl::allocate_view<View>(label, false, a.shape.at(0), a.shape.at(1),
+                                              a.shape.at(2), a.shape.at(3));
   }
   auto host = Kokkos::create_mirror_view(view);
   for (std::size_t i = 0; i < a.values.size(); ++i) {
