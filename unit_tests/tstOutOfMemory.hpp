@@ -143,8 +143,11 @@ TEMPLATE_TEST_CASE(
   }
   REQUIRE(expected >= (std::size_t(1) << 46) * sizeof(Acc));
   {
-    const View4<T> q("q", 1, huge_n, 1, 1), k("k", 1, huge_n, 1, 1), v("v", 1, huge_n, 1, 1);
-    const View4<T> out("out", 1, huge_n, 1, 1);
+    // Not initialised (and not touched: the workspace fails before any kernel reads them).
+    const auto make = [](const std::string& label) {
+      return View4<T>(Kokkos::view_alloc(Kokkos::WithoutInitializing, label), 1, huge_n, 1, 1);
+    };
+    const View4<T> q = make("q"), k = make("k"), v = make("v"), out = make("out");
     try {
       attention.forward(ExecSpace(), q, k, v, out);
       FAIL("a " << expected << "-byte workspace was allocated");
