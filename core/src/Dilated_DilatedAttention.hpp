@@ -6,6 +6,7 @@
 #define DILATED_DILATED_ATTENTION_HPP
 
 #include <Dilated_AlgorithmPolicies.hpp>
+#include <Dilated_CheckFinite.hpp>
 #include <Dilated_Compat.hpp>
 #include <Dilated_Geometry.hpp>
 #include <Dilated_MemoryPlan.hpp>
@@ -297,6 +298,11 @@ class DilatedAttention {
       check_apart("lse", *lse);
       Impl::check_no_overlap(fn, "lse", *lse, "out", out);
     }
+    if (options_.check_finite()) {
+      Impl::check_finite(space, fn, "q", q);
+      Impl::check_finite(space, fn, "k", k);
+      Impl::check_finite(space, fn, "v", v);
+    }
     if constexpr (std::is_same_v<Algorithm, Improved>) {
       improved_forward(space, g, q, k, v, out, lse, call);
     } else {
@@ -438,6 +444,12 @@ class DilatedAttention {
     check_apart("dq", dq);
     check_apart("dk", dk);
     check_apart("dv", dv);
+    if (options_.check_finite()) {
+      Impl::check_finite(space, fn, "q", q);
+      Impl::check_finite(space, fn, "k", k);
+      Impl::check_finite(space, fn, "v", v);
+      Impl::check_finite(space, fn, "dout", dout);
+    }
     if constexpr (std::is_same_v<Algorithm, Improved>) {
       improved_backward(space, g, q, k, v, out, lse, dout, dq, dk, dv, call);
     } else {

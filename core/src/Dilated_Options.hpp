@@ -59,7 +59,17 @@ class AttentionOptions {
     return *this;
   }
 
+  // Check q, k, v (and dout in the backward) before any work: the first NaN or infinity throws
+  // dilated::NonFiniteInput naming the argument, its (b, n, h, d) and the value. Costs one read
+  // of each input (a reduction per input) and a wait for it. Off (the default), non-finite
+  // values propagate as in the reference (docs/api.md says which rows become NaN).
+  AttentionOptions& set_check_finite(bool check) {
+    check_finite_ = check;
+    return *this;
+  }
+
   Semantics semantics() const { return semantics_; }
+  bool check_finite() const { return check_finite_; }
   bool vendor_gemm() const { return vendor_gemm_; }
   bool original_tensor_cores() const { return original_tensor_cores_; }
   std::optional<double> softmax_scale() const { return softmax_scale_; }
@@ -75,6 +85,7 @@ class AttentionOptions {
   std::size_t workspace_bytes_ = std::size_t{512} << 20;
   bool vendor_gemm_ = true;
   bool original_tensor_cores_ = true;
+  bool check_finite_ = false;
 };
 
 struct ForwardOptions {
