@@ -1,14 +1,15 @@
-// dilated::DeviceOutOfMemory: what the library throws when a View it allocates does not fit,
-// naming the buffer (its Kokkos label), the bytes asked and the memory space, instead of Kokkos's
-// own message (Kokkos 4 and 3.4's View allocation throw std::runtime_error, 3.4's raw
-// MemorySpace::allocate a std::bad_alloc, RawMemoryAllocationFailure; none with the exact size),
-// which is kept at the end of what(). Every buffer the library allocates at run time goes
-// through Impl::allocate_view (ensure_extents, ensure_capacity, the scratch pool, the optimizers'
-// state, parameters, the loss's, the clipping's and cuBLASLt's workspaces), so a training step or
-// a layer call that does not fit reports the allocation that failed; nothing is left half-made: a
-// grown buffer releases the old one first and is recorded only once made (a failed
-// ensure_extents leaves the View empty, a failed pool entry holds no bytes, an optimizer whose
-// state does not fit holds none), so the next call, smaller, succeeds.
+// dilated::DeviceOutOfMemory: what the library throws when a View it allocates does not fit, naming
+// the buffer (its Kokkos label), the bytes asked and the memory space, instead of Kokkos's own
+// message (the type depends on the version: a View allocation throws std::runtime_error in Kokkos
+// 3.4 and 4.x, "... failed to allocate ...", a raw MemorySpace::allocate and newer Kokkos a
+// std::bad_alloc, RawMemoryAllocationFailure or BadAlloc; both are caught by their standard base,
+// none gives the exact size), which is kept at the end of what(). Every buffer the library
+// allocates at run time goes through Impl::allocate_view (ensure_extents, ensure_capacity, the
+// scratch pool, the optimizers' state, parameters, the loss's, the clipping's and cuBLASLt's
+// workspaces), so a training step or a layer call that does not fit reports the allocation that
+// failed; nothing is left half-made: a grown buffer releases the old one first and is recorded only
+// once made (a failed ensure_extents leaves the View empty, a failed pool entry holds no bytes, an
+// optimizer whose state does not fit holds none), so the next call, smaller, succeeds.
 //
 // A std::runtime_error rather than a std::bad_alloc: it carries a message (bad_alloc's what()
 // is fixed by its type), it is what Kokkos throws for the same failure (a caller catching
