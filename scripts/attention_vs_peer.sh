@@ -20,7 +20,8 @@
 # PEER_REPEAT (peer's timed calls, default 10; cpu 3), CAUSAL (both, false or true; cpu
 # default false), DTYPE (fp16; cpu fp32), DEVICE (cuda or cpu), THREADS (cpu: threads of
 # both sides, default nproc), SGEMM_SIZES (cpu: 2048), PYTHON (the Python with torch; cpu
-# default /usr/bin/python3, Debian's python3-torch). OPENBLAS_CORETYPE passes through to our
+# default /usr/bin/python3, Debian's python3-torch), PEER_WARMUP (cpu: the peer's untimed calls
+# before its timed ones, default 1; ours always make one). OPENBLAS_CORETYPE passes through to our
 # side (its openblas_core is in the JSON's context).
 set -euo pipefail
 bin=$1
@@ -39,7 +40,7 @@ if [ "$device" = cpu ]; then
   export OMP_NUM_THREADS=$threads
   export OMP_PROC_BIND=${OMP_PROC_BIND:-false}
   ours_device=(--backend=host --sgemm_sizes="${SGEMM_SIZES:-2048}")
-  peer_device=(--device cpu --threads "$threads")
+  peer_device=(--device cpu --threads "$threads" --warmup "${PEER_WARMUP:-1}")
 elif [ "$device" = cuda ]; then
   lengths=${4:-16384,65536,262144,1048576}
   causal=${CAUSAL:-both}

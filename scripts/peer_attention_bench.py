@@ -53,9 +53,9 @@ from peer_layer_bench import time_calls
 IMPLS = ("DilatedAttention", "ImprovedDilatedAttention", "dense_bound")
 
 
-def time_calls_cpu(fn, repeat):
-    """time_calls on the CPU: 3 untimed calls, then `repeat` calls timed one by one (ms)."""
-    for _ in range(3):
+def time_calls_cpu(fn, repeat, warmup):
+    """time_calls on the CPU: `warmup` untimed calls, then `repeat` calls timed one by one (ms)."""
+    for _ in range(warmup):
         fn()
     times = []
     for _ in range(repeat):
@@ -201,6 +201,8 @@ def main():
     parser.add_argument("--impls", help="comma-separated, of " + ", ".join(IMPLS)
                         + " (default: all on cuda, DilatedAttention on cpu)")
     parser.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
+    parser.add_argument("--warmup", type=int, default=3, help="cpu: untimed calls before the "
+                        "timed ones (cuda: always 3)")
     parser.add_argument("--threads", type=int, help="cpu: torch.set_num_threads (default: "
                         "PyTorch's own choice)")
     parser.add_argument("--repeat", type=int, default=10)
@@ -243,7 +245,7 @@ def main():
                 "impl": impl, "n": n, "causal": causal, "mask": mask, "pass": pass_name,
                 "useful_GFLOP": flops * 1e-9}
 
-    context = {"segments": segments, "dilations": dilations, "heads": args.heads,
+    context = {"warmup": args.warmup if args.device == "cpu" else 3, "segments": segments, "dilations": dilations, "heads": args.heads,
                "dim": args.dim, "batch": 1, "dtype": args.dtype, "repeat": args.repeat,
                "branches": [{k: br[k] for k in ("w", "r", "offset", "hmin", "hmax", "heads")}
                             for br in branches(0, args.heads, segments, dilations)]}
@@ -316,7 +318,7 @@ def main():
             torch.cuda.reset_peak_memory_stats()
             times = time_calls(torch, call, args.repeat)
         else:
-            times = time_calls_cpu(call, args.repeat)
+            times = time_calls_cpu(call, args.repeat, args.warmup)
         median = statistics.median(times)
         entry.update(times_ms=times, median_ms=median, mean_ms=statistics.fmean(times),
                      TFLOP_per_s=entry["useful_GFLOP"] / median,  # GFLOP per ms
