@@ -51,6 +51,7 @@ struct RunOptions {
   std::vector<int> segments = {2048, 4096, 8192}, dilations = {1, 2, 4};
   int heads = 0;
   bool causal = false;
+  bool check_finite = false;
   std::optional<double> softmax_scale;
   double layer_norm_eps = 1e-5;
   int warmup = 0, repeats = 1;
@@ -138,6 +139,7 @@ dilated::AttentionOptions attention_options(const RunOptions& o) {
   auto options =
       dilated::AttentionOptions().set_semantics(dilated::semantics_from_string(o.semantics));
   if (o.softmax_scale) options.set_softmax_scale(*o.softmax_scale);
+  options.set_check_finite(o.check_finite);
   return options;
 }
 
@@ -267,6 +269,7 @@ int run(const RunOptions& o) {
     }
     if (o.heads < 1) throw InputError("--input needs --heads H (the layer's num_heads), H >= 1");
     if (o.softmax_scale) throw InputError("--softmax-scale applies to q/k/v runs only");
+    if (o.check_finite) throw InputError("--check-finite applies to q/k/v runs only");
     inputs.push_back(read_array(o.input, 3, "layer input (batch, seq, embed_dim)"));
     inputs.emplace_back();
     inputs.emplace_back();
@@ -431,6 +434,9 @@ int dilated_cli_main(int argc, char* argv[], bool start_kokkos) {
       ->check(CLI::IsMember({"float", "double", "half", "bf16"}))
       ->capture_default_str();
   run_cmd->add_flag("--causal", o.causal, "causal mask");
+  run_cmd->add_flag("--check-finite", o.check_finite,
+                    "attention only: reject a NaN or infinity in q, k, v (exit status 2, naming "
+                    "the first one); without it they propagate to the rows that read them");
   run_cmd->add_option("--softmax-scale", o.softmax_scale,
                       "attention only: multiplies q.k (default 1/sqrt(head_dim))");
   run_cmd->add_option("--layer-norm-eps", o.layer_norm_eps, "layer: sub-LayerNorm epsilon")
