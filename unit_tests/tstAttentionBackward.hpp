@@ -11,8 +11,11 @@
 
 #include <catch2/catch_template_test_macros.hpp>
 #include <catch2/catch_test_macros.hpp>
+#include <catch2/matchers/catch_matchers_string.hpp>
 
 #include <algorithm>
+#include <array>
+#include <cfenv>
 #include <cmath>
 #include <cstddef>
 #include <cstring>
@@ -517,4 +520,76 @@ TEST_CASE("Original on the host leaves OpenBLAS' thread count as it was",
   const auto x = dilated::testing::random_bnhd<double>("x", c.b, c.n, c.h, c.d, 7);
   run_host_gemm_case<float>(c, true, false, true, x, x, x, x);
   CHECK(dilated::Impl::blas_info().threads == before.threads);
+}
+
+namespace {
+
+// Floating-point traps off for a scope (the test main traps FE_INVALID; planting a NaN may raise
+// it on purpose).
+class NoFloatingPointTraps {
+ public:
+  NoFloatingPointTraps() { feholdexcept(&saved_); }
+  ~NoFloatingPointTraps() { fesetenv(&saved_); }
+  NoFloatingPointTraps(const NoFloatingPointTraps&) = delete;
+  NoFloatingPointTraps& operator=(const NoFloatingPointTraps&) = delete;
+
+ private:
+  std::fenv_t saved_;
+};
+
+}  // namespace
+
+TEMPLATE_LIST_TEST_CASE("check_finite in the backward names the first NaN or infinity",
+                        "[backward][errors][nonfinite]" TEST_CATEGORY,
+                        dilated::testing::StorageTypes) {
+  using T = TestType;
+  using Catch::Matchers::ContainsSubstring;
+  using View4 = dilated::testing::Device4<T, MemSpace>;
+  const NoFloatingPointTraps no_traps;
+  const char* names[] = {"q", "k", "v", "dout"};
+  const double bad_values[] = {std::nan(""), INFINITY, -INFINITY};
+  const char* bad_names[] = {"nan", "inf", "-inf"};
+  constexpr int b = 2, n = 20, h = 2, d = 8;
+  for (const auto& variant : dilated::testing::variants<ExecSpace>()) {
+    CAPTURE(variant.name());
+    dilated::testing::with_attention(
+        variant, {8, 16}, {1, 2},
+        dilated::AttentionOptions().set_semantics(Semantics::longnet).set_check_finite(true),
+        [&](const auto& attention) {
+          std::array<View4, 4> in;
+          for (int i = 0; i < 4; ++i)
+            in[i] = dilated::testing::random_bnhd<T, MemSpace>(names[i], b, n, h, d, 40 + i);
+          View4 out("out", b, n, h, d), dq("dq", b, n, h, d), dk("dk", b, n, h, d),
+              dv("dv", b, n, h, d);
+          Kokkos::View<float***, MemSpace> lse("lse", b, n, h);
+          attention.forward(ExecSpace(), in[0], in[1], in[2], out, lse);
+          REQUIRE_NOTHROW(
+              attention.backward(ExecSpace(), in[0], in[1], in[2], out, lse, in[3], dq, dk, dv));
+          for (int which = 0; which < 4; ++which) {
+            for (int bad = 0; bad < 3; ++bad) {
+              CAPTURE(names[which], bad_names[bad]);
+              std::array<View4, 4> x = in;
+              x[which] = View4(std::string(names[which]) + "_bad", b, n, h, d);
+              Kokkos::deep_copy(x[which], in[which]);
+              const auto host = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), x[which]);
+              host(1, 17, 0, 2) = static_cast<T>(std::nan(""));  // later in flat order
+              host(0, 13, 1, 5) = static_cast<T>(bad_values[bad]);
+              Kokkos::deep_copy(x[which], host);
+              Kokkos::deep_copy(dq, T(7));
+              const std::string where = std::string("dilated::DilatedAttention::backward: ") +
+                                        names[which] + "(0, 13, 1, 5) = " + bad_names[bad] +
+                                        " is not finite";
+              REQUIRE_THROWS_WITH(
+                  attention.backward(ExecSpace(), x[0], x[1], x[2], out, lse, x[3], dq, dk, dv),
+                  ContainsSubstring(where));
+              REQUIRE_THROWS_AS(
+                  attention.backward(ExecSpace(), x[0], x[1], x[2], out, x[3], dq, dk, dv),
+                  dilated::NonFiniteInput);
+              // Thrown before any work: the gradients untouched.
+              const auto dq_host = dilated::testing::to_host_double(dq);
+              CHECK(dq_host(0, 0, 0, 0) == 7.0);
+            }
+          }
+        });
+  }
 }

@@ -12,6 +12,8 @@
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
+#include <array>
+#include <cfenv>
 #include <cmath>
 #include <fstream>
 #include <optional>
@@ -517,6 +519,197 @@ TEST_CASE("Improved forward: the host's generic team kernel in float", "[forward
     }
     SECTION("dropout") {
       check_dropout_without_the_mask<dilated::Improved, float>("generic team kernel");
+    }
+  }
+}
+
+namespace {
+
+// Floating-point traps off for a scope (the test main traps FE_INVALID; a NaN or infinity in the
+// data raises it on purpose, in the kernels' and the reference's comparisons).
+class NoFloatingPointTraps {
+ public:
+  NoFloatingPointTraps() { feholdexcept(&saved_); }
+  ~NoFloatingPointTraps() { fesetenv(&saved_); }
+  NoFloatingPointTraps(const NoFloatingPointTraps&) = delete;
+  NoFloatingPointTraps& operator=(const NoFloatingPointTraps&) = delete;
+
+ private:
+  std::fenv_t saved_;
+};
+
+// Where the non-finite tests plant their bad values: (b, n, h, d) in a (2, 20, 2, 8) input.
+constexpr int nf_b = 2, nf_n = 20, nf_h = 2, nf_d = 8;
+constexpr std::array<int, 4> nf_at = {1, 8, 0, 3};
+
+}  // namespace
+
+TEMPLATE_LIST_TEST_CASE("check_finite names the first NaN or infinity in q, k, v",
+                        "[forward][errors][nonfinite]" TEST_CATEGORY,
+                        dilated::testing::StorageTypes) {
+  using T = TestType;
+  using Catch::Matchers::ContainsSubstring;
+  const NoFloatingPointTraps no_traps;
+  const char* names[] = {"q", "k", "v"};
+  const double bad_values[] = {std::nan(""), INFINITY, -INFINITY};
+  const char* bad_names[] = {"nan", "inf", "-inf"};
+  for (const auto& variant : dilated::testing::variants<ExecSpace>()) {
+    CAPTURE(variant.name());
+    dilated::testing::with_attention(
+        variant, {8, 16}, {1, 2}, dilated::AttentionOptions().set_check_finite(true),
+        [&](const auto& attention) {
+          for (int which = 0; which < 3; ++which) {
+            for (int bad = 0; bad < 3; ++bad) {
+              CAPTURE(names[which], bad_names[bad]);
+              std::array<Kokkos::View<double****, Kokkos::LayoutRight, Kokkos::HostSpace>, 3> in;
+              for (int i = 0; i < 3; ++i)
+                in[i] = dilated::testing::random_bnhd<double>(names[i], nf_b, nf_n, nf_h, nf_d,
+                                                              500 + i);
+              in[which](nf_at[0], nf_at[1], nf_at[2], nf_at[3]) = bad_values[bad];
+              in[which](1, 17, 0, 2) = std::nan("");  // later in flat order: not the first
+              const auto q = dilated::testing::to_storage<T, MemSpace>(in[0], "q");
+              const auto k = dilated::testing::to_storage<T, MemSpace>(in[1], "k");
+              const auto v = dilated::testing::to_storage<T, MemSpace>(in[2], "v");
+              dilated::testing::Device4<T, MemSpace> out("out", nf_b, nf_n, nf_h, nf_d);
+              Kokkos::deep_copy(out, T(7));
+              const std::string where =
+                  std::string(names[which]) + "(1, 8, 0, 3) = " + bad_names[bad] + " is not finite";
+              REQUIRE_THROWS_WITH(
+                  attention.forward(ExecSpace(), q, k, v, out),
+                  ContainsSubstring("dilated::DilatedAttention::forward: " + where));
+              try {
+                attention.forward(ExecSpace(), q, k, v, out);
+              } catch (const dilated::NonFiniteInput& e) {
+                CHECK(e.argument() == names[which]);
+                CHECK(e.index() == std::array<std::size_t, 4>{1, 8, 0, 3});
+                CHECK(dilated::NonFiniteInput::value_string(e.value()) == bad_names[bad]);
+              }
+              // Thrown before any work: out still holds what the caller left there.
+              const auto out_host = dilated::testing::to_host_double(out);
+              CHECK(out_host(0, 0, 0, 0) == 7.0);
+              CHECK(out_host(1, 19, 1, 7) == 7.0);
+            }
+          }
+          // Finite inputs pass the check.
+          const auto q = dilated::testing::random_bnhd<T, MemSpace>("q", nf_b, nf_n, nf_h, nf_d, 9);
+          dilated::testing::Device4<T, MemSpace> out("out", nf_b, nf_n, nf_h, nf_d);
+          REQUIRE_NOTHROW(attention.forward(ExecSpace(), q, q, q, out));
+        });
+  }
+  // Off (the default): no check, no throw.
+  const dilated::DilatedAttention<dilated::Improved> unchecked({8}, {1});
+  CHECK_FALSE(unchecked.options().check_finite());
+  auto q0 = dilated::testing::random_bnhd<double>("q", 1, 8, 1, 8, 3);
+  q0(0, 2, 0, 1) = std::nan("");
+  const auto q = dilated::testing::to_storage<T, MemSpace>(q0, "q");
+  dilated::testing::Device4<T, MemSpace> out("out", 1, 8, 1, 8);
+  REQUIRE_NOTHROW(unchecked.forward(ExecSpace(), q, q, q, out));
+  Kokkos::fence();
+}
+
+// Without check_finite a NaN propagates exactly as in the reference (docs/api.md): a NaN in
+// q(b, p, h, c) makes row (b, p, h) of out and lse NaN when some branch keeps p for head h; in
+// k(b, m, h, c) the rows (b, p, h) of every query p whose attended keys (the reference's mask row
+// of p) include m; in v(b, m, h, c) only column c of those rows of out (lse stays finite). Rows
+// no branch keeps stay 0 with lse -inf. Checked on every path, both semantics, causal and not:
+// NaN positions exactly (against the reference and the rule), the rest to the usual tolerance.
+TEMPLATE_LIST_TEST_CASE("A NaN input propagates to the rows the reference says, no further",
+                        "[forward][nonfinite]" TEST_CATEGORY, dilated::testing::StorageTypes) {
+  using T = TestType;
+  using Tol = dilated::testing::Tolerance<T>;
+  const NoFloatingPointTraps no_traps;
+  const char* names[] = {"q", "k", "v"};
+  // Dilations 2 and 4 leave positions no branch keeps (odd ones for head 0, in both semantics).
+  const std::vector<int> segs = {8, 16}, dils = {2, 4};
+  const int b0 = nf_at[0], m = nf_at[1], h0 = nf_at[2], c0 = nf_at[3];
+  for (const auto& variant : dilated::testing::variants<ExecSpace>()) {
+    for (const Semantics semantics : {Semantics::grouped, Semantics::longnet}) {
+      dilated::testing::with_attention(
+          variant, segs, dils, dilated::AttentionOptions().set_semantics(semantics),
+          [&](const auto& attention) {
+            const dilated::Geometry g = attention.geometry(nf_h);
+            for (const bool causal : {false, true}) {
+              for (int which = 0; which < 3; ++which) {
+                CAPTURE(variant.name(), dilated::to_string(semantics), causal, names[which]);
+                std::array<Kokkos::View<double****, Kokkos::LayoutRight, Kokkos::HostSpace>, 3> in;
+                for (int i = 0; i < 3; ++i)
+                  in[i] = dilated::testing::random_bnhd<double>(names[i], nf_b, nf_n, nf_h, nf_d,
+                                                                700 + i);
+                in[which](b0, m, h0, c0) = std::nan("");
+                const auto q = dilated::testing::to_storage<T, MemSpace>(in[0], "q");
+                const auto k = dilated::testing::to_storage<T, MemSpace>(in[1], "k");
+                const auto v = dilated::testing::to_storage<T, MemSpace>(in[2], "v");
+                dilated::testing::Device4<T, MemSpace> out("out", nf_b, nf_n, nf_h, nf_d);
+                Kokkos::View<float***, MemSpace> lse("lse", nf_b, nf_n, nf_h);
+                Kokkos::deep_copy(out, T(7));
+                Kokkos::deep_copy(lse, 7.f);
+                attention.forward(ExecSpace(), q, k, v, out, lse, {causal, false, 0});
+                const auto got = dilated::testing::to_host_double(out);
+                const auto got_lse = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), lse);
+
+                const auto qh = dilated::testing::to_host_double(q),
+                           kh = dilated::testing::to_host_double(k),
+                           vh = dilated::testing::to_host_double(v);
+                Kokkos::View<double****, Kokkos::HostSpace> want("want", nf_b, nf_n, nf_h, nf_d);
+                Kokkos::View<double***, Kokkos::HostSpace> want_lse("want_lse", nf_b, nf_n, nf_h);
+                dilated::reference(g, qh, kh, vh, want, want_lse, {causal, std::nullopt});
+
+                // The rule, the reference and the kernels agree on every NaN; NaNs then set to 0
+                // on both sides for the tolerance check of the rest.
+                Kokkos::View<double***, Kokkos::HostSpace> got_lse_d("got_lse", nf_b, nf_n, nf_h);
+                int rule_mismatch = 0, reference_mismatch = 0, nan_rows = 0, unkept_rows = 0,
+                    unkept_wrong = 0;
+                std::vector<int> row, row_all;
+                for (int i = 0; i < nf_b; ++i) {
+                  for (int t = 0; t < nf_n; ++t) {
+                    for (int j = 0; j < nf_h; ++j) {
+                      dilated::reference_mask_row(g, j, t, nf_n, causal, row);
+                      dilated::reference_mask_row(g, j, t, nf_n, false, row_all);
+                      const bool kept =
+                          std::any_of(row.begin(), row.end(), [](int x) { return x != 0; });
+                      const bool mine = i == b0 && j == h0;
+                      const bool hit = mine && (which == 0 ? t == m && kept : row[m] != 0);
+                      nan_rows += hit;
+                      const bool lse_nan = hit && which != 2;
+                      const double l = got_lse(i, t, j);
+                      reference_mismatch += std::isnan(l) != std::isnan(want_lse(i, t, j));
+                      rule_mismatch += std::isnan(l) != lse_nan;
+                      got_lse_d(i, t, j) = std::isnan(l) ? 0.0 : l;
+                      if (std::isnan(want_lse(i, t, j))) want_lse(i, t, j) = 0.0;
+                      if (!kept) {
+                        ++unkept_rows;
+                        unkept_wrong += !(l == -INFINITY);
+                      }
+                      for (int c = 0; c < nf_d; ++c) {
+                        const bool nan = hit && (which != 2 || c == c0);
+                        // v: a row before m in a segment holding m (causal) multiplies its
+                        // masked probability 0 by v's NaN in the paths' P V products: NaN or not.
+                        const bool may = mine && which == 2 && c == c0 && row_all[m] != 0;
+                        const bool got_nan = std::isnan(got(i, t, j, c)),
+                                   want_nan = std::isnan(want(i, t, j, c));
+                        if (may && !nan) {
+                          (void)got_nan;  // either is right
+                        } else {
+                          reference_mismatch += got_nan != want_nan;
+                          rule_mismatch += got_nan != nan;
+                        }
+                        if (!kept) unkept_wrong += got(i, t, j, c) != 0.0;
+                        if (got_nan || (may && want_nan)) got(i, t, j, c) = 0.0;
+                        if (want_nan || (may && got_nan)) want(i, t, j, c) = 0.0;
+                      }
+                    }
+                  }
+                }
+                CHECK(nan_rows >= 1);
+                CHECK(unkept_rows >= 1);
+                CHECK(reference_mismatch == 0);
+                CHECK(rule_mismatch == 0);
+                CHECK(unkept_wrong == 0);  // rows no branch keeps: zeros, lse -inf
+                DILATED_CHECK_ALLCLOSE(got, want, Tol::rtol, Tol::atol);
+                DILATED_CHECK_ALLCLOSE(got_lse_d, want_lse, std::max(Tol::rtol, 1e-6), Tol::atol);
+              }
+            }
+          });
     }
   }
 }

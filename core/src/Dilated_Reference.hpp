@@ -80,8 +80,10 @@ void reference_impl(const Kokkos::DefaultHostExecutionSpace& space, const Geomet
         for (int p = 0; p < n; ++p) {
           reference_mask_row(geometry, h, p, n, options.is_causal, mask);
           double max_score = -std::numeric_limits<double>::infinity();
+          bool kept = false;  // some branch keeps p: a NaN or infinity in its row propagates
           for (int key = 0; key < n; ++key) {
             if (mask[key] == 0) continue;
+            kept = true;
             double dot = 0;
             for (int c = 0; c < dim; ++c)
               dot += to_double(q(b, p, h, c)) * to_double(k(b, key, h, c));
@@ -97,7 +99,6 @@ void reference_impl(const Kokkos::DefaultHostExecutionSpace& space, const Geomet
             for (int c = 0; c < dim; ++c)
               acc[c] += w * to_double(v(b, key, h, c));
           }
-          const bool kept = sum > 0;
           for (int c = 0; c < dim; ++c)
             out(b, p, h, c) = kept ? out_scale * acc[c] / sum : 0.0;
           if (lse) {
