@@ -610,8 +610,9 @@ TEMPLATE_LIST_TEST_CASE("check_finite names the first NaN or infinity in q, k, v
 // Without check_finite a NaN propagates exactly as in the reference (docs/api.md): a NaN in
 // q(b, p, h, c) makes row (b, p, h) of out and lse NaN when some branch keeps p for head h; in
 // k(b, m, h, c) the rows (b, p, h) of every query p whose attended keys (the reference's mask row
-// of p) include m; in v(b, m, h, c) only column c of those rows of out (lse stays finite). Rows
-// no branch keeps stay 0 with lse -inf. Checked on every path, both semantics, causal and not:
+// of p) include m; in v(b, m, h, c) only column c of those rows of out (lse stays finite), and,
+// causal, maybe column c of the rows before m in a segment holding m (0 x NaN in P V). Rows no
+// branch keeps stay 0 with lse -inf. Checked on every path, both semantics, causal and not:
 // NaN positions exactly (against the reference and the rule), the rest to the usual tolerance.
 TEMPLATE_LIST_TEST_CASE("A NaN input propagates to the rows the reference says, no further",
                         "[forward][nonfinite]" TEST_CATEGORY, dilated::testing::StorageTypes) {
