@@ -115,7 +115,8 @@ void check_plan(bool checkpointing) {
     ExecSpace().fence();
     Hooks::stop();
 
-    const auto plan = training::plan_training_step<Model, Optimizer>(shape, options, batch, length);
+    const auto plan =
+        training::plan_training_step<Model, Optimizer, ExecSpace>(shape, options, batch, length);
     INFO(describe(plan) << Hooks::report());
     // Kind by kind against what the objects hold (which count span x size, without Kokkos's
     // rounding of each allocation to 8 bytes: at most 7 bytes an entry apart).

@@ -274,6 +274,9 @@ class LanguageModel {
   // without checkpointing, every block's activations), workspace (one block's shared set, with
   // checkpointing its recomputed activations), the attention's scratch and the loss's buffers.
   // The optimizer's state and the trainer's buffers are theirs (training::plan_training_step).
+  // ExecSpace: the space the steps run on (on the host its concurrency sizes the Original's
+  // per-thread BLAS workspace: Serial holds one slot where OpenMP holds one a thread).
+  template <class ExecSpace = typename memory_space::execution_space>
   static MemoryPlan plan(const ModelShape& shape, const LanguageModelOptions& options, int batch,
                          long length) {
     constexpr const char* fn = "dilated::LanguageModel::plan";
@@ -308,9 +311,9 @@ class LanguageModel {
     plan.add(Impl::make_layer_attention<typename Block::policy_type>(
                  fn, shape.embed_dim, shape.num_heads, options.segment_lengths,
                  options.dilation_rates, options.semantics, 0.0)
-                 .template plan_scratch<typename memory_space::execution_space, T>(
-                     batch, static_cast<int>(length), shape.num_heads,
-                     shape.embed_dim / shape.num_heads, true));
+                 .template plan_scratch<ExecSpace, T>(batch, static_cast<int>(length),
+                                                      shape.num_heads,
+                                                      shape.embed_dim / shape.num_heads, true));
     plan.add(FusedLinearCrossEntropy<T, memory_space>(
                  CrossEntropyOptions().set_chunk_tokens(options.loss_chunk_tokens))
                  .plan_workspace(static_cast<long>(m), static_cast<long>(v)));

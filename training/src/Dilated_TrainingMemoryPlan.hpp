@@ -49,14 +49,16 @@ MemoryPlan plan_grad_norm(std::size_t tensors) {
 }  // namespace Impl
 
 // One Trainer step of Model (a LanguageModel) with an Optimizer (AdamW, or AdamW8bit with its
-// default min_8bit_size) on (batch, length) token ids. Needs no Kokkos::initialize (it allocates
+// default min_8bit_size) on (batch, length) token ids, run on ExecSpace (the memory space's
+// default unless given: LanguageModel::plan). Needs no Kokkos::initialize (it allocates
 // nothing). Throws what LanguageModel::plan throws (a bad shape or length).
-template <class Model, class Optimizer>
+template <class Model, class Optimizer,
+          class ExecSpace = typename Model::memory_space::execution_space>
 MemoryPlan plan_training_step(const ModelShape& shape, const LanguageModelOptions& options,
                               int batch, long length) {
   using T = typename Model::value_type;
   using MemorySpace = typename Model::memory_space;
-  MemoryPlan plan = Model::plan(shape, options, batch, length);
+  MemoryPlan plan = Model::template plan<ExecSpace>(shape, options, batch, length);
   const std::vector<std::size_t> sizes = Model::parameter_sizes(shape);
   plan.add(Optimizer::plan_state(sizes));
   plan.add(Impl::plan_grad_norm<Impl::state_t<T>, MemorySpace>(sizes.size()));
