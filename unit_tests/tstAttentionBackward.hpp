@@ -3,6 +3,7 @@
 // and with dropout), float gradients against double ones, the dropout contract, and the
 // Original's vendor-GEMM path (the host BLAS) against its team kernel.
 #include <DilatedAttention.hpp>
+#include <Dilated_FloatingPointTraps.hpp>
 #include <Dilated_Allclose.hpp>
 #include <Dilated_AttentionTestUtils.hpp>
 #include <Dilated_BranchwiseReference.hpp>
@@ -524,18 +525,7 @@ TEST_CASE("Original on the host leaves OpenBLAS' thread count as it was",
 
 namespace {
 
-// Floating-point traps off for a scope (the test main traps FE_INVALID; planting a NaN may raise
-// it on purpose).
-class NoFloatingPointTraps {
- public:
-  NoFloatingPointTraps() { feholdexcept(&saved_); }
-  ~NoFloatingPointTraps() { fesetenv(&saved_); }
-  NoFloatingPointTraps(const NoFloatingPointTraps&) = delete;
-  NoFloatingPointTraps& operator=(const NoFloatingPointTraps&) = delete;
-
- private:
-  std::fenv_t saved_;
-};
+using dilated::testing::NoFloatingPointTraps;
 
 }  // namespace
 

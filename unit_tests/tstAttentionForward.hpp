@@ -1,6 +1,7 @@
 // DilatedAttention<Original | Improved>::forward on every backend and storage type, against the
 // exact double reference (on the same rounded inputs), the golden peer outputs, and each other.
 #include <DilatedAttention.hpp>
+#include <Dilated_FloatingPointTraps.hpp>
 #include <Dilated_Allclose.hpp>
 #include <Dilated_AttentionTestUtils.hpp>
 #include <Dilated_TestData.hpp>
@@ -525,18 +526,7 @@ TEST_CASE("Improved forward: the host's generic team kernel in float", "[forward
 
 namespace {
 
-// Floating-point traps off for a scope (the test main traps FE_INVALID; a NaN or infinity in the
-// data raises it on purpose, in the kernels' and the reference's comparisons).
-class NoFloatingPointTraps {
- public:
-  NoFloatingPointTraps() { feholdexcept(&saved_); }
-  ~NoFloatingPointTraps() { fesetenv(&saved_); }
-  NoFloatingPointTraps(const NoFloatingPointTraps&) = delete;
-  NoFloatingPointTraps& operator=(const NoFloatingPointTraps&) = delete;
-
- private:
-  std::fenv_t saved_;
-};
+using dilated::testing::NoFloatingPointTraps;
 
 // Where the non-finite tests plant their bad values: (b, n, h, d) in a (2, 20, 2, 8) input.
 constexpr int nf_b = 2, nf_n = 20, nf_h = 2, nf_d = 8;

@@ -3,6 +3,7 @@
 // host loops in double (bitwise in double), the chunked fused LM head + cross-entropy against a
 // dense host cross-entropy and its gradients against central finite differences, the byte
 // corpus's windows against the file's bytes, and the errors.
+#include <Dilated_FloatingPointTraps.hpp>
 #include <Dilated_ScratchDirectory.hpp>
 #include <Dilated_AttentionTestUtils.hpp>
 #include <Dilated_ByteCorpus.hpp>
@@ -109,16 +110,7 @@ double normwise_error(const std::vector<double>& actual, const std::vector<doubl
   return worst / scale;
 }
 
-// Floating-point traps off for a scope (the test main traps FE_INVALID; an inf or NaN in the
-// data raises it on purpose).
-class NoFloatingPointTraps {
- public:
-  NoFloatingPointTraps() { feholdexcept(&saved_); }
-  ~NoFloatingPointTraps() { fesetenv(&saved_); }
-
- private:
-  std::fenv_t saved_;
-};
+using dilated::testing::NoFloatingPointTraps;
 
 // ------------------------------------------------------------------------------- embedding
 
