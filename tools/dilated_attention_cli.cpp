@@ -1,20 +1,26 @@
 // dilated-attention: the command-line tool. `run` reads q, k, v (or a multihead layer's input and
 // the weights directory its save() writes) from .npy files, runs one variant of this library on
 // the default Kokkos device or on the host (--backend), writes the output (and optionally the
-// log-sum-exp) to .npy, and prints the timing and the peak extra device memory as text or JSON.
+// log-sum-exp; with --dout, also the backward's dq, dk, dv) to .npy, and prints the timing and
+// the peak extra device memory as text or JSON.
 //
 //   dilated-attention run --q q.npy --k k.npy --v v.npy --out out.npy [--lse lse.npy]
+//       [--dout dout.npy --dq dq.npy --dk dk.npy --dv dv.npy] [--out-dtype float16]
 //       [--algorithm improved] [--semantics grouped] [--segments 2048,4096,8192]
 //       [--dilations 1,2,4] [--dtype float] [--causal] [--backend host] [--format json]
 //   dilated-attention run --input x.npy --weights DIR --heads 12 --out y.npy [...]
 //   dilated-attention info
 //
+// Host memory: arrays go between files and device Views a chunk at a time, converted on the way
+// (Dilated_NpyStream.hpp): the host holds a few staging chunks beside what the device holds, so
+// a run at billions of elements fits where its files do (issue 20).
+//
 // Exit status: 0 done; 1 bad command line; 2 a file or an argument the library rejects (missing,
 // not .npy, truncated, unsupported dtype, wrong shape); 3 any other failure (out of memory: a
 // buffer that does not fit, named with its bytes and memory space by dilated::DeviceOutOfMemory).
 #include <DilatedAttention.hpp>
-#include <Dilated_HostData.hpp>
 #include <Dilated_MemoryTracker.hpp>
+#include <Dilated_NpyStream.hpp>
 #include <impl/Dilated_HostBlas.hpp>
 
 #include <CLI/CLI.hpp>
@@ -24,6 +30,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
+#include <functional>
 #include <iostream>
 #include <optional>
 #include <sstream>
@@ -34,7 +41,7 @@
 
 namespace {
 
-using dilated::tools::HostArray;
+using dilated::tools::NpyFile;
 
 // A file or argument the library cannot use: exit status 2.
 class InputError : public std::runtime_error {
@@ -46,6 +53,8 @@ struct RunOptions {
   // core: q, k, v (batch, seq, heads, head_dim); layer: input (batch, seq, embed_dim) + weights.
   std::string q, k, v, input, key_input, value_input, weights;
   std::string out, lse;
+  std::string dout, dq, dk, dv;  // attention backward: dout in, gradients out
+  std::string out_dtype = "auto";
   std::string algorithm = "improved", semantics = "grouped", dtype = "float", backend = "default";
   std::string format = "text";
   std::vector<int> segments = {2048, 4096, 8192}, dilations = {1, 2, 4};
@@ -57,6 +66,7 @@ struct RunOptions {
   int warmup = 0, repeats = 1;
 
   bool layer() const { return !input.empty(); }
+  bool backward() const { return !dout.empty(); }
 };
 
 std::string shape_string(const std::vector<std::size_t>& shape) {
@@ -66,37 +76,57 @@ std::string shape_string(const std::vector<std::size_t>& shape) {
   return s + (shape.size() == 1 ? ",)" : ")");
 }
 
-// Reads a .npy file of floating-point values and checks its rank; `what` names the array.
-HostArray read_array(const std::string& path, std::size_t rank, const std::string& what) {
+// Opens a .npy file of floating-point values and checks its header (rank, extents, that the file
+// holds the data); `what` names the array. The data is read later, into the device's View.
+NpyFile open_array(const std::string& path, std::size_t rank, const std::string& what) {
   if (!std::filesystem::exists(path)) throw InputError(path + ": no such file (" + what + ")");
   if (std::filesystem::is_directory(path)) {
     throw InputError(path + ": is a directory, not a .npy file (" + what + ")");
   }
-  dilated::npy::Array array;
+  NpyFile file;
   try {
-    array = dilated::npy::read(path);
+    file = dilated::tools::open_npy(path);
   } catch (const dilated::npy::FormatError& e) {
     throw InputError(std::string(e.what()) + " (" + what + ")");
   }
-  if (array.shape.size() != rank) {
-    throw InputError(path + ": " + what + " has shape " + shape_string(array.shape) +
+  const auto& shape = file.header.shape;
+  if (shape.size() != rank) {
+    throw InputError(path + ": " + what + " has shape " + shape_string(shape) +
                      " but must have rank " + std::to_string(rank));
   }
-  for (const auto extent : array.shape) {
+  for (const auto extent : shape) {
     if (extent == 0) {
-      throw InputError(path + ": " + what + " has shape " + shape_string(array.shape) +
+      throw InputError(path + ": " + what + " has shape " + shape_string(shape) +
                        ", an empty extent");
     }
   }
-  return {array.shape, array.to_double()};
+  return file;
 }
 
-void require_same_shape(const HostArray& a, const std::string& a_path, const HostArray& b,
-                        const std::string& b_path) {
-  if (a.shape != b.shape) {
-    throw InputError(b_path + " has shape " + shape_string(b.shape) + " but " + a_path +
-                     " has shape " + shape_string(a.shape) + "; they must be equal");
+void require_same_shape(const NpyFile& a, const NpyFile& b) {
+  if (a.header.shape != b.header.shape) {
+    throw InputError(b.path + " has shape " + shape_string(b.header.shape) + " but " + a.path +
+                     " has shape " + shape_string(a.header.shape) + "; they must be equal");
   }
+}
+
+// A dense View of `file`'s shape holding its values in the View's storage type (read a chunk at
+// a time, converted on the way; DeviceOutOfMemory naming `label` when it does not fit).
+template <class View>
+View load(const std::string& label, const NpyFile& file) {
+  const auto& s = file.header.shape;
+  View view;
+  if constexpr (View::rank == 3) {
+    view = dilated::Impl::allocate_view<View>(label, false, s.at(0), s.at(1), s.at(2));
+  } else {
+    view = dilated::Impl::allocate_view<View>(label, false, s.at(0), s.at(1), s.at(2), s.at(3));
+  }
+  try {
+    dilated::tools::read_into(file, view);
+  } catch (const dilated::npy::FormatError& e) {
+    throw InputError(e.what());  // the file changed since its header was checked
+  }
+  return view;
 }
 
 // What `run` measured, for the report.
@@ -122,17 +152,21 @@ Measurement time_calls(const RunOptions& o, const std::function<void()>& call) {
   return m;
 }
 
-// Writes a dense View to .npy: float64 for double storage, float32 otherwise (exact for float,
-// half and bf16).
-template <class T, class View>
-void write_view(const std::string& path, const View& view) {
-  const HostArray a = dilated::tools::download(view);
-  if constexpr (std::is_same_v<T, double>) {
-    dilated::npy::write(path, a.shape, a.values.data());
-  } else {
-    const std::vector<float> values(a.values.begin(), a.values.end());
-    dilated::npy::write(path, a.shape, values.data());
-  }
+// The .npy dtype of the outputs (out, dq, dk, dv) for storage T: --out-dtype, or by default
+// float64 for double storage and float32 otherwise (exact for float, half and bf16).
+template <class T>
+std::string output_dtype(const RunOptions& o) {
+  if (o.out_dtype == "float16") return "<f2";
+  if (o.out_dtype == "float32") return "<f4";
+  if (o.out_dtype == "float64") return "<f8";
+  return std::is_same_v<T, double> ? "<f8" : "<f4";
+}
+
+// The log-sum-exp's dtype: its accumulation type's, whatever --out-dtype says (a float16 lse
+// would lose what the backward and a merge of branches need).
+template <class Acc>
+std::string lse_dtype() {
+  return std::is_same_v<Acc, double> ? "<f8" : "<f4";
 }
 
 dilated::AttentionOptions attention_options(const RunOptions& o) {
@@ -143,41 +177,62 @@ dilated::AttentionOptions attention_options(const RunOptions& o) {
   return options;
 }
 
+// inputs: q, k, v, and dout for a backward (o.backward()).
 template <class Space, class T, class Algorithm>
-Measurement run_core(const RunOptions& o, HostArray& q_host, HostArray& k_host, HostArray& v_host) {
+Measurement run_core(const RunOptions& o, const std::vector<NpyFile>& inputs) {
   using Memory = typename Space::memory_space;
   using View4 = Kokkos::View<T****, Kokkos::LayoutRight, Memory>;
   using Acc = dilated::Impl::accumulation_t<T>;
   const dilated::DilatedAttention<Algorithm> attention(o.segments, o.dilations,
                                                        attention_options(o));
-  const auto q = dilated::tools::upload<View4>("dilated::cli::q", q_host);
-  const auto k = dilated::tools::upload<View4>("dilated::cli::k", k_host);
-  const auto v = dilated::tools::upload<View4>("dilated::cli::v", v_host);
-  const auto out = dilated::Impl::allocate_view<View4>("dilated::cli::out", true, q.extent(0),
-                                                       q.extent(1), q.extent(2), q.extent(3));
+  const auto q = load<View4>("dilated::cli::q", inputs[0]);
+  const auto k = load<View4>("dilated::cli::k", inputs[1]);
+  const auto v = load<View4>("dilated::cli::v", inputs[2]);
+  const auto same_as_q = [&](const char* label) {
+    return dilated::Impl::allocate_view<View4>(label, true, q.extent(0), q.extent(1), q.extent(2),
+                                               q.extent(3));
+  };
+  const auto out = same_as_q("dilated::cli::out");
+  // The backward reads the forward's log-sum-exp: kept whenever there is one.
+  const bool with_lse = !o.lse.empty() || o.backward();
   const auto lse = dilated::Impl::allocate_view<Kokkos::View<Acc***, Kokkos::LayoutRight, Memory>>(
-      "dilated::cli::lse", true, o.lse.empty() ? 0 : q.extent(0), q.extent(1), q.extent(2));
+      "dilated::cli::lse", true, with_lse ? q.extent(0) : 0, q.extent(1), q.extent(2));
+  View4 dout, dq, dk, dv;
+  if (o.backward()) {
+    dout = load<View4>("dilated::cli::dout", inputs[3]);
+    dq = same_as_q("dilated::cli::dq");
+    dk = same_as_q("dilated::cli::dk");
+    dv = same_as_q("dilated::cli::dv");
+  }
   const dilated::ForwardOptions call{o.causal, false, 0};
   Measurement m = time_calls<Space>(o, [&] {
-    if (o.lse.empty()) {
-      attention.forward(Space(), q, k, v, out, call);
-    } else {
+    if (with_lse) {
       attention.forward(Space(), q, k, v, out, lse, call);
+    } else {
+      attention.forward(Space(), q, k, v, out, call);
     }
+    if (o.backward()) attention.backward(Space(), q, k, v, out, lse, dout, dq, dk, dv, call);
   });
-  m.argument_bytes = double(4 * q.size()) * sizeof(T) + double(lse.size()) * sizeof(Acc);
-  write_view<T>(o.out, out);
-  if (!o.lse.empty()) write_view<T>(o.lse, lse);
+  m.argument_bytes =
+      double((o.backward() ? 8 : 4) * q.size()) * sizeof(T) + double(lse.size()) * sizeof(Acc);
+  const std::string dtype = output_dtype<T>(o);
+  if (!o.out.empty()) dilated::tools::write_from(o.out, out, dtype);
+  if (!o.lse.empty()) dilated::tools::write_from(o.lse, lse, lse_dtype<Acc>());
+  if (!o.dq.empty()) dilated::tools::write_from(o.dq, dq, dtype);
+  if (!o.dk.empty()) dilated::tools::write_from(o.dk, dk, dtype);
+  if (!o.dv.empty()) dilated::tools::write_from(o.dv, dv, dtype);
   return m;
 }
 
+// inputs: the layer's input, then its key and value inputs (null: the input).
 template <class Space, class T, class Policy>
-Measurement run_layer(const RunOptions& o, HostArray& x_host, HostArray* key_host,
-                      HostArray* value_host) {
+Measurement run_layer(const RunOptions& o, const NpyFile& x_file, const NpyFile* key_file,
+                      const NpyFile* value_file) {
   using Memory = typename Space::memory_space;
   using View3 = Kokkos::View<T***, Kokkos::LayoutRight, Memory>;
+  using Acc = dilated::Impl::accumulation_t<T>;
   namespace fs = std::filesystem;
-  const int embed = static_cast<int>(x_host.shape[2]);
+  const int embed = static_cast<int>(x_file.header.shape[2]);
   // Which tensors the directory holds says whether the layer has biases and a sub-LayerNorm.
   const bool bias = fs::exists(fs::path(o.weights) / "q_proj.bias.npy");
   const bool layer_norm = fs::exists(fs::path(o.weights) / "norm.weight.npy");
@@ -189,11 +244,9 @@ Measurement run_layer(const RunOptions& o, HostArray& x_host, HostArray* key_hos
   } catch (const dilated::npy::FormatError& e) {
     throw InputError(std::string(e.what()) + " (layer weights)");
   }
-  const auto x = dilated::tools::upload<View3>("dilated::cli::input", x_host);
-  const View3 key =
-      key_host ? dilated::tools::upload<View3>("dilated::cli::key_input", *key_host) : x;
-  const View3 value =
-      value_host ? dilated::tools::upload<View3>("dilated::cli::value_input", *value_host) : x;
+  const auto x = load<View3>("dilated::cli::input", x_file);
+  const View3 key = key_file ? load<View3>("dilated::cli::key_input", *key_file) : x;
+  const View3 value = value_file ? load<View3>("dilated::cli::value_input", *value_file) : x;
   const auto out = dilated::Impl::allocate_view<View3>("dilated::cli::out", true, x.extent(0),
                                                        x.extent(1), x.extent(2));
   const dilated::ForwardOptions call{o.causal, false, 0};
@@ -209,28 +262,27 @@ Measurement run_layer(const RunOptions& o, HostArray& x_host, HostArray* key_hos
   for (const auto& t : layer.parameters().named_tensors())
     parameters += double(t.values.size()) * sizeof(T);
   m.argument_bytes =
-      double(x.size()) * sizeof(T) * (2 + (key_host ? 1 : 0) + (value_host ? 1 : 0)) + parameters;
-  write_view<T>(o.out, out);
-  if (!o.lse.empty()) write_view<T>(o.lse, saved.lse);
+      double(x.size()) * sizeof(T) * (2 + (key_file ? 1 : 0) + (value_file ? 1 : 0)) + parameters;
+  dilated::tools::write_from(o.out, out, output_dtype<T>(o));
+  if (!o.lse.empty()) dilated::tools::write_from(o.lse, saved.lse, lse_dtype<Acc>());
   return m;
 }
 
 template <class Space, class T>
-Measurement run_typed(const RunOptions& o, std::vector<HostArray>& inputs) {
+Measurement run_typed(const RunOptions& o, const std::vector<NpyFile>& inputs) {
   if (o.layer()) {
-    HostArray* key = o.key_input.empty() ? nullptr : &inputs[1];
-    HostArray* value = o.value_input.empty() ? nullptr : &inputs[2];
+    const NpyFile* key = o.key_input.empty() ? nullptr : &inputs[1];
+    const NpyFile* value = o.value_input.empty() ? nullptr : &inputs[2];
     return o.algorithm == "original"
                ? run_layer<Space, T, dilated::Original>(o, inputs[0], key, value)
                : run_layer<Space, T, dilated::Improved>(o, inputs[0], key, value);
   }
-  return o.algorithm == "original"
-             ? run_core<Space, T, dilated::Original>(o, inputs[0], inputs[1], inputs[2])
-             : run_core<Space, T, dilated::Improved>(o, inputs[0], inputs[1], inputs[2]);
+  return o.algorithm == "original" ? run_core<Space, T, dilated::Original>(o, inputs)
+                                   : run_core<Space, T, dilated::Improved>(o, inputs);
 }
 
 template <class Space>
-Measurement run_on(const RunOptions& o, std::vector<HostArray>& inputs) {
+Measurement run_on(const RunOptions& o, const std::vector<NpyFile>& inputs) {
   dilated::tools::MemoryTracker::install(Space::memory_space::name());
   if (o.dtype == "float") return run_typed<Space, float>(o, inputs);
   if (o.dtype == "double") return run_typed<Space, double>(o, inputs);
@@ -260,8 +312,8 @@ std::string variant_name(const RunOptions& o) {
 }
 
 int run(const RunOptions& o) {
-  // Read and check every file before touching the device.
-  std::vector<HostArray> inputs;
+  // Read and check every file's header before touching the device.
+  std::vector<NpyFile> inputs;
   if (o.layer()) {
     if (o.weights.empty()) throw InputError("--input needs --weights DIR (the layer's save())");
     if (!std::filesystem::is_directory(o.weights)) {
@@ -270,28 +322,39 @@ int run(const RunOptions& o) {
     if (o.heads < 1) throw InputError("--input needs --heads H (the layer's num_heads), H >= 1");
     if (o.softmax_scale) throw InputError("--softmax-scale applies to q/k/v runs only");
     if (o.check_finite) throw InputError("--check-finite applies to q/k/v runs only");
-    inputs.push_back(read_array(o.input, 3, "layer input (batch, seq, embed_dim)"));
+    if (o.backward()) throw InputError("--dout applies to q/k/v runs only");
+    if (!o.dq.empty() || !o.dk.empty() || !o.dv.empty()) {
+      throw InputError("--dq, --dk, --dv apply to q/k/v runs with --dout only");
+    }
+    inputs.push_back(open_array(o.input, 3, "layer input (batch, seq, embed_dim)"));
     inputs.emplace_back();
     inputs.emplace_back();
     if (!o.key_input.empty()) {
-      inputs[1] = read_array(o.key_input, 3, "key input (batch, seq, embed_dim)");
-      require_same_shape(inputs[0], o.input, inputs[1], o.key_input);
+      inputs[1] = open_array(o.key_input, 3, "key input (batch, seq, embed_dim)");
+      require_same_shape(inputs[0], inputs[1]);
     }
     if (!o.value_input.empty()) {
-      inputs[2] = read_array(o.value_input, 3, "value input (batch, seq, embed_dim)");
-      require_same_shape(inputs[0], o.input, inputs[2], o.value_input);
+      inputs[2] = open_array(o.value_input, 3, "value input (batch, seq, embed_dim)");
+      require_same_shape(inputs[0], inputs[2]);
     }
   } else {
     if (o.q.empty() || o.k.empty() || o.v.empty()) {
       throw InputError("give --q, --k and --v (attention) or --input and --weights (layer)");
     }
-    inputs.push_back(read_array(o.q, 4, "q (batch, seq, heads, head_dim)"));
-    inputs.push_back(read_array(o.k, 4, "k (batch, seq, heads, head_dim)"));
-    inputs.push_back(read_array(o.v, 4, "v (batch, seq, heads, head_dim)"));
-    require_same_shape(inputs[0], o.q, inputs[1], o.k);
-    require_same_shape(inputs[0], o.q, inputs[2], o.v);
+    const bool gradients = !o.dq.empty() || !o.dk.empty() || !o.dv.empty();
+    if (gradients && !o.backward()) throw InputError("--dq, --dk, --dv need --dout (the backward)");
+    if (o.backward() && !gradients) throw InputError("--dout needs --dq, --dk or --dv to write");
+    inputs.push_back(open_array(o.q, 4, "q (batch, seq, heads, head_dim)"));
+    inputs.push_back(open_array(o.k, 4, "k (batch, seq, heads, head_dim)"));
+    inputs.push_back(open_array(o.v, 4, "v (batch, seq, heads, head_dim)"));
+    require_same_shape(inputs[0], inputs[1]);
+    require_same_shape(inputs[0], inputs[2]);
+    if (o.backward()) {
+      inputs.push_back(open_array(o.dout, 4, "dout (batch, seq, heads, head_dim)"));
+      require_same_shape(inputs[0], inputs[3]);
+    }
   }
-  const auto shape = inputs[0].shape;
+  const auto shape = inputs[0].header.shape;
 
   Measurement m;
   std::string device;
@@ -315,6 +378,10 @@ int run(const RunOptions& o) {
   const double mean = total / m.seconds.size();
   const double tokens = double(shape[0]) * shape[1];
   constexpr double MiB = 1024.0 * 1024.0;
+  const char* pass = o.backward() ? "forward+backward" : "forward";
+  std::vector<std::string> written;
+  for (const std::string* path : {&o.out, &o.lse, &o.dq, &o.dk, &o.dv})
+    if (!path->empty()) written.push_back(*path);
   if (o.format == "json") {
     nlohmann::ordered_json j;
     j["variant"] = variant_name(o);
@@ -329,12 +396,16 @@ int run(const RunOptions& o) {
     j["shape"] = shape;
     if (o.layer()) j["heads"] = o.heads;
     j["warmup"] = o.warmup;
+    j["pass"] = pass;
     j["time_ms"] = {{"mean", 1e3 * mean}, {"min", 1e3 * best}, {"calls", m.seconds.size()}};
     j["tokens_per_s"] = tokens / mean;
     j["extra_MiB"] = m.extra_bytes / MiB;
     j["arguments_MiB"] = m.argument_bytes / MiB;
-    j["out"] = o.out;
+    if (!o.out.empty()) j["out"] = o.out;
     if (!o.lse.empty()) j["lse"] = o.lse;
+    if (!o.dq.empty()) j["dq"] = o.dq;
+    if (!o.dk.empty()) j["dk"] = o.dk;
+    if (!o.dv.empty()) j["dv"] = o.dv;
     // Paths may hold any bytes on Linux: what is not UTF-8 is written as U+FFFD (dump threw
     // type_error 316, exit status 3, after the outputs were written; found by fuzz_cli).
     std::cout << j.dump(2, ' ', false, nlohmann::ordered_json::error_handler_t::replace) << "\n";
@@ -342,11 +413,15 @@ int run(const RunOptions& o) {
     std::printf("%s on %s, %s, %s%s, input %s\n", variant_name(o).c_str(), device.c_str(),
                 o.dtype.c_str(), o.semantics.c_str(), o.causal ? ", causal" : "",
                 shape_string(shape).c_str());
-    std::printf("time: %.3f ms mean, %.3f ms min over %zu call%s (%.1f tokens/s)\n", 1e3 * mean,
-                1e3 * best, m.seconds.size(), m.seconds.size() == 1 ? "" : "s", tokens / mean);
+    std::printf("time: %.3f ms mean, %.3f ms min over %zu call%s (%s; %.1f tokens/s)\n", 1e3 * mean,
+                1e3 * best, m.seconds.size(), m.seconds.size() == 1 ? "" : "s", pass,
+                tokens / mean);
     std::printf("memory: %.2f MiB peak extra on the device, beside %.2f MiB of arguments\n",
                 m.extra_bytes / MiB, m.argument_bytes / MiB);
-    std::printf("wrote: %s%s%s\n", o.out.c_str(), o.lse.empty() ? "" : ", ", o.lse.c_str());
+    std::string files;
+    for (const auto& path : written)
+      files += (files.empty() ? "" : ", ") + path;
+    std::printf("wrote: %s\n", files.c_str());
   }
   return 0;
 }
@@ -401,8 +476,12 @@ int dilated_cli_main(int argc, char* argv[], bool start_kokkos) {
       "Attention: --q, --k, --v of shape (batch, seq, heads, head_dim).\n"
       "Layer: --input of shape (batch, seq, embed_dim), --weights DIR (the layer's save(), "
       "PyTorch state_dict names: q_proj.weight.npy, ...), --heads H.\n"
+      "Backward (attention): --dout of q's shape and any of --dq, --dk, --dv to write; --out is "
+      "then optional.\n"
       "Inputs may be float16, float32 or float64 (C order, little-endian) and are rounded to "
-      "--dtype.\nOutputs are float32 (float64 for --dtype double).\n"
+      "--dtype.\nOutputs are float32 (float64 for --dtype double) unless --out-dtype says "
+      "otherwise.\nArrays stream between files and the device a chunk at a time: the host holds "
+      "a few staging chunks, not the arrays.\n"
       "Exit status: 0 done, 1 bad command line, 2 bad file or argument, 3 other failure.");
   run_cmd->add_option("--q", o.q, "queries .npy (batch, seq, heads, head_dim)");
   run_cmd->add_option("--k", o.k, "keys .npy, same shape as q");
@@ -416,8 +495,21 @@ int dilated_cli_main(int argc, char* argv[], bool start_kokkos) {
                       "directory of the layer's weights (.npy files as save() writes them; "
                       "biases and the sub-LayerNorm are used when their files are there)");
   run_cmd->add_option("--heads", o.heads, "layer: number of heads (embed_dim % heads == 0)");
-  run_cmd->add_option("--out", o.out, "output .npy to write")->required();
+  run_cmd->add_option("--out", o.out, "output .npy to write (required unless --dout is given)");
   run_cmd->add_option("--lse", o.lse, "also write the log-sum-exp (batch, seq, heads) here");
+  run_cmd->add_option("--dout", o.dout,
+                      "attention only: gradient of the output .npy, same shape as q; runs the "
+                      "backward after the forward (timed together)");
+  run_cmd->add_option("--dq", o.dq, "with --dout: write dq here");
+  run_cmd->add_option("--dk", o.dk, "with --dout: write dk here");
+  run_cmd->add_option("--dv", o.dv, "with --dout: write dv here");
+  run_cmd
+      ->add_option("--out-dtype", o.out_dtype,
+                   "dtype of the written out, dq, dk, dv: auto (float32; float64 for --dtype "
+                   "double), float16 (exact for --dtype half, else rounded to nearest even), "
+                   "float32 or float64; the lse keeps float32 (float64 for double)")
+      ->check(CLI::IsMember({"auto", "float16", "float32", "float64"}))
+      ->capture_default_str();
   run_cmd->add_option("--algorithm", o.algorithm, "original or improved")
       ->check(CLI::IsMember({"original", "improved"}))
       ->capture_default_str();
@@ -464,6 +556,13 @@ int dilated_cli_main(int argc, char* argv[], bool start_kokkos) {
   } catch (const CLI::ParseError& e) {
     const int status = app.exit(e);
     return status == 0 ? 0 : 1;
+  }
+  if (run_cmd->parsed() && o.out.empty() && o.dout.empty()) {
+    // What CLI11's ->required() said when --out always was: a bad command line.
+    std::fprintf(stderr,
+                 "--out is required (or --dout with --dq, --dk or --dv)\nRun with --help "
+                 "for more information.\n");
+    return 1;
   }
   int kokkos_argc = static_cast<int>(kokkos_args.size());
   std::optional<Kokkos::ScopeGuard> kokkos;
