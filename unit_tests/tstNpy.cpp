@@ -196,3 +196,88 @@ TEST_CASE("npy: a write killed midway leaves the old file whole", "[npy][files]"
   }
   std::filesystem::remove(temporary);
 }
+
+// The streaming pieces the command-line tool reads and writes large arrays with (issue 20).
+TEST_CASE("npy: read_header leaves the stream at the data; write_streamed writes in pieces",
+          "[npy][stream]") {
+  const std::vector<float> values = {1.f, -2.f, 0.5f, 3.f, 4.f, 5.f};
+  npy::write_streamed(tmp("pieces.npy"), {2, 3}, "<f4", [&](std::ostream& out) {
+    for (const float x : values)  // one element a piece
+      out.write(reinterpret_cast<const char*>(&x), sizeof x);
+  });
+  std::ifstream in(tmp("pieces.npy"), std::ios::binary);
+  const npy::Header header = npy::read_header(in, "pieces.npy");
+  REQUIRE(header.shape == std::vector<std::size_t>{2, 3});
+  REQUIRE(header.dtype == "<f4");
+  REQUIRE(header.data_bytes() == 24);
+  std::vector<float> data(6);
+  in.read(reinterpret_cast<char*>(data.data()), 24);
+  REQUIRE(in.gcount() == 24);
+  REQUIRE(data == values);
+  REQUIRE(npy::read(tmp("pieces.npy")).to_double() ==
+          std::vector<double>(values.begin(), values.end()));
+}
+
+TEST_CASE("npy: write_streamed leaves no file when its data is short or its writer throws",
+          "[npy][stream][files]") {
+  const std::string path = tmp("streamed.npy");
+  const std::vector<double> old_values = {7, 8};
+  npy::write(path, {2}, old_values.data());
+  const auto write_bytes = [](std::size_t bytes) {
+    return [bytes](std::ostream& out) { out.write(std::string(bytes, '\0').data(), bytes); };
+  };
+  REQUIRE_THROWS_WITH(npy::write_streamed(path, {4}, "<f2", write_bytes(6)),
+                      ContainsSubstring("the data is not 8 bytes"));
+  REQUIRE_THROWS_WITH(npy::write_streamed(path, {4}, "<f2", write_bytes(10)),
+                      ContainsSubstring("the data is not 8 bytes"));
+  REQUIRE_THROWS_WITH(
+      npy::write_streamed(path, {4}, "<f2",
+                          [](std::ostream&) { throw std::runtime_error("device"); }),
+      ContainsSubstring("device"));
+  REQUIRE_THROWS_WITH(npy::write_streamed(path, {4}, "<i4", write_bytes(16)),
+                      ContainsSubstring("cannot write dtype '<i4'"));
+  CHECK(npy::read(path).to_double() == old_values);  // the old file, whole
+  CHECK_FALSE(std::filesystem::exists(path + ".tmp"));
+  npy::write_streamed(path, {4}, "<f2", write_bytes(8));
+  CHECK(npy::read(path).to_double() == std::vector<double>(4, 0.0));
+}
+
+TEST_CASE("npy: half_bits_from_double rounds once to nearest even, as NumPy's astype(float16)",
+          "[npy][stream]") {
+  using npy::Impl::half_bits_from_double;
+  using npy::Impl::half_bits_to_float;
+  // Every half value but NaN converts back to its own bits; NaN to the quiet NaN of its sign.
+  // (A signalling NaN pattern is not widened here: float -> double raises FE_INVALID, which the
+  // test main traps.)
+  for (std::uint32_t h = 0; h < 65536; ++h) {
+    const auto bits = static_cast<std::uint16_t>(h);
+    if ((bits & 0x7c00u) == 0x7c00u && (bits & 0x3ffu) != 0) continue;  // NaN
+    if (half_bits_from_double(half_bits_to_float(bits)) != bits) FAIL("half bits " << h);
+  }
+  CHECK(half_bits_from_double(std::nan("")) == 0x7e00);
+  CHECK(half_bits_from_double(-std::nan("")) == 0xfe00);
+  // Between neighbours a and b (bits h, h + 1, both finite and of the same sign): below the
+  // midpoint to a, above it to b, at it to the even one of the two.
+  for (std::uint32_t h = 0; h < 0x7bff; ++h) {
+    const double a = half_bits_to_float(static_cast<std::uint16_t>(h));
+    const double b = half_bits_to_float(static_cast<std::uint16_t>(h + 1));
+    const double mid = 0.5 * (a + b), step = (b - a) * 1e-6;
+    const auto even = static_cast<std::uint16_t>(h % 2 == 0 ? h : h + 1);
+    if (half_bits_from_double(mid - step) != h || half_bits_from_double(mid + step) != h + 1 ||
+        half_bits_from_double(mid) != even || half_bits_from_double(-mid) != (even | 0x8000u)) {
+      FAIL("between half bits " << h << " and " << h + 1);
+    }
+  }
+  // Overflow: 65504 is the largest half; from the midpoint to 65536 (65520) on, infinity.
+  CHECK(half_bits_from_double(65519.99) == 0x7bff);
+  CHECK(half_bits_from_double(65520.0) == 0x7c00);
+  CHECK(half_bits_from_double(-1e300) == 0xfc00);
+  CHECK(half_bits_from_double(INFINITY) == 0x7c00);
+  // Below half the smallest subnormal (2^-25) to zero, signed; at it, to even (zero).
+  CHECK(half_bits_from_double(std::ldexp(1.0, -25)) == 0x0000);
+  CHECK(half_bits_from_double(std::ldexp(1.0, -25) * 1.0001) == 0x0001);
+  CHECK(half_bits_from_double(-1e-300) == 0x8000);
+  // Once, not through float: 1 + 2^-11 + 2^-40 is above the midpoint of 1 and 1 + 2^-10, but
+  // rounds to the midpoint in float, which would then round to 1 (even).
+  CHECK(half_bits_from_double(1.0 + std::ldexp(1.0, -11) + std::ldexp(1.0, -40)) == 0x3c01);
+}

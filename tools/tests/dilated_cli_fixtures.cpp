@@ -4,18 +4,30 @@
 //       checks OUT (and LSE) against dilated::reference in double on DIR/q, k, v.npy
 //   dilated_cli_fixtures check-layer DIR OUT [--semantics S] [--causal] [--dtype T]
 //       checks OUT against the layer in double on DIR/x.npy with the weights in DIR/weights
+//   dilated_cli_fixtures host-memory TOOL DIR
+//       runs TOOL on float16 q, k, v of 2^24 elements on the host (float storage) and fails when
+//       its peak resident memory grows by more than the arrays' Views and one chunked staging
+//       per element (the tool held every input as double on the host; issue 20)
 // The tool runs with --segments 16,32 --dilations 1,2 (attention, 4 heads) and 2 heads (layer).
 #include <DilatedAttention.hpp>
 
 #include <CLI/CLI.hpp>
 
+#include <spawn.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <ostream>
 #include <random>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -224,6 +236,98 @@ int check_layer(const std::string& dir_name, const std::string& out, const std::
   return compare("layer out", dilated::npy::read(out), x_shape, expected, tolerance(dtype)) ? 0 : 1;
 }
 
+// (1, tokens, 4, 64) float16 q, k, v in DIR/<prefix>_q.npy, ...: values in [-1, 1) from a hash of
+// the index, written a chunk at a time (npy::write_streamed), so this process stays small: its
+// peak resident memory is part of what a child it spawns reports (Linux keeps it across exec).
+std::vector<std::string> write_half_inputs(const fs::path& dir, const std::string& prefix,
+                                           std::size_t tokens) {
+  const std::vector<std::size_t> shape = {1, tokens, 4, 64};
+  std::vector<std::string> paths;
+  for (const char* name : {"q", "k", "v"}) {
+    paths.push_back((dir / (prefix + "_" + name + ".npy")).string());
+    const std::uint64_t salt = static_cast<std::uint64_t>(name[0]) << 56;
+    dilated::npy::write_streamed(paths.back(), shape, "<f2", [&](std::ostream& out) {
+      std::vector<std::uint16_t> chunk(1 << 16);
+      const std::size_t count = count_of(shape);
+      for (std::size_t first = 0; first < count; first += chunk.size()) {
+        const std::size_t n = std::min(chunk.size(), count - first);
+        for (std::size_t i = 0; i < n; ++i) {
+          std::uint64_t x = (first + i) ^ salt;
+          x = (x ^ (x >> 31)) * 0x9e3779b97f4a7c15ULL;
+          const double value = static_cast<double>(x >> 40) / double(1 << 23) - 1.0;
+          chunk[i] = dilated::npy::Impl::half_bits_from_double(value);
+        }
+        out.write(reinterpret_cast<const char*>(chunk.data()), static_cast<std::streamsize>(2 * n));
+      }
+    });
+  }
+  return paths;
+}
+
+// Runs `args` and returns its peak resident memory in bytes (wait4's ru_maxrss); throws when it
+// cannot start or does not exit with status 0.
+std::size_t peak_rss(std::vector<std::string> args) {
+  std::vector<char*> argv;
+  for (auto& a : args)
+    argv.push_back(a.data());
+  argv.push_back(nullptr);
+  pid_t pid = 0;
+  if (posix_spawn(&pid, argv[0], nullptr, nullptr, argv.data(), environ) != 0) {
+    throw std::runtime_error("cannot start " + args[0]);
+  }
+  int status = 0;
+  rusage usage{};
+  if (wait4(pid, &status, 0, &usage) != pid || !WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+    throw std::runtime_error(args[0] + " failed (wait status " + std::to_string(status) + ")");
+  }
+  return static_cast<std::size_t>(usage.ru_maxrss) * 1024;  // kilobytes on Linux
+}
+
+// The tool's host memory on a large input: the growth of its peak resident memory from a small
+// run to a 2^24-element one (the process's fixed part cancels) must stay within the Views the
+// run allocates on the host backend (q, k, v, out: 16 bytes an element in float) plus the files'
+// bytes of one input and one staging copy in the storage type (2 + 4 bytes an element: "the
+// files' bytes plus one staging copy", issue 20) plus 64 MiB for chunk buffers and the
+// allocator. Streaming needs ~16 bytes an element; the old path held q, k, v as double (24 bytes
+// an element more) and staged the output as double and float (12 more): 52, so it fails here.
+int host_memory(const std::string& tool, const std::string& dir_name) {
+#if defined(__SANITIZE_ADDRESS__)
+  constexpr bool sanitized = true;
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+  constexpr bool sanitized = true;
+#else
+  constexpr bool sanitized = false;
+#endif
+#else
+  constexpr bool sanitized = false;
+#endif
+  if (sanitized) {
+    std::printf("skipped: AddressSanitizer's shadow memory and quarantine are not the tool's\n");
+    return 77;
+  }
+  const fs::path dir(dir_name);
+  fs::create_directories(dir);
+  const std::size_t small_tokens = 1024, large_tokens = 65536;
+  const auto run = [&](const std::string& prefix, std::size_t tokens) {
+    const auto inputs = write_half_inputs(dir, prefix, tokens);
+    return peak_rss({tool, "run", "--q", inputs[0], "--k", inputs[1], "--v", inputs[2],
+                     "--segments", "64,128", "--dilations", "1,2", "--backend", "host", "--dtype",
+                     "float", "--out", (dir / (prefix + "_out.npy")).string()});
+  };
+  const std::size_t small = run("small", small_tokens), large = run("large", large_tokens);
+  const double elements = double(large_tokens - small_tokens) * 4 * 64;
+  const double growth = double(large) - double(small);
+  const double views = 16 * elements, bound = views + 6 * elements + 64.0 * (1 << 20);
+  constexpr double MiB = 1 << 20;
+  std::printf(
+      "peak RSS: %.1f MiB at (1, %zu, 4, 64), %.1f MiB at (1, %zu, 4, 64): +%.1f MiB for "
+      "%.0f more elements (%.2f bytes each; the Views: 16); bound %.1f MiB: %s\n",
+      small / MiB, small_tokens, large / MiB, large_tokens, growth / MiB, elements,
+      growth / elements, bound / MiB, growth <= bound ? "ok" : "FAIL");
+  return growth <= bound ? 0 : 1;
+}
+
 }  // namespace
 
 int main(int argc, char* argv[]) {
@@ -244,9 +348,14 @@ int main(int argc, char* argv[]) {
     cmd->add_flag("--causal", causal);
   }
   core_cmd->add_option("--lse", lse);
+  std::string tool;
+  auto* memory_cmd = app.add_subcommand("host-memory", "check the tool's host memory");
+  memory_cmd->add_option("tool", tool)->required();
+  memory_cmd->add_option("dir", dir)->required();
   CLI11_PARSE(app, argc, argv);
   try {
     if (make_cmd->parsed()) return make(dir);
+    if (memory_cmd->parsed()) return host_memory(tool, dir);
     if (core_cmd->parsed()) return check_core(dir, out, lse, semantics, causal, dtype);
     return check_layer(dir, out, semantics, causal, dtype);
   } catch (const std::exception& e) {
