@@ -179,6 +179,24 @@ TEST_CASE("mismatched views throw naming the argument", "[geometry][errors]") {
                       ContainsSubstring("q.extent(2) (heads) = 3 does not match num_heads = 2"));
   REQUIRE_THROWS_WITH(dilated::reference(g, V("q", 1, 0, 2, 4), q, q, out),
                       ContainsSubstring("q.extent(1) (sequence length) = 0 must be >= 1"));
+  // Extents the kernels' int indices cannot hold (issue 20): refused before any element is read
+  // (unmanaged views of one element), by the oracle and by the class.
+  using U = Kokkos::View<double****, Kokkos::HostSpace, Kokkos::MemoryTraits<Kokkos::Unmanaged>>;
+  double one = 0;
+  const U long_q(&one, 1, std::size_t(1) << 30, 2, 4), wide_q(&one, 1, 8, 2, std::size_t(1) << 31);
+  REQUIRE_THROWS_WITH(
+      dilated::reference(g, long_q, long_q, long_q, long_q),
+      ContainsSubstring("q.extent(1) (sequence length) = 1073741824 must be < 2^30"));
+  REQUIRE_THROWS_WITH(dilated::reference(g, wide_q, wide_q, wide_q, wide_q),
+                      ContainsSubstring("q.extent(3) (head_dim) = 2147483648 must be < 2^31"));
+  const dilated::DilatedAttention<dilated::Improved> attention({8}, {1});
+  REQUIRE_THROWS_WITH(
+      attention.forward(Kokkos::DefaultHostExecutionSpace(), long_q, long_q, long_q, long_q),
+      ContainsSubstring("forward: q.extent(1) (sequence length) = 1073741824 must be < 2^30"));
+  // One less passes the bounds (and stops at the next check, heads).
+  const U fits(&one, 1, (std::size_t(1) << 30) - 1, 3, 4);
+  REQUIRE_THROWS_WITH(dilated::reference(g, fits, fits, fits, fits),
+                      ContainsSubstring("q.extent(2) (heads) = 3 does not match num_heads = 2"));
   REQUIRE_THROWS_WITH(
       dilated::reference(g, q, q, q, out, Kokkos::View<double***, Kokkos::HostSpace>("l", 1, 8, 1)),
       ContainsSubstring("lse.extent(2) (heads) = 1"));

@@ -62,8 +62,11 @@ void fill(const ExecSpace& space, const View& view,
     constexpr int rank = static_cast<int>(View::rank);
     static_assert(rank >= 1 && rank <= 4, "dilated::Impl::fill: Views of rank 1 to 4");
     const View v = view;
+    // A 64-bit index (the default, the space's size_type, is 32-bit unsigned on CUDA).
     Kokkos::parallel_for(
-        "dilated::fill", Kokkos::RangePolicy<ExecSpace>(space, 0, static_cast<long>(v.size())),
+        "dilated::fill",
+        Kokkos::RangePolicy<ExecSpace, Kokkos::IndexType<long>>(space, 0,
+                                                                static_cast<long>(v.size())),
         KOKKOS_LAMBDA(long e) {
           long i[4] = {0, 0, 0, 0};
           for (int r = rank - 1; r >= 0; --r) {

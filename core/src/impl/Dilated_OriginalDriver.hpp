@@ -15,6 +15,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstddef>
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -119,7 +120,7 @@ template <class Src, class Dst>
 struct ConvertRows {
   Src src;
   Dst dst;
-  KOKKOS_FUNCTION void operator()(long i) const {
+  KOKKOS_FUNCTION void operator()(std::int64_t i) const {
     using T = typename Dst::value_type;
     if constexpr (view_rank_v<Dst> == 4) {
       const long d = dst.extent(3), h = dst.extent(2), n = dst.extent(1);
@@ -164,8 +165,12 @@ void convert_rows(const ExecSpace& space, const char* label, const Src& src, con
                          Kokkos::RangePolicy<ExecSpace>(space, 0, dst.extent(0) * dst.extent(1)),
                          ConvertRowsHost<Src, Dst>{src, dst});
   } else {
-    Kokkos::parallel_for(label, Kokkos::RangePolicy<ExecSpace>(space, 0, dst.size()),
-                         ConvertRows<Src, Dst>{src, dst});
+    // A 64-bit index: a RangePolicy's default is the space's size_type, 32-bit unsigned on CUDA,
+    // and (1, 8Mi, 12, 64) is 2^32.6 elements: the range's end would wrap and rows go unwritten.
+    Kokkos::parallel_for(
+        label,
+        Kokkos::RangePolicy<ExecSpace, Kokkos::IndexType<std::int64_t>>(space, 0, dst.size()),
+        ConvertRows<Src, Dst>{src, dst});
   }
 }
 

@@ -29,12 +29,19 @@ inline const char* extent_name(int i) {
   }
 }
 
-// q: every extent >= 1 and q.extent(2) == the configured heads.
+// q: every extent >= 1, and q.extent(2) == the configured heads. Bounds: the kernels hold a batch
+// index, a head and a column as int, and a position plus a segment length (a segment's end, the
+// next kept row) too, so the batch, heads and head_dim must be < 2^31 and the sequence length
+// < 2^30 (then no such sum passes 2^31); a View's element offset, and every flat index over a
+// whole tensor, is 64-bit. Beyond them an index would wrap silently.
 template <class QView>
 void check_query(const char* fn, const Geometry& geometry, const QView& q) {
   for (int i = 0; i < 4; ++i) {
     require(q.extent(i) >= 1, fn, "q.extent(", i, ") (", extent_name(i), ") = ", q.extent(i),
             " must be >= 1");
+    const std::size_t bound = std::size_t(1) << (i == 1 ? 30 : 31);
+    require(q.extent(i) < bound, fn, "q.extent(", i, ") (", extent_name(i), ") = ", q.extent(i),
+            " must be < 2^", i == 1 ? 30 : 31, " (indices are int in the kernels)");
   }
   require(q.extent(2) == static_cast<std::size_t>(geometry.num_heads()), fn,
           "q.extent(2) (heads) = ", q.extent(2),
