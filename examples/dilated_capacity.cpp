@@ -38,6 +38,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <fstream>
 #include <optional>
 #include <random>
@@ -154,11 +155,21 @@ int run_steps(const Config& c, long length) {
     cap.emplace(parse_bytes("--memory-limit", c.limit_text));
   dilated::tools::MemoryTracker::install(Memory::name());
   dilated::tools::MemoryTracker::reset();
+  // Where a child's time goes (stderr; the parent shows it when a child fails or is cut off,
+  // and a child run by hand with --run-length shows it as it goes).
+  const auto born = std::chrono::steady_clock::now();
+  const auto progress = [&](const std::string& what) {
+    std::fprintf(stderr, "[n = %ld, %.1f s] %s\n", length,
+                 std::chrono::duration<double>(std::chrono::steady_clock::now() - born).count(),
+                 what.c_str());
+  };
   Space space;
   Model model(shape, options);
   model.check_length("dilated_capacity", length);
+  progress("model built");
   Optimizer optimizer;
   training::Trainer<Model, Optimizer> trainer(model, optimizer, training::TrainerOptions());
+  progress("optimizer and trainer built");
   typename Model::Ids ids("dilated::training::token_ids", 1, length),
       targets("dilated::training::token_ids", 1, length);
   {
@@ -176,6 +187,7 @@ int run_steps(const Config& c, long length) {
     r = trainer.step(space, ids, targets);
     space.fence();
     seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    progress("step " + std::to_string(step) + " done");
   }
   const dilated::DeviceMemoryInfo end = dilated::device_memory_info();
   const auto plan = training::plan_training_step<Model, Optimizer>(shape, options, 1, length);
@@ -236,8 +248,14 @@ ChildResult run_child(const Config& c, const std::string& self, long length, boo
   FILE* pipe = popen(command.c_str(), "r");
   if (!pipe) throw std::runtime_error("dilated_capacity: cannot start " + self);
   char buffer[4096];
-  while (std::fgets(buffer, sizeof buffer, pipe))
+  while (std::fgets(buffer, sizeof buffer, pipe)) {
     r.output += buffer;
+    // The child's progress lines, as they come: a cell cut off from outside still shows where.
+    if (std::strncmp(buffer, "[n = ", 5) == 0) {
+      std::printf("    %s", buffer);
+      std::fflush(stdout);
+    }
+  }
   const int status = pclose(pipe);
   r.status =
       WIFEXITED(status) ? WEXITSTATUS(status) : 128 + (WIFSIGNALED(status) ? WTERMSIG(status) : 0);

@@ -358,6 +358,33 @@ TEMPLATE_TEST_CASE("Transformer blocks: calls after the first reuse every buffer
   CHECK(block.workspace()->bytes() == bytes);
 }
 
+// skip_init builds the same block without drawing (a model draws its blocks' values on several
+// threads): every parameter zero until reset_parameters, which then gives the drawing
+// constructor's values bit for bit.
+TEMPLATE_TEST_CASE(
+    "Transformer blocks: skip_init draws nothing; reset_parameters then equals "
+    "the drawing constructor",
+    "[block]" TEST_CATEGORY, Standard<dilated::Improved>, Custom<dilated::Original>) {
+  using Block = typename TestType::template Block<float>;
+  const Block drawn(16, 2, {8, 16}, {1, 2}, Semantics::longnet, 9);
+  Block undrawn(dilated::skip_init, 16, 2, {8, 16}, {1, 2}, Semantics::longnet);
+  const auto want = dilated::testing::host_tensors(drawn.parameters().named_tensors());
+  auto got = dilated::testing::host_tensors(undrawn.parameters().named_tensors());
+  REQUIRE(got.tensors.size() == want.tensors.size());
+  std::size_t nonzero = 0;
+  for (const auto& [name, values] : got.tensors)
+    for (double v : values)
+      nonzero += v != 0.0;
+  CHECK(nonzero == 0);
+  undrawn.reset_parameters(9);
+  got = dilated::testing::host_tensors(undrawn.parameters().named_tensors());
+  for (const auto& [name, values] : want.tensors) {
+    INFO(name);
+    REQUIRE(got.has(name));
+    CHECK(got[name] == values);
+  }
+}
+
 TEMPLATE_TEST_CASE("Transformer blocks reject bad arguments, naming them",
                    "[block][errors]" TEST_CATEGORY, Standard<dilated::Improved>,
                    Custom<dilated::Improved>) {

@@ -49,6 +49,14 @@ class CustomTransformerBlock
   CustomTransformerBlock(int embed_dim, int num_heads, std::vector<int> segment_lengths,
                          std::vector<int> dilation_rates, Semantics semantics = Semantics::grouped,
                          std::uint64_t init_seed = 0, double dropout = 0.0)
+      : CustomTransformerBlock(skip_init, embed_dim, num_heads, std::move(segment_lengths),
+                               std::move(dilation_rates), semantics, dropout) {
+    reset_parameters(init_seed);
+  }
+  // The same block with zero-filled parameters (SkipInit): for a caller that writes them.
+  CustomTransformerBlock(SkipInit, int embed_dim, int num_heads, std::vector<int> segment_lengths,
+                         std::vector<int> dilation_rates, Semantics semantics = Semantics::grouped,
+                         double dropout = 0.0)
       : Base(embed_dim, num_heads, 1e-5),
         attention_(Impl::make_layer_attention<Policy>(
             "dilated::CustomTransformerBlock", embed_dim, num_heads, std::move(segment_lengths),
@@ -59,7 +67,6 @@ class CustomTransformerBlock
                        embed_dim, true, false, "dilated::CustomTransformerBlock::parameters"),
                    "", "dilated::CustomTransformerBlock::parameters");
     workspace_changed();
-    reset_parameters(init_seed);
   }
 
   const DilatedAttention<Policy>& attention() const { return attention_; }

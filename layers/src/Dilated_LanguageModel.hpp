@@ -115,7 +115,8 @@ class LanguageModel {
         loss_(CrossEntropyOptions().set_chunk_tokens(options.loss_chunk_tokens)) {
     blocks_.reserve(shape.layers);
     for (int l = 0; l < shape.layers; ++l) {
-      blocks_.emplace_back(shape.embed_dim, shape.num_heads, options.segment_lengths,
+      // Undrawn: reset_parameters below draws every block's values on several threads.
+      blocks_.emplace_back(skip_init, shape.embed_dim, shape.num_heads, options.segment_lengths,
                            options.dilation_rates, options.semantics);
       blocks_.back().set_gelu(options.gelu);
       if (l > 0) blocks_.back().set_workspace(blocks_.front().workspace());

@@ -192,6 +192,17 @@ class MultiheadDilatedAttention {
                             bool layer_norm = true, double layer_norm_eps = 1e-5,
                             double gamma_init = 1.0, Semantics semantics = Semantics::grouped,
                             std::uint64_t init_seed = 0)
+      : MultiheadDilatedAttention(skip_init, embed_dim, num_heads, std::move(segment_lengths),
+                                  std::move(dilation_rates), dropout, bias, layer_norm,
+                                  layer_norm_eps, gamma_init, semantics) {
+    reset_parameters(init_seed);
+  }
+  // The same layer with zero-filled parameters (SkipInit): for a caller that writes them.
+  MultiheadDilatedAttention(SkipInit, int embed_dim, int num_heads,
+                            std::vector<int> segment_lengths, std::vector<int> dilation_rates,
+                            double dropout = 0.0, bool bias = true, bool layer_norm = true,
+                            double layer_norm_eps = 1e-5, double gamma_init = 1.0,
+                            Semantics semantics = Semantics::grouped)
       : embed_dim_(embed_dim),
         num_heads_(num_heads),
         bias_(bias),
@@ -203,7 +214,6 @@ class MultiheadDilatedAttention {
                                   semantics)),
         parameters_(embed_dim, bias, layer_norm, "dilated::MultiheadDilatedAttention::parameters") {
     attention_.set_scratch(workspace_->attention_scratch);
-    reset_parameters(init_seed);
   }
 
   int embed_dim() const { return embed_dim_; }

@@ -48,13 +48,20 @@ class StandardTransformerBlock
                            std::vector<int> dilation_rates,
                            Semantics semantics = Semantics::grouped, std::uint64_t init_seed = 0,
                            double dropout = 0.0)
+      : StandardTransformerBlock(skip_init, embed_dim, num_heads, std::move(segment_lengths),
+                                 std::move(dilation_rates), semantics, dropout) {
+    reset_parameters(init_seed);
+  }
+  // The same block with zero-filled parameters (SkipInit): for a caller that writes them.
+  StandardTransformerBlock(SkipInit, int embed_dim, int num_heads, std::vector<int> segment_lengths,
+                           std::vector<int> dilation_rates,
+                           Semantics semantics = Semantics::grouped, double dropout = 0.0)
       : Base(embed_dim, num_heads, 1e-5),
-        attention_(embed_dim, num_heads, std::move(segment_lengths), std::move(dilation_rates),
-                   dropout, true, true, 1e-5, 1.0, semantics) {
+        attention_(skip_init, embed_dim, num_heads, std::move(segment_lengths),
+                   std::move(dilation_rates), dropout, true, true, 1e-5, 1.0, semantics) {
     this->parameters_ = Parameters(embed_dim, attention_.parameters(), "attention.",
                                    "dilated::StandardTransformerBlock::parameters");
     workspace_changed();
-    reset_parameters(init_seed);
   }
 
   const Attention& attention() const { return attention_; }
