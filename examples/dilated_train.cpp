@@ -17,8 +17,16 @@
 
 #include <CLI/CLI.hpp>
 
+#if defined(KOKKOS_ENABLE_OPENMP)
+#include <omp.h>
+
+#include <ctime>
+#endif
+
+#include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstdint>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -26,6 +34,7 @@
 #include <sstream>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 namespace {
@@ -48,8 +57,8 @@ struct Config {
   std::uint64_t seed = 1;
 };
 
-// --profile: the library's profiling regions timed over extra steps, each region fenced at its
-// start and end (Kokkos Tools region callbacks), so that a region's time is its work; nested
+// --profile: the library's profiling regions and kernels timed over extra steps, each region fenced
+// at its start and end (Kokkos Tools region callbacks), so that a region's time is its work; nested
 // regions count in their parents too. The fences serialise the step: the profiled steps are
 // slower than the others, and their total is printed beside the region times.
 struct RegionTimer {
@@ -70,6 +79,91 @@ struct RegionTimer {
     t.first += std::chrono::duration<double>(std::chrono::steady_clock::now() - top.start).count();
     ++t.second;
     stack.pop_back();
+  }
+};
+
+// The kernels inside the profiled steps, by label: each parallel_for / reduce / scan and
+// deep_copy fenced at both ends (Kokkos Tools callbacks), so that the time between two callbacks
+// is that kernel's. A region such as a block's forward holds many kernels (norms, GELU, biases,
+// copies) and products (KokkosBlas::gemm, a region of its own); this is what splits it.
+//
+// On OpenMP, also how evenly a kernel's work spreads over the threads: each thread's CPU time
+// during the kernel (read in a parallel region at both ends), summed over the calls as the mean
+// and the largest of the threads; mean / largest is 1 for perfect balance, and a kernel's wall
+// time is its largest thread's. Meaningful with OMP_WAIT_POLICY=passive only (a spinning idle
+// thread burns CPU time as if it worked), and with more threads than cores too (CPU time is not
+// wall time): a 2-core machine can show how a launch would split over 16 cores.
+struct KernelTimer {
+  struct Open {
+    std::string name;
+    std::chrono::steady_clock::time_point start;
+    std::vector<double> clocks;
+  };
+  struct Total {
+    double seconds = 0, thread_mean = 0, thread_max = 0;
+    long calls = 0;
+  };
+  static inline std::map<std::uint64_t, Open> open;
+  static inline std::map<std::string, Total> totals;
+  static inline std::uint64_t next = 0;
+  static std::vector<double> thread_clocks() {
+    std::vector<double> clocks;
+#if defined(KOKKOS_ENABLE_OPENMP)
+    if constexpr (std::is_same_v<Space, Kokkos::OpenMP>) {
+      clocks.resize(omp_get_max_threads());
+#pragma omp parallel
+      {
+        timespec t;
+        clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
+        clocks[omp_get_thread_num()] = t.tv_sec + 1e-9 * t.tv_nsec;
+      }
+    }
+#endif
+    return clocks;
+  }
+  static void begin(const char* name, std::uint32_t, std::uint64_t* id) {
+    Kokkos::fence();
+    *id = next++;
+    open[*id] = {name, std::chrono::steady_clock::now(), thread_clocks()};
+  }
+  static void end(std::uint64_t id) {
+    Kokkos::fence();
+    const auto now = std::chrono::steady_clock::now();
+    const std::vector<double> clocks = thread_clocks();
+    const auto it = open.find(id);
+    if (it == open.end()) return;
+    Total& t = totals[it->second.name];
+    t.seconds += std::chrono::duration<double>(now - it->second.start).count();
+    ++t.calls;
+    if (!clocks.empty() && clocks.size() == it->second.clocks.size()) {
+      double sum = 0, most = 0;
+      for (std::size_t i = 0; i < clocks.size(); ++i) {
+        sum += clocks[i] - it->second.clocks[i];
+        most = std::max(most, clocks[i] - it->second.clocks[i]);
+      }
+      t.thread_mean += sum / clocks.size();
+      t.thread_max += most;
+    }
+    open.erase(it);
+  }
+  static inline std::uint64_t copy_id = 0;
+  static void begin_copy(Kokkos::Tools::SpaceHandle, const char* dst, const void*,
+                         Kokkos::Tools::SpaceHandle, const char* src, const void*, std::uint64_t) {
+    begin((std::string("deep_copy ") + dst + " <- " + src).c_str(), 0, &copy_id);
+  }
+  static void end_copy() {
+    end(copy_id);
+  }
+  static void install(bool on) {
+    namespace E = Kokkos::Tools::Experimental;
+    E::set_begin_parallel_for_callback(on ? &begin : nullptr);
+    E::set_end_parallel_for_callback(on ? &end : nullptr);
+    E::set_begin_parallel_reduce_callback(on ? &begin : nullptr);
+    E::set_end_parallel_reduce_callback(on ? &end : nullptr);
+    E::set_begin_parallel_scan_callback(on ? &begin : nullptr);
+    E::set_end_parallel_scan_callback(on ? &end : nullptr);
+    E::set_begin_deep_copy_callback(on ? &begin_copy : nullptr);
+    E::set_end_deep_copy_callback(on ? &end_copy : nullptr);
   }
 };
 
@@ -262,8 +356,10 @@ int train(const Config& c) {
 
   if (c.profile_steps > 0) {
     RegionTimer::totals.clear();
+    KernelTimer::totals.clear();
     Kokkos::Tools::Experimental::set_push_region_callback(&RegionTimer::push);
     Kokkos::Tools::Experimental::set_pop_region_callback(&RegionTimer::pop);
+    KernelTimer::install(true);
     const auto start = std::chrono::steady_clock::now();
     for (long i = 0; i < c.profile_steps; ++i) {
       train_data.draw(space, ids, targets);
@@ -274,6 +370,7 @@ int train(const Config& c) {
         std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     Kokkos::Tools::Experimental::set_push_region_callback(nullptr);
     Kokkos::Tools::Experimental::set_pop_region_callback(nullptr);
+    KernelTimer::install(false);
     std::printf("profile: %ld steps with fenced regions, %.4f s per step\n", c.profile_steps,
                 total / c.profile_steps);
     log.summary << "\"profile_step_seconds\": " << json_number(total / c.profile_steps)
@@ -284,6 +381,18 @@ int train(const Config& c) {
                   1e3 * t.first / c.profile_steps, t.second / c.profile_steps);
       log.summary << (first ? "" : ", ") << "\"" << name
                   << "\": " << json_number(t.first / c.profile_steps);
+      first = false;
+    }
+    log.summary << "}, \"profile_kernels\": {";
+    std::printf("profile: kernels (fenced)\n");
+    first = true;
+    for (const auto& [name, t] : KernelTimer::totals) {
+      const double balance = t.thread_max > 0 ? t.thread_mean / t.thread_max : NAN;
+      std::printf("  %-60s %9.3f ms per step (%ld calls), thread balance %.2f\n", name.c_str(),
+                  1e3 * t.seconds / c.profile_steps, t.calls / c.profile_steps, balance);
+      log.summary << (first ? "" : ", ") << "\"" << name
+                  << "\": {\"seconds\": " << json_number(t.seconds / c.profile_steps)
+                  << ", \"thread_balance\": " << json_number(balance) << "}";
       first = false;
     }
     log.summary << "}, ";
@@ -392,7 +501,8 @@ int main(int argc, char** argv) {
   app.add_option("--save-every", c.save_every, "checkpoint every this many steps (0: at end)");
   app.add_option("--resume", c.resume, "checkpoint directory to resume from");
   app.add_option("--profile", c.profile_steps,
-                 "after the run, time the library's regions over this many more steps (fenced)")
+                 "after the run, time the library's regions and kernels over this many more steps "
+                 "(fenced)")
       ->check(CLI::NonNegativeNumber);
   app.add_option("--peak-tflops", c.peak_tflops,
                  "the device's dense fp16/bf16 peak for the MFU (H100/H200 SXM: 989.4)");
