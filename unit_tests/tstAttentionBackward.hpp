@@ -239,6 +239,55 @@ TEST_CASE("Backward in float agrees with double", "[backward]" TEST_CATEGORY) {
   }
 }
 
+TEST_CASE("Host backward: the one pass equals the two passes and double",
+          "[backward]" TEST_CATEGORY) {
+  // On the host in float, improved_backward_branches runs one pass over the key tiles
+  // (Dilated_ImprovedHostFusedBackward.hpp) unless DILATED_HOST_BACKWARD=two_pass asks for the
+  // dq and dk/dv passes. Both against each other and against double: items split into several
+  // tasks whose dQ rows are summed after them (few items per thread) and one task per item (many:
+  // 2 x 16 x 4 items in the third case), partial tiles and register blocks, head dims on and off
+  // the vectors, dropout, longnet (a launch a branch, accumulating); the first and fourth cases
+  // split their items on 1 and 2 threads. Elsewhere the variable changes nothing and the two
+  // runs are the same.
+  const GradCase cases[] = {
+      {Semantics::grouped, {256, 512, 1024}, {1, 2, 4}, 1, 1024, 3, 64, true, false, 0.0},
+      {Semantics::grouped, {100, 200}, {1, 2}, 2, 200, 2, 33, true, false, 0.15},
+      {Semantics::grouped, {64, 128}, {1, 2}, 2, 1024, 8, 16, false, false, 0.0},
+      {Semantics::longnet, {256, 512}, {1, 2}, 1, 512, 2, 24, true, false, 0.1},
+      {Semantics::longnet, {96, 192}, {1, 2}, 1, 300, 4, 40, false, false, 0.2},
+  };
+  std::uint64_t seed = 1700;
+  for (const auto& c : cases) {
+    CAPTURE(dilated::to_string(c.semantics), c.b, c.n, c.h, c.d, c.causal, c.dropout);
+    const auto round = [](const HostView4& x) {
+      HostView4 y = copy(x);
+      for (std::size_t i = 0; i < y.size(); ++i)
+        y.data()[i] = static_cast<float>(y.data()[i]);
+      return y;
+    };
+    seed += 10;
+    const auto q = round(dilated::testing::random_bnhd<double>("q", c.b, c.n, c.h, c.d, seed));
+    const auto k = round(dilated::testing::random_bnhd<double>("k", c.b, c.n, c.h, c.d, seed + 1));
+    const auto v = round(dilated::testing::random_bnhd<double>("v", c.b, c.n, c.h, c.d, seed + 2));
+    const auto r = round(dilated::testing::random_bnhd<double>("r", c.b, c.n, c.h, c.d, seed + 3));
+    const dilated::testing::Variant improved{true, false};
+    const auto exact = run_backward<double>(c, q, k, v, r, seed, true, improved);
+    const auto one = run_backward<float>(c, q, k, v, r, seed, true, improved);
+    const auto two = [&]() {
+      const dilated::testing::ScopedEnvironment two_pass("DILATED_HOST_BACKWARD", "two_pass");
+      return run_backward<float>(c, q, k, v, r, seed, true, improved);
+    }();
+    // The same products summed in another order (dQ over key tiles in tasks, then the tasks):
+    // float rounding only, well below the 1e-4 of float against double.
+    DILATED_CHECK_ALLCLOSE(one.dq, two.dq, 2e-5, 2e-5);
+    DILATED_CHECK_ALLCLOSE(one.dk, two.dk, 2e-5, 2e-5);
+    DILATED_CHECK_ALLCLOSE(one.dv, two.dv, 2e-5, 2e-5);
+    DILATED_CHECK_ALLCLOSE(one.dq, exact.dq, 1e-4, 1e-4);
+    DILATED_CHECK_ALLCLOSE(one.dk, exact.dk, 1e-4, 1e-4);
+    DILATED_CHECK_ALLCLOSE(one.dv, exact.dv, 1e-4, 1e-4);
+  }
+}
+
 TEMPLATE_TEST_CASE("Dropout: the documented mask, p = 0 is the identity, seeds reproduce",
                    "[dropout]" TEST_CATEGORY, dilated::Original, dilated::Improved) {
   const GradCase c{Semantics::longnet, {16, 32, 64}, {1, 2, 4}, 2, 64, 4, 8, false, false, 0.25};

@@ -20,6 +20,7 @@
 #include <cmath>
 #include <cstdint>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 namespace dilated::training {
@@ -52,6 +53,48 @@ constexpr void check_clip_types() {
   static_assert(is_storage_type_v<T>,
                 "dilated::training::grad_norm / clip_grad_norm: the storage type must be float, "
                 "double, Kokkos::Experimental::half_t or bhalf_t");
+}
+
+// The partials on a host space: a thread per (tensor, block of W consecutive partials) walks the
+// tensor's rows of P values in order, the block's W sums in one vectorised loop, so that
+// partial j still sums x_j^2, x_{j+P}^2, ... in that order (the device's thread per partial
+// gives the same bits). On the host the device's layout read one value per 64-byte line, lines
+// 4 KiB apart, and handed each thread a contiguous run of (tensor, partial) whose work followed
+// the tensors' sizes (768 to 2.4 M values): 117 ms for a 14 M-parameter model on one core of the
+// 2-core guest (57 MB read), its slowest of 16 threads at 6x the mean (thread CPU time).
+// Blocks are taken one at a time (dynamic) for the same reason.
+template <class ExecSpace, class T, class Acc, class MemorySpace>
+void host_partials(const ExecSpace& space, long count,
+                   const GradNormWorkspace<Acc, MemorySpace>& workspace) {
+  constexpr long P = GradNormWorkspace<Acc, MemorySpace>::partials_per_tensor;
+  constexpr long W = 256, blocks = P / W;  // 1 KiB of each row of P floats
+  static_assert(P % W == 0, "dilated::training::grad_norm: whole blocks of partials");
+  const auto partials = workspace.partials;
+  const auto data = workspace.data;
+  const auto sizes = workspace.sizes;
+  Kokkos::parallel_for("dilated::training::grad_norm::partials",
+                       Kokkos::RangePolicy<ExecSpace, Kokkos::Schedule<Kokkos::Dynamic>>(
+                           space, 0, count * blocks, Kokkos::ChunkSize(1)),
+                       [=](long e) {
+                         const long t = e / blocks, j0 = (e % blocks) * W;
+                         const T* g = reinterpret_cast<const T*>(data(t));
+                         const long n = sizes(t);
+                         Acc sum[W] = {};
+                         long i = j0;
+                         for (; i + W <= n; i += P) {
+                           DILATED_HOST_SIMD
+                           for (long w = 0; w < W; ++w) {
+                             const Acc x = static_cast<Acc>(g[i + w]);
+                             sum[w] += x * x;
+                           }
+                         }
+                         for (long w = 0; i + w < n; ++w) {  // the tensor's last, partial row
+                           const Acc x = static_cast<Acc>(g[i + w]);
+                           sum[w] += x * x;
+                         }
+                         for (long w = 0; w < W; ++w)
+                           partials(t, j0 + w) = sum[w];
+                       });
 }
 
 template <class ExecSpace, class T, class MemorySpace>
@@ -111,22 +154,26 @@ state_t<T> sum_of_squares(const ExecSpace& space, const char* fn,
   const auto total = workspace.total;
   const auto data = workspace.data;
   const auto sizes = workspace.sizes;
-  // Every tensor's P partials in one launch (one launch per tensor left the GPU latency-bound:
-  // 1024 threads each; the H200 took 3.6 ms for the 85 M-parameter model's 150 tensors). The
-  // sums and their order are those of the design above: the same bits.
-  Kokkos::parallel_for(
-      "dilated::training::grad_norm::partials", Kokkos::RangePolicy<ExecSpace>(space, 0, count * P),
-      KOKKOS_LAMBDA(long e) {
-        const long t = e / P, j = e % P;
-        const T* g = reinterpret_cast<const T*>(data(t));
-        const long n = sizes(t);
-        Acc sum = 0;
-        for (long i = j; i < n; i += P) {
-          const Acc x = static_cast<Acc>(g[i]);
-          sum += x * x;
-        }
-        partials(t, j) = sum;
-      });
+  if constexpr (std::is_same_v<typename ExecSpace::memory_space, Kokkos::HostSpace>) {
+    host_partials<ExecSpace, T>(space, count, workspace);
+  } else {
+    // Every tensor's P partials in one launch (one launch per tensor left the GPU latency-bound:
+    // 1024 threads each; the H200 took 3.6 ms for the 85 M-parameter model's 150 tensors). The
+    // sums and their order are those of the design above: the same bits.
+    Kokkos::parallel_for(
+        "dilated::training::grad_norm::partials",
+        Kokkos::RangePolicy<ExecSpace>(space, 0, count * P), KOKKOS_LAMBDA(long e) {
+          const long t = e / P, j = e % P;
+          const T* g = reinterpret_cast<const T*>(data(t));
+          const long n = sizes(t);
+          Acc sum = 0;
+          for (long i = j; i < n; i += P) {
+            const Acc x = static_cast<Acc>(g[i]);
+            sum += x * x;
+          }
+          partials(t, j) = sum;
+        });
+  }
   Kokkos::parallel_for(
       "dilated::training::grad_norm::tensor_sums", Kokkos::RangePolicy<ExecSpace>(space, 0, count),
       KOKKOS_LAMBDA(long t) {

@@ -15,6 +15,7 @@
 #include <Dilated_Options.hpp>
 #include <Dilated_TilePolicies.hpp>
 #include <impl/Dilated_BranchPlan.hpp>
+#include <impl/Dilated_ImprovedHostFusedBackward.hpp>
 #include <impl/Dilated_ImprovedKernels.hpp>
 #include <impl/Dilated_ImprovedMmaBackward.hpp>
 #include <impl/Dilated_ImprovedMmaForward.hpp>
@@ -50,7 +51,17 @@ void launch_tiles(const ExecSpace& space, const char* label, Kernel kernel, int 
       sizeof(Acc) * Kernel::scratch_entries(launch.query_rows, launch.key_rows, launch.ld,
                                             kernel.host_tiles) +
       64;
-  using Policy = Kokkos::TeamPolicy<ExecSpace>;
+  // Host threads take teams one at a time (Kokkos' work stealing), not a contiguous run each:
+  // a causal tile's work grows (query tiles) or shrinks (key tiles) with its index, and a branch
+  // of few (segment, head) items gives each of 16 threads part of one item. The training
+  // shape's third branch (4 items of 32 tiles) left 16 threads' runs 1.7x apart in work; over a
+  // layer's launches the static split's slowest thread took 1.24x the mean (model of the
+  // tiles' work), 1.35-1.45x measured in thread CPU time (dilated_train --profile, 16 threads,
+  // OMP_WAIT_POLICY=passive). CUDA schedules blocks itself: its policy is unchanged.
+  constexpr bool host = std::is_same_v<typename ExecSpace::memory_space, Kokkos::HostSpace>;
+  using Policy =
+      std::conditional_t<host, Kokkos::TeamPolicy<ExecSpace, Kokkos::Schedule<Kokkos::Dynamic>>,
+                         Kokkos::TeamPolicy<ExecSpace>>;
   launch.scratch_level = bytes <= static_cast<std::size_t>(Policy::scratch_size_max(0)) ? 0 : 1;
   const long teams = launch.branch.plan.num_items() * launch.tiles;
   constexpr long max_league = 1L << 30;
@@ -58,6 +69,7 @@ void launch_tiles(const ExecSpace& space, const char* label, Kernel kernel, int 
     launch.branch.item_begin = begin;
     const int league = static_cast<int>(std::min(max_league, teams - begin));
     Policy policy(space, league, Tiles::team_size, LaunchPolicy<ExecSpace>::vector_length);
+    if constexpr (host) policy.set_chunk_size(1);
     policy.set_scratch_size(launch.scratch_level, Kokkos::PerTeam(bytes));
     Kokkos::parallel_for(label, policy, kernel);
   }
@@ -339,6 +351,19 @@ void improved_backward_branches(const ExecSpace& space, const Geometry& g,
   }
 #endif
   if (!branch_deltas) row_deltas(space, dout, out, delta, g.output_scale());
+  // Host float: one pass over the key tiles (five products a tile pair, not seven) unless a
+  // branch needs its own D_t first or the environment asks for the two passes.
+  using Acc = accumulation_t<typename Q::value_type>;
+  if constexpr (host_tile::enabled_v<ExecSpace, Acc>) {
+    if (!branch_deltas && host_tile::allowed() && host_tile::fused_backward_allowed()) {
+      std::vector<TiledLaunch<typename ExecSpace::memory_space, Acc>> launches;
+      for (int i = 0; i < g.num_branches(); ++i)
+        launches.push_back(tiled_launch<ExecSpace>(g, i, base, q.extent(0)));
+      host_tile::fused_backward_branches(space, launches, base.longnet, q, k, v, dout, lse, delta,
+                                         dq, dk, dv, accumulate);
+      return;
+    }
+  }
   for (int i = 0; i < g.num_branches(); ++i) {
     const auto launch = tiled_launch<ExecSpace>(g, i, base, q.extent(0));
     if (branch_deltas) branch_delta(launch);
