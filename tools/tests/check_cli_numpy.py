@@ -15,12 +15,10 @@ import numpy as np
 SEGMENTS, DILATIONS = [16, 32], [1, 2]
 
 
-def grouped_attention(q, k, v, causal):
-    """out (b, n, h, d) and lse (b, n, h) in float64; lse is -inf where no branch keeps a row."""
-    b, n, h, d = q.shape
+def grouped_items(n, h):
+    """(kept rows, head) of every (segment, head) item of the grouped semantics: heads split
+    over the branches in order, branch i keeping rows offset i % r of each segment."""
     groups = len(SEGMENTS)
-    out = np.zeros((b, n, h, d))
-    lse = np.full((b, n, h), -np.inf)
     base, extra = divmod(h, groups)
     begin = 0
     for i, (s, r) in enumerate(zip(SEGMENTS, DILATIONS)):
@@ -29,17 +27,33 @@ def grouped_attention(q, k, v, causal):
         for start in range(0, n, s):
             rows = np.arange(start + offset, min(start + s, n), r)
             for head in range(begin, end):
-                qs, ks, vs = (x[:, rows, head, :].astype(np.float64) for x in (q, k, v))
-                scores = qs @ ks.transpose(0, 2, 1) / np.sqrt(d)
-                if causal:
-                    scores = np.where(np.tril(np.ones((len(rows), len(rows)), bool)), scores,
-                                      -np.inf)
-                top = scores.max(axis=-1, keepdims=True)
-                weights = np.exp(scores - top)
-                total = weights.sum(axis=-1, keepdims=True)
-                out[:, rows, head, :] = (weights / total) @ vs / groups
-                lse[:, rows, head] = (top + np.log(total))[..., 0]
+                yield rows, head
         begin = end
+
+
+def item_scores(qs, ks, causal):
+    """scale q k^T of one item in float64, -inf above the diagonal when causal."""
+    scores = qs @ ks.transpose(0, 2, 1) / np.sqrt(qs.shape[-1])
+    if causal:
+        scores = np.where(np.tril(np.ones((len(scores[0]), len(scores[0])), bool)), scores,
+                          -np.inf)
+    return scores
+
+
+def grouped_attention(q, k, v, causal):
+    """out (b, n, h, d) and lse (b, n, h) in float64; lse is -inf where no branch keeps a row."""
+    b, n, h, d = q.shape
+    groups = len(SEGMENTS)
+    out = np.zeros((b, n, h, d))
+    lse = np.full((b, n, h), -np.inf)
+    for rows, head in grouped_items(n, h):
+        qs, ks, vs = (x[:, rows, head, :].astype(np.float64) for x in (q, k, v))
+        scores = item_scores(qs, ks, causal)
+        top = scores.max(axis=-1, keepdims=True)
+        weights = np.exp(scores - top)
+        total = weights.sum(axis=-1, keepdims=True)
+        out[:, rows, head, :] = (weights / total) @ vs / groups
+        lse[:, rows, head] = (top + np.log(total))[..., 0]
     return out, lse
 
 
@@ -48,31 +62,18 @@ def grouped_attention_backward(q, k, v, dout, causal):
     b, n, h, d = q.shape
     groups = len(SEGMENTS)
     grads = [np.zeros((b, n, h, d)) for _ in range(3)]
-    base, extra = divmod(h, groups)
-    begin = 0
-    for i, (s, r) in enumerate(zip(SEGMENTS, DILATIONS)):
-        end = begin + base + (1 if i < extra else 0)
-        offset = i % r
-        for start in range(0, n, s):
-            rows = np.arange(start + offset, min(start + s, n), r)
-            for head in range(begin, end):
-                qs, ks, vs, gs = (x[:, rows, head, :].astype(np.float64)
-                                  for x in (q, k, v, dout))
-                scores = qs @ ks.transpose(0, 2, 1) / np.sqrt(d)
-                if causal:
-                    scores = np.where(np.tril(np.ones((len(rows), len(rows)), bool)), scores,
-                                      -np.inf)
-                p = np.exp(scores - scores.max(axis=-1, keepdims=True))
-                p /= p.sum(axis=-1, keepdims=True)
-                g = gs / groups                      # out = (P V) / groups
-                dp = g @ vs.transpose(0, 2, 1)
-                ds = p * (dp - (dp * p).sum(axis=-1, keepdims=True))
-                grads[0][:, rows, head, :] += ds @ ks / np.sqrt(d)
-                grads[1][:, rows, head, :] += ds.transpose(0, 2, 1) @ qs / np.sqrt(d)
-                grads[2][:, rows, head, :] += p.transpose(0, 2, 1) @ g
-        begin = end
+    for rows, head in grouped_items(n, h):
+        qs, ks, vs, gs = (x[:, rows, head, :].astype(np.float64) for x in (q, k, v, dout))
+        scores = item_scores(qs, ks, causal)
+        p = np.exp(scores - scores.max(axis=-1, keepdims=True))
+        p /= p.sum(axis=-1, keepdims=True)
+        g = gs / groups                      # out = (P V) / groups
+        dp = g @ vs.transpose(0, 2, 1)
+        ds = p * (dp - (dp * p).sum(axis=-1, keepdims=True))
+        grads[0][:, rows, head, :] += ds @ ks / np.sqrt(d)
+        grads[1][:, rows, head, :] += ds.transpose(0, 2, 1) @ qs / np.sqrt(d)
+        grads[2][:, rows, head, :] += p.transpose(0, 2, 1) @ g
     return grads
-
 
 def check_backward(tool, work, rng):
     """--dout: the tool's out, dq, dk, dv against NumPy; --out-dtype float16 against NumPy's
