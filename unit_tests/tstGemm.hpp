@@ -2,6 +2,7 @@
 // the team kernel itself, on every backend and storage type, against plain loops in double.
 #include <Dilated_Allclose.hpp>
 #include <Dilated_AttentionTestUtils.hpp>
+#include <Dilated_FeedForward.hpp>
 #include <Dilated_Gelu.hpp>
 #include <Dilated_Gemm.hpp>
 
@@ -267,6 +268,55 @@ TEMPLATE_LIST_TEST_CASE("gelu_forward and gelu_backward equal the double formula
       dilated::Impl::gelu_backward(ExecSpace(), h, dg, dg, approximation);
       DILATED_CHECK_ALLCLOSE(as_host(g), forward, rtol, atol);
       DILATED_CHECK_ALLCLOSE(as_host(dg), backward, rtol, atol);
+    }
+  }
+}
+
+TEMPLATE_LIST_TEST_CASE("gelu_backward_bias_gradient equals gelu_backward and the column sums",
+                        "[gemm][gelu]" TEST_CATEGORY, dilated::testing::StorageTypes) {
+  // The feed-forward's backward on the host in float: the derivative's pass also sums the bias
+  // gradient (Dilated_FeedForward.hpp). Against the two passes it replaces, bit for bit: dh and
+  // db. Rows: one chunk level and a partial chunk (33), several chunks (1000), and more than
+  // column_sum_max_chunks chunks of the minimum size (20000 rows: longer chunks); columns a whole
+  // number of vectors or not. Elsewhere it declines (false) and leaves g as it was.
+  using T = TestType;
+  using Vector = Kokkos::View<T*, MemSpace>;
+  using Acc = dilated::Impl::linear_accumulation_t<T>;
+  constexpr bool fused = std::is_same_v<T, float> &&
+                         std::is_same_v<typename ExecSpace::memory_space, Kokkos::HostSpace>;
+  for (const auto approximation :
+       {dilated::GeluApproximation::none, dilated::GeluApproximation::tanh}) {
+    for (const auto& [rows, cols] :
+         {std::pair{33, 77}, std::pair{1000, 96}, std::pair{20000, 48}}) {
+      CAPTURE(dilated::to_string(approximation), rows, cols);
+      const auto h = random_matrix<T>(rows, cols, 70 + rows).first;
+      const auto dg = random_matrix<T>(rows, cols, 80 + rows).first;
+      const Matrix<T> expected("expected", rows, cols), g("g", rows, cols);
+      Kokkos::deep_copy(expected, dg);
+      Kokkos::deep_copy(g, dg);
+      const Vector db_expected("db_expected", cols), db("db", cols);
+      dilated::Impl::gelu_backward(ExecSpace(), h, expected, expected, approximation);
+      const auto e = expected;
+      dilated::Impl::column_sums<Acc, 1>(
+          ExecSpace(), "dilated::test::bias_gradient", rows, cols,
+          KOKKOS_LAMBDA(long i, long j, Acc(&sums)[1]) { sums[0] += static_cast<Acc>(e(i, j)); },
+          dilated::Impl::ColumnPartials<Acc, typename ExecSpace::memory_space>(), db_expected);
+      const bool done = dilated::Impl::gelu_backward_bias_gradient(
+          ExecSpace(), h, g, db, dilated::Impl::ColumnPartials<Acc, MemSpace>(), approximation);
+      CHECK(done == fused);
+      const auto got = as_host(g), want = as_host(done ? expected : dg);
+      long differ = 0;
+      for (int i = 0; i < rows; ++i)
+        for (int j = 0; j < cols; ++j)
+          differ += got(i, j) != want(i, j);
+      CHECK(differ == 0);
+      if (!done) continue;
+      auto db_host = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), db);
+      auto db_want = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), db_expected);
+      for (int j = 0; j < cols; ++j) {
+        CAPTURE(j);
+        CHECK(db_host(j) == db_want(j));
+      }
     }
   }
 }

@@ -21,6 +21,7 @@
 #include <Kokkos_Core.hpp>
 
 #include <string>
+#include <type_traits>
 #include <vector>
 
 namespace dilated {
@@ -59,6 +60,62 @@ struct FeedForwardParameters {
 
 namespace Impl {
 
+// dh = dg gelu'(h) over g in place (g holds dg on entry) and db = column sums of dh, in one pass
+// over the rows on a host space for float storage, where the GELU's pass and the bias
+// gradient's column sums (linear_backward) were two: the sums read dh, (M, H) floats, again
+// right after the GELU wrote them. A thread per chunk of column_sum_chunk_rows rows adds each
+// row's dh into the chunk's partial row as column_sums does, in the same order, and
+// column_sum_tree reduces the partials: the same bits as the two passes. Returns false, having
+// done nothing, elsewhere (other spaces or storage, rows not dense, too few rows for partials).
+template <class ExecSpace, class H, class G, class DB, class Partial>
+bool gelu_backward_bias_gradient(const ExecSpace& space, const H& h, const G& g, const DB& db,
+                                 Partial partial, GeluApproximation approximation) {
+  using T = typename G::non_const_value_type;
+  if constexpr (gelu_host_loops_v<ExecSpace, T> && std::is_same_v<T, float>) {
+    const long rows = h.extent(0), cols = h.extent(1);
+    if (rows == 0 || cols == 0 || !is_flat_matrix(h) || !is_flat_matrix(g) ||
+        column_sum_levels(rows).empty() || db.extent(0) != static_cast<std::size_t>(cols))
+      return false;
+    ensure_column_partials(partial, 1, rows, cols);
+    const long chunk = column_sum_chunk_rows(rows), first = column_sum_levels(rows)[0];
+    const float* hp = h.data();
+    float* gp = g.data();
+    const auto run = [&](const auto& derivative) {
+      Kokkos::parallel_for(
+          // A host lambda: host_math is not device code.
+          "dilated::gelu::backward_bias_gradient", Kokkos::RangePolicy<ExecSpace>(space, 0, first),
+          [=](long c) {
+            float* sum = &partial(c, 0);
+            for (long j = 0; j < cols; ++j)
+              sum[j] = 0;
+            const long end = (c + 1) * chunk < rows ? (c + 1) * chunk : rows;
+            for (long i = c * chunk; i < end; ++i) {
+              const float* hr = hp + i * cols;
+              float* gr = gp + i * cols;
+              DILATED_HOST_SIMD
+              for (long j = 0; j < cols; ++j) {
+                // Stored, then added: the sum adds the rounded dh, as the column sums read it
+                // (and a product with another use is not fused into the add).
+                const float d = gr[j] * derivative(hr[j]);
+                gr[j] = d;
+                sum[j] += d;
+              }
+            }
+          });
+    };
+    if (approximation == GeluApproximation::tanh) {
+      run([](float x) { return gelu_derivative_host(x, GeluApproximation::tanh); });
+    } else {
+      run([](float x) { return gelu_derivative_host(x, GeluApproximation::none); });
+    }
+    column_sum_tree<float, 1>(space, "dilated::linear::bias_gradient", rows, cols, partial,
+                              Kokkos::Array<typename DB::non_const_value_type*, 1>{db.data()});
+    return true;
+  }
+  (void)space, (void)h, (void)g, (void)db, (void)partial, (void)approximation;
+  return false;
+}
+
 // h = x W1^T + b1 (kept for the backward) and g = gelu(h), both (M, H): in one product where the
 // backend has the GELU epilogue, else the product and a GELU pass.
 template <class ExecSpace, class T, class MemorySpace, class X, class H, class G>
@@ -89,14 +146,16 @@ void feed_forward_backward(const ExecSpace& space, const FeedForwardParameters<T
   linear_backward(space, g, p.fc2_weight, dy, Matrix(), false, dp.fc2_weight, dp.fc2_bias, options,
                   partial);
   // The hidden gradient dy W2 * gelu'(h): the derivative in the product's epilogue where there is
-  // one.
+  // one; on the host the first bias's gradient in the derivative's pass.
+  bool bias_done = false;
   if (!(approximation == GeluApproximation::tanh &&
         gemm_dgelu(space, Op::N, Op::N, dy, p.fc2_weight, h, g, options))) {
     Impl::gemm(space, Op::N, Op::N, 1.0, dy, p.fc2_weight, 0.0, g, options);
-    gelu_backward(space, h, g, g, approximation);
+    bias_done = gelu_backward_bias_gradient(space, h, g, dp.fc1_bias, partial, approximation);
+    if (!bias_done) gelu_backward(space, h, g, g, approximation);
   }
-  linear_backward(space, x, p.fc1_weight, g, dx, false, dp.fc1_weight, dp.fc1_bias, options,
-                  partial);
+  linear_backward(space, x, p.fc1_weight, g, dx, false, dp.fc1_weight,
+                  bias_done ? decltype(dp.fc1_bias)() : dp.fc1_bias, options, partial);
 }
 
 }  // namespace Impl
