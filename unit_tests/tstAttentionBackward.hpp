@@ -92,12 +92,6 @@ HostView4 finite_difference(const GradCase& c, const dilated::Geometry& g, HostV
   return grad;
 }
 
-HostView4 copy(const HostView4& x) {
-  HostView4 y("copy", x.extent(0), x.extent(1), x.extent(2), x.extent(3));
-  Kokkos::deep_copy(y, x);
-  return y;
-}
-
 struct Gradients {
   dilated::testing::Device4<double, MemSpace> dq, dk, dv, out;
 };
@@ -164,6 +158,21 @@ const std::vector<GradCase> grad_cases = {
 
 }  // namespace
 
+// q, k, v and the output gradient r of a case, drawn in double from seed .. seed + 3 and
+// rounded to float, so that float and double runs see the same numbers.
+struct FloatInputs {
+  HostView4 q, k, v, r;
+};
+FloatInputs float_inputs(const GradCase& c, std::uint64_t seed) {
+  const auto draw = [&](const char* name, std::uint64_t s) {
+    HostView4 y = dilated::testing::random_bnhd<double>(name, c.b, c.n, c.h, c.d, s);
+    for (std::size_t i = 0; i < y.size(); ++i)
+      y.data()[i] = static_cast<float>(y.data()[i]);
+    return y;
+  };
+  return {draw("q", seed), draw("k", seed + 1), draw("v", seed + 2), draw("r", seed + 3)};
+}
+
 TEST_CASE("Backward equals finite differences (double)", "[backward]" TEST_CATEGORY) {
   std::uint64_t seed = 500;
   for (const auto& c : grad_cases) {
@@ -213,18 +222,9 @@ TEST_CASE("Backward in float agrees with double", "[backward]" TEST_CATEGORY) {
   std::uint64_t seed = 900;
   for (const auto& c : cases) {
     CAPTURE(dilated::to_string(c.semantics));
-    // Inputs representable in float, so both runs see the same numbers.
-    const auto round = [](const HostView4& x) {
-      HostView4 y = copy(x);
-      for (std::size_t i = 0; i < y.size(); ++i)
-        y.data()[i] = static_cast<float>(y.data()[i]);
-      return y;
-    };
     seed += 10;
-    const auto q = round(dilated::testing::random_bnhd<double>("q", c.b, c.n, c.h, c.d, seed));
-    const auto k = round(dilated::testing::random_bnhd<double>("k", c.b, c.n, c.h, c.d, seed + 1));
-    const auto v = round(dilated::testing::random_bnhd<double>("v", c.b, c.n, c.h, c.d, seed + 2));
-    const auto r = round(dilated::testing::random_bnhd<double>("r", c.b, c.n, c.h, c.d, seed + 3));
+    const FloatInputs inputs = float_inputs(c, seed);
+    const HostView4 &q = inputs.q, &k = inputs.k, &v = inputs.v, &r = inputs.r;
     for (const auto& variant : dilated::testing::variants<ExecSpace>())
       for (bool pass_lse : {true, false}) {
         CAPTURE(variant.name(), pass_lse, c.d, c.causal, c.detach, c.dropout);
@@ -259,17 +259,9 @@ TEST_CASE("Host backward: the one pass equals the two passes and double",
   std::uint64_t seed = 1700;
   for (const auto& c : cases) {
     CAPTURE(dilated::to_string(c.semantics), c.b, c.n, c.h, c.d, c.causal, c.dropout);
-    const auto round = [](const HostView4& x) {
-      HostView4 y = copy(x);
-      for (std::size_t i = 0; i < y.size(); ++i)
-        y.data()[i] = static_cast<float>(y.data()[i]);
-      return y;
-    };
     seed += 10;
-    const auto q = round(dilated::testing::random_bnhd<double>("q", c.b, c.n, c.h, c.d, seed));
-    const auto k = round(dilated::testing::random_bnhd<double>("k", c.b, c.n, c.h, c.d, seed + 1));
-    const auto v = round(dilated::testing::random_bnhd<double>("v", c.b, c.n, c.h, c.d, seed + 2));
-    const auto r = round(dilated::testing::random_bnhd<double>("r", c.b, c.n, c.h, c.d, seed + 3));
+    const FloatInputs inputs = float_inputs(c, seed);
+    const HostView4 &q = inputs.q, &k = inputs.k, &v = inputs.v, &r = inputs.r;
     const dilated::testing::Variant improved{true, false};
     const auto exact = run_backward<double>(c, q, k, v, r, seed, true, improved);
     const auto one = run_backward<float>(c, q, k, v, r, seed, true, improved);

@@ -262,6 +262,64 @@ struct DkDvLayout {
 };
 
 // The dk/dv pass of one team (ImprovedDkDvKernel's contract) on the host in float.
+// One (query tile, key tile) pair of the dk/dv products: S = Q Kt and dP = G Vt (Kt scaled, so
+// S holds scale q . k), the causal mask on the real keys, then in place P~ = output_scale
+// exp(S - L_t) over S (times the dropout factor Z: PZ) and dS = P~ (Z dP - D_t) over dP. Rows
+// t0.. of the item's kept positions, keys u0..; shared by the dk/dv pass and the one-pass
+// backward (Dilated_ImprovedHostFusedBackward.hpp).
+template <class Branch>
+inline void tile_probabilities(const Branch& br, const KeptPositions& kept, int b, int h, int t0,
+                               int u0, int rows, int cols, int qr, int kp, int dp, const float* Q,
+                               long ldq, const float* G, long ldg, const float* Kt, const float* Vt,
+                               int ldk, const float* L, const float* D, float* S, float* dP) {
+  constexpr float inf = std::numeric_limits<float>::infinity();
+  const float output_scale = br.output_scale;
+  gemm_tile(qr, kp, dp, Q, ldq, 1, Kt, ldk, S, ldk, nullptr);
+  gemm_tile(qr, kp, dp, G, ldg, 1, Vt, ldk, dP, ldk, nullptr);
+  // Causal mask where the tile's last key is after its first query: S[i][j] for
+  // u0 + j > t0 + i.
+  if (br.causal && u0 + cols - 1 > t0) {
+    for (int i = 0; i < rows; ++i) {
+      float* s = S + static_cast<long>(i) * ldk;
+      const int visible = t0 + i - u0 + 1;  // keys j < visible are seen by query i
+      // Real keys only: the dropout loop below leaves padded columns as they are, and an
+      // -inf there would meet a zero of G in dV (inf * 0: the test main traps FE_INVALID).
+      for (int j = visible > 0 ? visible : 0; j < cols; ++j)
+        s[j] = -inf;
+    }
+  }
+  if (!br.dropout.active()) {
+    // Along keys: P~ = output_scale exp(s - L_t) (0 where masked) over S, dS = P~ (dP - D_t)
+    // over dP.
+    for (int i = 0; i < rows; ++i) {
+      float* s = S + static_cast<long>(i) * ldk;
+      float* g = dP + static_cast<long>(i) * ldk;
+      const float Li = L[i], Di = D[i];
+      DILATED_HOST_SIMD
+      for (int j = 0; j < kp; ++j) {
+        const float p = output_scale * exp_nonpositive(s[j] - Li);
+        s[j] = p;
+        g[j] = p * (g[j] - Di);
+      }
+    }
+  } else {
+    // The same with the dropout factor Z of each (query, key) pair (a scalar hash):
+    // PZ = P~ Z over S, dS = P~ (Z dP - D_t) over dP. Padded keys keep finite raw values.
+    for (int i = 0; i < rows; ++i) {
+      float* s = S + static_cast<long>(i) * ldk;
+      float* g = dP + static_cast<long>(i) * ldk;
+      const int pt = kept.position(t0 + i);
+      for (int j = 0; j < cols; ++j) {
+        const float z =
+            static_cast<float>(br.dropout.factor(br.plan.branch, b, h, pt, kept.position(u0 + j)));
+        const float p = output_scale * exp_nonpositive(s[j] - L[i]);
+        s[j] = p * z;
+        g[j] = p * (z * g[j] - D[i]);
+      }
+    }
+  }
+}
+
 template <class Kernel, class Member>
 void dkdv(const Kernel& kn, const Member& team) {
   const auto& launch = kn.launch;
@@ -298,9 +356,6 @@ void dkdv(const Kernel& kn, const Member& team) {
   }
   for (int j = 0; j < kp; ++j)
     ones[j] = 1;
-  const bool dropout = br.dropout.active();
-  const float output_scale = br.output_scale;
-  constexpr float inf = std::numeric_limits<float>::infinity();
   const int m = kept.count, BR = launch.query_rows;
   // Causal: query tiles before the one holding u0 see none of the team's keys: not visited.
   for (int t0 = br.causal ? (u0 / BR) * BR : 0; t0 < m; t0 += BR) {
@@ -314,50 +369,8 @@ void dkdv(const Kernel& kn, const Member& team) {
       L[i] = static_cast<float>(kn.lse(b, pt, h));
       D[i] = static_cast<float>(kn.delta(b, pt, h));
     }
-    gemm_tile(qr, kp, dp, Q, ldq, 1, Kt, ldk, S, ldk, nullptr);
-    gemm_tile(qr, kp, dp, G, ldg, 1, Vt, ldk, dP, ldk, nullptr);
-    // Causal mask where the team's last key is after the tile's first query: S[i][j] for
-    // u0 + j > t0 + i.
-    if (br.causal && u0 + cols - 1 > t0) {
-      for (int i = 0; i < rows; ++i) {
-        float* s = S + static_cast<long>(i) * ldk;
-        const int visible = t0 + i - u0 + 1;  // keys j < visible are seen by query i
-        // Real keys only: the dropout loop below leaves padded columns as they are, and an
-        // -inf there would meet a zero of G in dV (inf * 0: the test main traps FE_INVALID).
-        for (int j = visible > 0 ? visible : 0; j < cols; ++j)
-          s[j] = -inf;
-      }
-    }
-    if (!dropout) {
-      // Along keys: P~ = output_scale exp(s - L_t) (0 where masked) over S, dS = P~ (dP - D_t)
-      // over dP.
-      for (int i = 0; i < rows; ++i) {
-        float* s = S + static_cast<long>(i) * ldk;
-        float* g = dP + static_cast<long>(i) * ldk;
-        const float Li = L[i], Di = D[i];
-        DILATED_HOST_SIMD
-        for (int j = 0; j < kp; ++j) {
-          const float p = output_scale * exp_nonpositive(s[j] - Li);
-          s[j] = p;
-          g[j] = p * (g[j] - Di);
-        }
-      }
-    } else {
-      // The same with the dropout factor Z of each (query, key) pair (a scalar hash):
-      // PZ = P~ Z over S, dS = P~ (Z dP - D_t) over dP. Padded keys keep finite raw values.
-      for (int i = 0; i < rows; ++i) {
-        float* s = S + static_cast<long>(i) * ldk;
-        float* g = dP + static_cast<long>(i) * ldk;
-        const int pt = kept.position(t0 + i);
-        for (int j = 0; j < cols; ++j) {
-          const float z = static_cast<float>(
-              br.dropout.factor(br.plan.branch, b, h, pt, kept.position(u0 + j)));
-          const float p = output_scale * exp_nonpositive(s[j] - L[i]);
-          s[j] = p * z;
-          g[j] = p * (z * g[j] - D[i]);
-        }
-      }
-    }
+    tile_probabilities(br, kept, b, h, t0, u0, rows, cols, qr, kp, dp, Q, ldq, G, ldg, Kt, Vt, ldk,
+                       L, D, S, dP);
     // Sums over the tile's real queries only.
     gemm_tile(kp, dp, rows, dP, 1, ldk, Q, ldq, dK, dp, ones);
     gemm_tile(kp, dp, rows, S, 1, ldk, G, ldg, dV, dp, ones);

@@ -227,9 +227,6 @@ void fused_task(const Views& kn, const Launch& launch, const FusedTask& task, fl
   const int query_end = round_up(m, R);
   for (long e = long(task.query_begin) * dp; e < long(query_end) * dp; ++e)
     dq_rows[e] = 0;
-  const bool dropout = br.dropout.active();
-  const float output_scale = br.output_scale;
-  constexpr float inf = std::numeric_limits<float>::infinity();
   using TK = typename std::remove_reference_t<decltype(kn.dk)>::non_const_value_type;
   using TV = typename std::remove_reference_t<decltype(kn.dv)>::non_const_value_type;
 
@@ -258,44 +255,8 @@ void fused_task(const Views& kn, const Launch& launch, const FusedTask& task, fl
         L[i] = static_cast<float>(kn.lse(b, pt, h));
         D[i] = static_cast<float>(kn.delta(b, pt, h));
       }
-      gemm_tile(qr, kp, dp, Q, ldq, 1, Kt, ldk, S, ldk, nullptr);
-      gemm_tile(qr, kp, dp, G, ldg, 1, Vt, ldk, dP, ldk, nullptr);
-      // Causal mask where the tile's last key is after the first query (real keys only, as in
-      // the dk/dv pass).
-      if (br.causal && u0 + cols - 1 > t0) {
-        for (int i = 0; i < rows; ++i) {
-          float* s = S + static_cast<long>(i) * ldk;
-          const int visible = t0 + i - u0 + 1;
-          for (int j = visible > 0 ? visible : 0; j < cols; ++j)
-            s[j] = -inf;
-        }
-      }
-      if (!dropout) {
-        for (int i = 0; i < rows; ++i) {
-          float* s = S + static_cast<long>(i) * ldk;
-          float* g = dP + static_cast<long>(i) * ldk;
-          const float Li = L[i], Di = D[i];
-          DILATED_HOST_SIMD
-          for (int j = 0; j < kp; ++j) {
-            const float p = output_scale * exp_nonpositive(s[j] - Li);
-            s[j] = p;
-            g[j] = p * (g[j] - Di);
-          }
-        }
-      } else {
-        for (int i = 0; i < rows; ++i) {
-          float* s = S + static_cast<long>(i) * ldk;
-          float* g = dP + static_cast<long>(i) * ldk;
-          const int pt = kept.position(t0 + i);
-          for (int j = 0; j < cols; ++j) {
-            const float z = static_cast<float>(
-                br.dropout.factor(br.plan.branch, b, h, pt, kept.position(u0 + j)));
-            const float p = output_scale * exp_nonpositive(s[j] - L[i]);
-            s[j] = p * z;
-            g[j] = p * (z * g[j] - D[i]);
-          }
-        }
-      }
+      tile_probabilities(br, kept, b, h, t0, u0, rows, cols, qr, kp, dp, Q, ldq, G, ldg, Kt, Vt,
+                         ldk, L, D, S, dP);
       // dK += dS^T Q, dV += PZ^T G over the tile's real queries; dQ rows += dS K over the real
       // keys (padded query rows of dS are 0: zero rows of Q and G).
       gemm_tile(kp, dp, rows, dP, 1, ldk, Q, ldq, dK, dp, ones);
