@@ -7,6 +7,7 @@
 #include <DilatedAttentionTraining.hpp>
 
 #include <cmath>
+#include <algorithm>
 #include <cstdio>
 #include <filesystem>
 #include <string>
@@ -205,9 +206,9 @@ void memory_plan_snippet() {
                                                                       /*batch=*/1, 4096);
   const std::size_t activations = plan.bytes(dilated::MemoryKind::activations);
   const std::size_t on_a_gpu = plan.footprint(/*device_pages=*/true);  // the allocator's rounding
-  for (const auto& e : plan.entries()) {
-    // e.label (the allocation's Kokkos label), e.kind, e.bytes, e.count
-  }
+  std::size_t largest = 0;  // each entry: e.label (its Kokkos label), e.kind, e.bytes, e.count
+  for (const auto& e : plan.entries())
+    largest = std::max(largest, e.bytes);
   // [snippet-end]
   // The plan holds what a real step allocates: the model's activations after one.
   Model model(shape, options);
