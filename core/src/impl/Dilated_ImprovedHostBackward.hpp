@@ -262,6 +262,39 @@ struct DkDvLayout {
 };
 
 // The dk/dv pass of one team (ImprovedDkDvKernel's contract) on the host in float.
+// L_t (the log-sum-exp) and D_t (dout . out) of `rows` kept rows from t0, as float.
+template <class Views>
+inline void row_statistics(const Views& kn, const KeptPositions& kept, int b, int h, int t0,
+                           int rows, float* L, float* D) {
+  for (int i = 0; i < rows; ++i) {
+    const int pt = kept.position(t0 + i);
+    L[i] = static_cast<float>(kn.lse(b, pt, h));
+    D[i] = static_cast<float>(kn.delta(b, pt, h));
+  }
+}
+
+// dk = scale dK and dv = dV of `cols` kept keys from u0 (rows of dp floats), added when the
+// launch accumulates.
+template <class Views>
+inline void write_dkdv_rows(const Views& kn, const KeptPositions& kept, int b, int h, int u0,
+                            int cols, int d, int dp, float scale, const float* dK,
+                            const float* dV) {
+  using TK = typename std::remove_reference_t<decltype(kn.dk)>::non_const_value_type;
+  using TV = typename std::remove_reference_t<decltype(kn.dv)>::non_const_value_type;
+  for (int j = 0; j < cols; ++j) {
+    const int pu = kept.position(u0 + j);
+    const float* gk = dK + static_cast<long>(j) * dp;
+    const float* gv = dV + static_cast<long>(j) * dp;
+    for (int c = 0; c < d; ++c) {
+      const float g = scale * gk[c];
+      kn.dk(b, pu, h, c) =
+          static_cast<TK>(kn.accumulate ? static_cast<float>(kn.dk(b, pu, h, c)) + g : g);
+      kn.dv(b, pu, h, c) =
+          static_cast<TV>(kn.accumulate ? static_cast<float>(kn.dv(b, pu, h, c)) + gv[c] : gv[c]);
+    }
+  }
+}
+
 // One (query tile, key tile) pair of the dk/dv products: S = Q Kt and dP = G Vt (Kt scaled, so
 // S holds scale q . k), the causal mask on the real keys, then in place P~ = output_scale
 // exp(S - L_t) over S (times the dropout factor Z: PZ) and dS = P~ (Z dP - D_t) over dP. Rows
@@ -364,31 +397,14 @@ void dkdv(const Kernel& kn, const Member& team) {
     long ldq = 0, ldg = 0;
     const float* Q = rows_operand(kn.q, b, h, kept, t0, rows, qr, d, dp, Qc, ldq);
     const float* G = rows_operand(kn.dout, b, h, kept, t0, rows, qr, d, dp, Gc, ldg);
-    for (int i = 0; i < rows; ++i) {
-      const int pt = kept.position(t0 + i);
-      L[i] = static_cast<float>(kn.lse(b, pt, h));
-      D[i] = static_cast<float>(kn.delta(b, pt, h));
-    }
+    row_statistics(kn, kept, b, h, t0, rows, L, D);
     tile_probabilities(br, kept, b, h, t0, u0, rows, cols, qr, kp, dp, Q, ldq, G, ldg, Kt, Vt, ldk,
                        L, D, S, dP);
     // Sums over the tile's real queries only.
     gemm_tile(kp, dp, rows, dP, 1, ldk, Q, ldq, dK, dp, ones);
     gemm_tile(kp, dp, rows, S, 1, ldk, G, ldg, dV, dp, ones);
   }
-  using TK = typename std::remove_reference_t<decltype(kn.dk)>::non_const_value_type;
-  using TV = typename std::remove_reference_t<decltype(kn.dv)>::non_const_value_type;
-  for (int j = 0; j < cols; ++j) {
-    const int pu = kept.position(u0 + j);
-    const float* gk = dK + static_cast<long>(j) * dp;
-    const float* gv = dV + static_cast<long>(j) * dp;
-    for (int c = 0; c < d; ++c) {
-      const float g = br.scale * gk[c];
-      kn.dk(b, pu, h, c) =
-          static_cast<TK>(kn.accumulate ? static_cast<float>(kn.dk(b, pu, h, c)) + g : g);
-      kn.dv(b, pu, h, c) =
-          static_cast<TV>(kn.accumulate ? static_cast<float>(kn.dv(b, pu, h, c)) + gv[c] : gv[c]);
-    }
-  }
+  write_dkdv_rows(kn, kept, b, h, u0, cols, d, dp, br.scale, dK, dV);
 }
 
 }  // namespace dilated::Impl::host_tile

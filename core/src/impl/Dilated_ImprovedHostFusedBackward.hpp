@@ -227,8 +227,6 @@ void fused_task(const Views& kn, const Launch& launch, const FusedTask& task, fl
   const int query_end = round_up(m, R);
   for (long e = long(task.query_begin) * dp; e < long(query_end) * dp; ++e)
     dq_rows[e] = 0;
-  using TK = typename std::remove_reference_t<decltype(kn.dk)>::non_const_value_type;
-  using TV = typename std::remove_reference_t<decltype(kn.dv)>::non_const_value_type;
 
   for (int tile = task.tile_begin; tile < task.tile_end; ++tile) {
     const int u0 = tile * R;
@@ -250,11 +248,7 @@ void fused_task(const Views& kn, const Launch& launch, const FusedTask& task, fl
       long ldq = 0, ldg = 0;
       const float* Q = rows_operand(kn.q, b, h, kept, t0, rows, qr, d, dp, Qc, ldq);
       const float* G = rows_operand(kn.dout, b, h, kept, t0, rows, qr, d, dp, Gc, ldg);
-      for (int i = 0; i < rows; ++i) {
-        const int pt = kept.position(t0 + i);
-        L[i] = static_cast<float>(kn.lse(b, pt, h));
-        D[i] = static_cast<float>(kn.delta(b, pt, h));
-      }
+      row_statistics(kn, kept, b, h, t0, rows, L, D);
       tile_probabilities(br, kept, b, h, t0, u0, rows, cols, qr, kp, dp, Q, ldq, G, ldg, Kt, Vt,
                          ldk, L, D, S, dP);
       // dK += dS^T Q, dV += PZ^T G over the tile's real queries; dQ rows += dS K over the real
@@ -263,18 +257,7 @@ void fused_task(const Views& kn, const Launch& launch, const FusedTask& task, fl
       gemm_tile(kp, dp, rows, S, 1, ldk, G, ldg, dV, dp, ones);
       gemm_tile(qr, dp, cols, dP, ldk, 1, K, ldkr, dq_rows + long(t0) * dp, dp, ones);
     }
-    for (int j = 0; j < cols; ++j) {
-      const int pu = kept.position(u0 + j);
-      const float* gk = dK + static_cast<long>(j) * dp;
-      const float* gv = dV + static_cast<long>(j) * dp;
-      for (int c = 0; c < d; ++c) {
-        const float g = br.scale * gk[c];
-        kn.dk(b, pu, h, c) =
-            static_cast<TK>(kn.accumulate ? static_cast<float>(kn.dk(b, pu, h, c)) + g : g);
-        kn.dv(b, pu, h, c) =
-            static_cast<TV>(kn.accumulate ? static_cast<float>(kn.dv(b, pu, h, c)) + gv[c] : gv[c]);
-      }
-    }
+    write_dkdv_rows(kn, kept, b, h, u0, cols, d, dp, br.scale, dK, dV);
   }
 }
 
