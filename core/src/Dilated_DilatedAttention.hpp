@@ -152,9 +152,7 @@ class DilatedAttention {
       }
       // The host's one-pass backward (improved_backward_branches): tiles and dQ slots.
       if constexpr (Impl::host_tile::enabled_v<ExecSpace, Acc>) {
-        const bool branch_deltas = longnet && options_.detach_branch_weights();
-        if (!branch_deltas && Impl::host_tile::allowed() &&
-            Impl::host_tile::fused_backward_allowed())
+        if (Impl::host_tile::fused_backward_applies(longnet && options_.detach_branch_weights()))
           need(Impl::host_tile::fused_backward_label,
                Impl::host_tile::fused_workspace_bytes(geometry(heads), batch, n, head_dim,
                                                       ExecSpace().concurrency()));

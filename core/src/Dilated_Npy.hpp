@@ -256,26 +256,30 @@ inline std::size_t remaining_bytes(std::istream& in, const std::string& path) {
   return static_cast<std::size_t>(end - here);
 }
 
+// Element i of little-endian float16 / 32 / 64 data (`item_size` 2, 4 or 8 bytes), widened to
+// double (exactly). What Array::to_double and the tool's streaming reader decode with.
+inline double element_to_double(const unsigned char* data, std::size_t item_size, std::size_t i) {
+  if (item_size == 8) {
+    double x;
+    std::memcpy(&x, data + 8 * i, 8);
+    return x;
+  }
+  if (item_size == 4) {
+    float x;
+    std::memcpy(&x, data + 4 * i, 4);
+    return x;
+  }
+  std::uint16_t x;
+  std::memcpy(&x, data + 2 * i, 2);
+  return half_bits_to_float(x);
+}
+
 }  // namespace Impl
 
 inline std::vector<double> Array::to_double() const {
   std::vector<double> values(size());
-  const unsigned char* p = bytes.data();
-  for (std::size_t i = 0; i < values.size(); ++i) {
-    if (dtype == "<f8") {
-      double x;
-      std::memcpy(&x, p + 8 * i, 8);
-      values[i] = x;
-    } else if (dtype == "<f4") {
-      float x;
-      std::memcpy(&x, p + 4 * i, 4);
-      values[i] = x;
-    } else {
-      std::uint16_t x;
-      std::memcpy(&x, p + 2 * i, 2);
-      values[i] = Impl::half_bits_to_float(x);
-    }
-  }
+  for (std::size_t i = 0; i < values.size(); ++i)
+    values[i] = Impl::element_to_double(bytes.data(), item_size(), i);
   return values;
 }
 

@@ -80,21 +80,9 @@ void host_for(const char* label, std::size_t count, const F& f) {
 // dst[i] = the file element i of `dtype` at `src`, in T (through double, as the old path did).
 template <class T>
 void decode(const unsigned char* src, const std::string& dtype, T* dst, std::size_t count) {
-  const int kind = dtype == "<f2" ? 2 : dtype == "<f4" ? 4 : 8;
+  const std::size_t item_size = npy::Header{{}, dtype}.item_size();
   host_for("dilated::tools::decode_npy", count, [=](std::size_t i) {
-    double x;
-    if (kind == 8) {
-      std::memcpy(&x, src + 8 * i, 8);
-    } else if (kind == 4) {
-      float f;
-      std::memcpy(&f, src + 4 * i, 4);
-      x = f;
-    } else {
-      std::uint16_t h;
-      std::memcpy(&h, src + 2 * i, 2);
-      x = npy::Impl::half_bits_to_float(h);
-    }
-    dst[i] = static_cast<T>(x);
+    dst[i] = static_cast<T>(npy::Impl::element_to_double(src, item_size, i));
   });
 }
 

@@ -355,7 +355,7 @@ void improved_backward_branches(const ExecSpace& space, const Geometry& g,
   // branch needs its own D_t first or the environment asks for the two passes.
   using Acc = accumulation_t<typename Q::value_type>;
   if constexpr (host_tile::enabled_v<ExecSpace, Acc>) {
-    if (!branch_deltas && host_tile::allowed() && host_tile::fused_backward_allowed()) {
+    if (host_tile::fused_backward_applies(branch_deltas)) {
       std::vector<TiledLaunch<typename ExecSpace::memory_space, Acc>> launches;
       for (int i = 0; i < g.num_branches(); ++i)
         launches.push_back(tiled_launch<ExecSpace>(g, i, base, q.extent(0)));

@@ -42,7 +42,11 @@ namespace dilated::Impl::host_tile {
 
 // Whether the one-pass backward runs where it applies (float on a host space, no per-branch
 // D_t): yes, unless DILATED_HOST_BACKWARD=two_pass. Read at every call.
-inline bool fused_backward_allowed() {
+// Whether the host float backward takes the one pass: the host tiles allowed, no branch needing
+// its own D_t first (longnet with detached branch weights), and DILATED_HOST_BACKWARD not
+// two_pass. The driver and the scratch plan ask the same question here.
+inline bool fused_backward_applies(bool branch_deltas) {
+  if (branch_deltas || !allowed()) return false;
   const char* choice = std::getenv("DILATED_HOST_BACKWARD");
   return !(choice && std::string(choice) == "two_pass");
 }
