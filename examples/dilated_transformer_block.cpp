@@ -16,6 +16,7 @@
 #include <CLI/CLI.hpp>
 
 #include <cmath>
+#include <cstdint>
 #include <cstdio>
 #include <random>
 #include <string>
@@ -30,6 +31,10 @@ using Vector = Kokkos::View<float*, Kokkos::LayoutRight, Memory>;
 using Flat = Kokkos::View<float*, Memory, Kokkos::MemoryTraits<Kokkos::Unmanaged>>;
 using Tokens = Kokkos::View<float***, Kokkos::LayoutRight, Memory>;
 using Stats = Kokkos::View<float*, Kokkos::LayoutRight, Memory>;
+// Loops over every element of a matrix take a 64-bit index: a RangePolicy's default is the
+// space's size_type, 32-bit unsigned on CUDA, and (b n, 4E) passes 2^32 elements at lengths an
+// H200 holds (the range's end would wrap and the tail go unwritten).
+using Elements = Kokkos::RangePolicy<Space, Kokkos::IndexType<std::int64_t>>;
 
 struct Config {
   std::string algorithm = "improved", semantics = "longnet";
@@ -39,7 +44,7 @@ struct Config {
   bool causal = true;
 };
 
-Matrix random_matrix(const char* label, int rows, int cols, double scale, std::uint64_t seed) {
+Matrix random_matrix(const char* label, long rows, long cols, double scale, std::uint64_t seed) {
   Matrix m(std::string(label), rows, cols);
   auto host = Kokkos::create_mirror_view(m);
   std::mt19937_64 engine(seed);
@@ -69,7 +74,7 @@ KOKKOS_INLINE_FUNCTION float gelu_tanh(float x) {
 
 void gelu_forward(const Matrix& h, const Matrix& g) {
   Kokkos::parallel_for(
-      "dilated::example::gelu", Kokkos::RangePolicy<Space>(0, h.size()), KOKKOS_LAMBDA(long e) {
+      "dilated::example::gelu", Elements(0, h.size()), KOKKOS_LAMBDA(long e) {
         const float x = h.data()[e];
         g.data()[e] = 0.5f * x * (1.0f + gelu_tanh(x));
       });
@@ -77,8 +82,7 @@ void gelu_forward(const Matrix& h, const Matrix& g) {
 
 void gelu_backward(const Matrix& h, const Matrix& dg, const Matrix& dh) {
   Kokkos::parallel_for(
-      "dilated::example::gelu_backward", Kokkos::RangePolicy<Space>(0, h.size()),
-      KOKKOS_LAMBDA(long e) {
+      "dilated::example::gelu_backward", Elements(0, h.size()), KOKKOS_LAMBDA(long e) {
         const float x = h.data()[e], t = gelu_tanh(x);
         const float du = 0.7978845608f * (1.0f + 3.0f * 0.044715f * x * x);
         dh.data()[e] = dg.data()[e] * (0.5f * (1.0f + t) + 0.5f * x * (1.0f - t * t) * du);
@@ -88,7 +92,7 @@ void gelu_backward(const Matrix& h, const Matrix& dg, const Matrix& dh) {
 // y = a + b, elementwise.
 void add(const Matrix& a, const Matrix& b, const Matrix& y) {
   Kokkos::parallel_for(
-      "dilated::example::add", Kokkos::RangePolicy<Space>(0, y.size()),
+      "dilated::example::add", Elements(0, y.size()),
       KOKKOS_LAMBDA(long e) { y.data()[e] = a.data()[e] + b.data()[e]; });
 }
 
@@ -96,7 +100,7 @@ void add(const Matrix& a, const Matrix& b, const Matrix& y) {
 double sgd(const Flat& p, const Flat& g, double lr) {
   double squares = 0;
   Kokkos::parallel_reduce(
-      "dilated::example::sgd", Kokkos::RangePolicy<Space>(0, p.size()),
+      "dilated::example::sgd", Elements(0, p.size()),
       KOKKOS_LAMBDA(long i, double& s) {
         s += double(g(i)) * g(i);
         p(i) -= static_cast<float>(lr) * g(i);
@@ -111,7 +115,7 @@ double mse(const Matrix& y, const Matrix& t, const Matrix& dy) {
   const double n = y.size();
   double sum = 0;
   Kokkos::parallel_reduce(
-      "dilated::example::mse", Kokkos::RangePolicy<Space>(0, y.size()),
+      "dilated::example::mse", Elements(0, y.size()),
       KOKKOS_LAMBDA(long e, double& s) {
         const float r = y.data()[e] - t.data()[e];
         s += 0.5 * double(r) * r;

@@ -13,6 +13,7 @@
 #define DILATED_CHECK_FINITE_HPP
 
 #include <Dilated_Compat.hpp>
+#include <impl/Dilated_IndexRange.hpp>
 #include <impl/Dilated_Numeric.hpp>
 
 #include <array>
@@ -82,8 +83,7 @@ void check_finite(const ExecSpace& space, const char* fn, const char* name, cons
   constexpr std::int64_t none = std::numeric_limits<std::int64_t>::max();
   std::int64_t first = none;
   Kokkos::parallel_reduce(
-      "dilated::check_finite",
-      Kokkos::RangePolicy<ExecSpace, Kokkos::IndexType<std::int64_t>>(space, 0, size),
+      "dilated::check_finite", index_range(space, 0, size),
       KOKKOS_LAMBDA(const std::int64_t flat, std::int64_t& found) {
         std::int64_t r = flat;
         const std::int64_t d = r % n3;

@@ -3,6 +3,8 @@
 #ifndef DILATED_COMPAT_HPP
 #define DILATED_COMPAT_HPP
 
+#include <impl/Dilated_IndexRange.hpp>
+
 #include <Kokkos_Core.hpp>
 
 #include <string>
@@ -64,10 +66,7 @@ void fill(const ExecSpace& space, const View& view,
     const View v = view;
     // A 64-bit index (the default, the space's size_type, is 32-bit unsigned on CUDA).
     Kokkos::parallel_for(
-        "dilated::fill",
-        Kokkos::RangePolicy<ExecSpace, Kokkos::IndexType<long>>(space, 0,
-                                                                static_cast<long>(v.size())),
-        KOKKOS_LAMBDA(long e) {
+        "dilated::fill", index_range(space, 0, v.size()), KOKKOS_LAMBDA(long e) {
           long i[4] = {0, 0, 0, 0};
           for (int r = rank - 1; r >= 0; --r) {
             i[r] = e % static_cast<long>(v.extent(r));

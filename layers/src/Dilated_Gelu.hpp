@@ -23,6 +23,7 @@
 #include <Dilated_Gemm.hpp>
 #include <impl/Dilated_Error.hpp>
 #include <impl/Dilated_HostMath.hpp>
+#include <impl/Dilated_IndexRange.hpp>
 #include <impl/Dilated_RowPieces.hpp>
 
 #include <Kokkos_Core.hpp>
@@ -166,9 +167,9 @@ void gelu_forward_flat(const ExecSpace& space, const T* hp, T* gp, long size,
   using P = Pack<T, W>;
   const P* in = reinterpret_cast<const P*>(hp);
   P* out = reinterpret_cast<P*>(gp);
+  // A 64-bit index: (n, 4E) is past 2^32 elements at the lengths the models train on.
   Kokkos::parallel_for(
-      "dilated::gelu::forward", Kokkos::RangePolicy<ExecSpace>(space, 0, size / W),
-      KOKKOS_LAMBDA(long p) {
+      "dilated::gelu::forward", index_range(space, 0, size / W), KOKKOS_LAMBDA(long p) {
         const P v = in[p];
         P o;
         for (int w = 0; w < W; ++w)
@@ -186,8 +187,7 @@ void gelu_backward_flat(const ExecSpace& space, const T* hp, const T* dgp, T* dh
   const P* dg = reinterpret_cast<const P*>(dgp);
   P* dh = reinterpret_cast<P*>(dhp);
   Kokkos::parallel_for(
-      "dilated::gelu::backward", Kokkos::RangePolicy<ExecSpace>(space, 0, size / W),
-      KOKKOS_LAMBDA(long p) {
+      "dilated::gelu::backward", index_range(space, 0, size / W), KOKKOS_LAMBDA(long p) {
         const P x = h[p], d = dg[p];
         P o;
         for (int w = 0; w < W; ++w)

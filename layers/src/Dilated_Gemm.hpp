@@ -15,6 +15,7 @@
 #include <Dilated_Compat.hpp>
 #include <Dilated_Config.hpp>
 #include <impl/Dilated_Error.hpp>
+#include <impl/Dilated_IndexRange.hpp>
 
 #if defined(KOKKOS_ENABLE_CUDA)
 #include <impl/Dilated_CublasGemm.hpp>
@@ -177,8 +178,8 @@ void gemm_team_kernel(const ExecSpace& space, Op op_a, Op op_b, double alpha, co
   using T = typename CV::non_const_value_type;
   using Acc = gemm_accumulation_t<T>;
   if (k == 0) {
-    Kokkos::parallel_for("dilated::gemm::scale_c",
-                         Kokkos::RangePolicy<ExecSpace>(space, 0, c.size()),
+    // A 64-bit index: C may be an (n, 4E) activation, past 2^32 elements.
+    Kokkos::parallel_for("dilated::gemm::scale_c", index_range(space, 0, c.size()),
                          GemmScaleC<CV>{c, static_cast<Acc>(beta)});
     return;
   }

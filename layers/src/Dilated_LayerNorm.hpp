@@ -15,19 +15,28 @@
 
 #include <Kokkos_Core.hpp>
 
+#include <limits>
+#include <stdexcept>
+#include <string>
 #include <type_traits>
 
 namespace dilated::Impl {
 
 // How a kernel over the rows of a matrix spreads: one row per team thread, its columns over the
-// vector lanes (a warp per row and 4 rows a team on CUDA; one row a team on the host).
+// vector lanes (a warp per row and 4 rows a team on CUDA; one row a team on the host). The
+// league is an int (Kokkos' TeamPolicy): rows past 2^31 teams throw std::length_error rather
+// than wrap (never at the sizes the layers meet: a row is a token). Inside, rows and offsets
+// are long.
 template <class ExecSpace>
 struct MatrixRowLaunch {
   static constexpr int lanes = is_cuda_v<ExecSpace> ? 32 : 1;
   static constexpr int rows_per_team = is_cuda_v<ExecSpace> ? 4 : 1;
   static Kokkos::TeamPolicy<ExecSpace> policy(const ExecSpace& space, long rows) {
-    return Kokkos::TeamPolicy<ExecSpace>(
-        space, static_cast<int>((rows + rows_per_team - 1) / rows_per_team), rows_per_team, lanes);
+    const long league = (rows + rows_per_team - 1) / rows_per_team;
+    if (league > static_cast<long>(std::numeric_limits<int>::max()))
+      throw std::length_error("dilated::Impl::MatrixRowLaunch: " + std::to_string(rows) +
+                              " rows exceed one launch");
+    return Kokkos::TeamPolicy<ExecSpace>(space, static_cast<int>(league), rows_per_team, lanes);
   }
 };
 

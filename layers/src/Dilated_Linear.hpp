@@ -21,7 +21,9 @@ namespace dilated::Impl {
 
 // y(i, j) = bias(j) for every row i (the bias where no product epilogue adds it): rows over
 // threads, columns innermost, so that host loops vectorize and device threads write
-// consecutive columns.
+// consecutive columns. The MDRangePolicy's default index (32-bit unsigned on CUDA) holds each
+// dimension, not their product: Kokkos iterates the dimensions apart, and its tile count
+// ((rows / 2) x (cols / 16) on CUDA) wraps only past 2^37 elements, so (n, 4E) past 2^32 is safe.
 template <class ExecSpace, class Bias, class Y>
 void broadcast_rows(const ExecSpace& space, const char* label, const Bias& bias, const Y& y) {
   using Policy =
@@ -99,6 +101,8 @@ void column_sum_tree(const ExecSpace& space, const char* label, long rows, long 
                next = (count + column_sum_fan_in - 1) / column_sum_fan_in;
     const bool last = l + 1 == levels.size();
     const long from = offset;
+    // The default index suffices: next x K x cols <= 16 x K x cols (column_sum_max_chunks first
+    // partials), far below 2^32 whatever the row count.
     Kokkos::parallel_for(
         label, Kokkos::RangePolicy<ExecSpace>(space, 0, next * K * cols), KOKKOS_LAMBDA(long e) {
           const long g = e / (K * cols), w = e % (K * cols);
@@ -157,6 +161,7 @@ void column_sums(const ExecSpace& space, const char* label, long rows, long cols
     }
   }
   if (is_cuda_v<ExecSpace> || direct) {
+    // first x cols <= column_sum_max_chunks x cols: the default index suffices.
     Kokkos::parallel_for(
         label, Kokkos::RangePolicy<ExecSpace>(space, 0, first * cols), KOKKOS_LAMBDA(long e) {
           const long c = e / cols, j = e % cols,

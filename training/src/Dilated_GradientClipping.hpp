@@ -13,6 +13,7 @@
 #include <Dilated_Compat.hpp>
 #include <Dilated_DeviceMemory.hpp>
 #include <Dilated_ParameterGradients.hpp>
+#include <impl/Dilated_IndexRange.hpp>
 #include <impl/Dilated_OptimizerState.hpp>
 
 #include <Kokkos_Core.hpp>
@@ -234,9 +235,10 @@ double clip_grad_norm(const ExecSpace& space, const ParameterGradients<T, Memory
     const Acc coefficient = static_cast<Acc>(max_norm / (static_cast<double>(norm) + 1e-6));
     for (const auto& tensor : tensors) {
       const auto g = tensor.gradient;
+      // A 64-bit index, as AdamW's: a tensor may be one flat buffer past 2^32 values.
       Kokkos::parallel_for(
           "dilated::training::clip_grad_norm::scale",
-          Kokkos::RangePolicy<ExecSpace>(space, 0, static_cast<long>(g.extent(0))),
+          dilated::Impl::index_range(space, 0, g.extent(0)),
           KOKKOS_LAMBDA(long i) { g(i) = static_cast<T>(static_cast<Acc>(g(i)) * coefficient); });
     }
   }

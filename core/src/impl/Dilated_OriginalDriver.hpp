@@ -8,6 +8,7 @@
 #include <Dilated_Options.hpp>
 #include <impl/Dilated_ScratchPool.hpp>
 #include <impl/Dilated_BranchPlan.hpp>
+#include <impl/Dilated_IndexRange.hpp>
 #include <impl/Dilated_OriginalKernels.hpp>
 
 #include <Kokkos_Core.hpp>
@@ -167,10 +168,7 @@ void convert_rows(const ExecSpace& space, const char* label, const Src& src, con
   } else {
     // A 64-bit index: a RangePolicy's default is the space's size_type, 32-bit unsigned on CUDA,
     // and (1, 8Mi, 12, 64) is 2^32.6 elements: the range's end would wrap and rows go unwritten.
-    Kokkos::parallel_for(
-        label,
-        Kokkos::RangePolicy<ExecSpace, Kokkos::IndexType<std::int64_t>>(space, 0, dst.size()),
-        ConvertRows<Src, Dst>{src, dst});
+    Kokkos::parallel_for(label, index_range(space, 0, dst.size()), ConvertRows<Src, Dst>{src, dst});
   }
 }
 

@@ -10,6 +10,7 @@
 #include <Dilated_Compat.hpp>
 #include <Dilated_Gemm.hpp>
 #include <Dilated_LayerNorm.hpp>
+#include <impl/Dilated_IndexRange.hpp>
 #include <impl/Dilated_RowPieces.hpp>
 
 #include <Kokkos_Core.hpp>
@@ -86,8 +87,10 @@ template <class ExecSpace, class Ids, class Rank, class Table, class Order>
 void embedding_list_positions(const ExecSpace& space, const Ids& ids, long chunk, long chunks,
                               long vocab, const Rank& rank, const Table& table,
                               const Order& order) {
+  // A 64-bit index: the table is vocab x tokens / 1024 counts (past 2^32 at 88 M tokens of
+  // GPT-2's vocabulary).
   Kokkos::parallel_scan(
-      "dilated::embedding::offsets", Kokkos::RangePolicy<ExecSpace>(space, 0, vocab * chunks),
+      "dilated::embedding::offsets", index_range(space, 0, vocab * chunks),
       KOKKOS_LAMBDA(long e, int& update, bool final) {
         const long v = e / chunks, c = e % chunks;
         const int count = table(c, v);

@@ -15,6 +15,7 @@
 #include <Dilated_DeviceMemory.hpp>
 #include <Dilated_MemoryPlan.hpp>
 #include <Dilated_ParameterGradients.hpp>
+#include <impl/Dilated_IndexRange.hpp>
 #include <impl/Dilated_OptimizerState.hpp>
 
 #include <Kokkos_Core.hpp>
@@ -191,9 +192,10 @@ void adamw_tensor_step(const ExecSpace& space, const char* label,
   const auto param = tensor.parameter;
   const auto grad = tensor.gradient;
   const auto exp_avg = state.exp_avg, exp_avg_sq = state.exp_avg_sq, master = state.master;
+  // A 64-bit index: the optimizer steps whatever tensors it is handed, one flat buffer of every
+  // parameter too, and past 2^32 values the default index on CUDA would wrap.
   Kokkos::parallel_for(
-      label, Kokkos::RangePolicy<ExecSpace>(space, 0, static_cast<long>(param.extent(0))),
-      KOKKOS_LAMBDA(long i) {
+      label, dilated::Impl::index_range(space, 0, param.extent(0)), KOKKOS_LAMBDA(long i) {
         const Acc g = static_cast<Acc>(grad(i)) * s.grad_scale;
         Acc p;
         if (master_weights) {
