@@ -8,8 +8,22 @@
 
 set(DILATED_TEST_HARNESS_DIR ${CMAKE_CURRENT_LIST_DIR}/../unit_tests/harness)
 
+# The Catch2 main with Kokkos' ScopeGuard, compiled once a build and linked into every test
+# executable: it includes Kokkos_Core.hpp, which costs a CUDA build one to two minutes a compile.
+function(_dilated_test_main)
+  if(TARGET dilated_test_main)
+    return()
+  endif()
+  add_library(dilated_test_main OBJECT ${DILATED_TEST_HARNESS_DIR}/unit_test_main.cpp)
+  target_link_libraries(dilated_test_main PRIVATE DilatedAttention::dilated_attention
+                                                  Catch2::Catch2)
+  dilated_kokkos_sources(dilated_test_main)
+endfunction()
+
 function(_dilated_add_test_executable target)
-  add_executable(${target} ${ARGN} ${DILATED_TEST_HARNESS_DIR}/unit_test_main.cpp)
+  _dilated_test_main()
+  add_executable(${target} ${ARGN})
+  target_link_libraries(${target} PRIVATE dilated_test_main)
   target_include_directories(${target} PRIVATE ${DILATED_TEST_HARNESS_DIR}
                                                ${CMAKE_CURRENT_SOURCE_DIR})
   target_link_libraries(${target} PRIVATE DilatedAttention::dilated_attention Catch2::Catch2
