@@ -362,7 +362,7 @@ setup_cuda() {
         -DKokkosKernels_INST_OFFSET_SIZE_T=OFF \
         -DKokkosKernels_ENABLE_TESTS=OFF -DKokkosKernels_ENABLE_EXAMPLES=OFF \
         >"$build.kk.log" 2>&1 || die "Kokkos Kernels configure failed, see $build.kk.log"
-      say "building Kokkos Kernels ($jobs jobs)"
+      say "building Kokkos Kernels ($jobs jobs; 152 instantiation files through nvcc: 49 minutes on 2 cores shared with another build, once)"
       cmake --build "$build/kokkos-kernels" -j "$jobs" >>"$build.kk.log" 2>&1 ||
         die "Kokkos Kernels build failed, see $build.kk.log"
       cmake --install "$build/kokkos-kernels" >>"$build.kk.log" 2>&1 ||

@@ -14,6 +14,12 @@ cp "$build"/unit_tests/dilated_* "$build"/examples/dilated_check "$build"/exampl
 cp scripts/sweep.sh gpu-carry/
 strip gpu-carry/bin/dilated*
 cp /usr/lib/x86_64-linux-gnu/libbenchmark.so.1debian gpu-carry/bin/lib/
+# With Kokkos Kernels the programs that multiply on the host link OpenBLAS (and its Fortran
+# runtime), which a bare GPU machine may lack: carry the files they resolve to here (cp -L: the
+# library behind Debian's alternatives link).
+ldd gpu-carry/bin/dilated* 2>/dev/null |
+  awk '$1 ~ /^lib(openblas|gfortran|quadmath)\.so/ && $3 ~ /^\// { print $3 }' | sort -u |
+  while read -r lib; do cp -L "$lib" gpu-carry/bin/lib/; done
 tar cJf gpu-carry/bin.tar.xz -C gpu-carry bin && rm -rf gpu-carry/bin
 cp -r ../shared/golden gpu-carry/golden
 du -sh gpu-carry

@@ -1,5 +1,6 @@
 // dilated::Impl::gemm (cuBLAS, Kokkos Kernels or the team kernel, whichever this backend has) and
-// the team kernel itself, on every backend and storage type, against plain loops in double.
+// the team kernel itself, on every backend and storage type, against plain loops in double; which
+// of them ran, through Kokkos Tools.
 #include <Dilated_Allclose.hpp>
 #include <Dilated_AttentionTestUtils.hpp>
 #include <Dilated_FeedForward.hpp>
@@ -11,9 +12,12 @@
 #include <catch2/matchers/catch_matchers_string.hpp>
 
 #include <cmath>
+#include <cstdint>
 #include <limits>
 #include <random>
 #include <string>
+#include <utility>
+#include <vector>
 
 namespace {
 
@@ -127,6 +131,125 @@ TEST_CASE("gemm: K = 0 scales C, and mismatched extents throw", "[gemm]" TEST_CA
                       ContainsSubstring("op(A) has 5 columns but op(B) has 6 rows"));
   REQUIRE_THROWS_WITH(dilated::Impl::gemm(ExecSpace(), Op::T, Op::N, 1.0, a2, b2, 0.0, c),
                       ContainsSubstring("op(A) has 5 rows but C has 3"));
+}
+
+namespace {
+
+// What gemm() must run, written out here rather than read from the library: Kokkos Kernels for
+// float and double where it is linked (on CUDA where it has its cuBLAS TPL, which the CUDA build of
+// scripts/setup.sh has), cuBLAS for everything else on CUDA, the team kernel for the rest on the
+// host. With `tf32` (float on CUDA) and with rows that are not dense, Kokkos Kernels is passed
+// over: cuBLAS on CUDA, the team kernel on the host.
+template <class T>
+std::string expected_gemm_backend(bool dense, bool tf32) {
+  constexpr bool blas_type = std::is_same_v<T, float> || std::is_same_v<T, double>;
+  bool cuda = false, kokkos_kernels = DILATED_HAVE_KOKKOSKERNELS;
+#if defined(KOKKOS_ENABLE_CUDA)
+  cuda = std::is_same_v<ExecSpace, Kokkos::Cuda>;
+#if !defined(KOKKOSKERNELS_ENABLE_TPL_CUBLAS)
+  if (cuda) kokkos_kernels = false;
+#endif
+#endif
+  const bool passed_over = !dense || (cuda && tf32 && std::is_same_v<T, float>);
+  if (blas_type && kokkos_kernels && !passed_over) return "KokkosBlas";
+  return cuda ? "cuBLAS" : "team kernel";
+}
+
+// The Kokkos regions and kernels of one call, seen through Kokkos Tools.
+struct GemmTrace {
+  static inline bool recording = false;
+  static inline std::vector<std::string> regions, kernels;
+  static void on_push_region(const char* name) {
+    if (recording) regions.emplace_back(name);
+  }
+  static void on_begin_parallel_for(const char* name, std::uint32_t, std::uint64_t*) {
+    if (recording) kernels.emplace_back(name);
+  }
+  static bool any_starts_with(const std::vector<std::string>& names, const std::string& prefix) {
+    for (const auto& n : names)
+      if (n.rfind(prefix, 0) == 0) return true;
+    return false;
+  }
+};
+
+// Which implementation ran `call`, from what it left in Kokkos Tools: Kokkos Kernels pushes a
+// "KokkosBlas::gemm[...]" region (on CUDA "[TPL_CUBLAS,...]" when it hands the product to cuBLAS;
+// its own kernel would say otherwise), the team kernel launches "dilated::gemm::team_kernel", and
+// a direct cuBLAS call shows neither (no Kokkos kernel at all).
+template <class Call>
+std::string observed_gemm_backend(const Call& call) {
+  ExecSpace().fence();
+  GemmTrace::regions.clear();
+  GemmTrace::kernels.clear();
+  Kokkos::Tools::Experimental::set_push_region_callback(&GemmTrace::on_push_region);
+  Kokkos::Tools::Experimental::set_begin_parallel_for_callback(&GemmTrace::on_begin_parallel_for);
+  GemmTrace::recording = true;
+  call();
+  ExecSpace().fence();
+  GemmTrace::recording = false;
+  Kokkos::Tools::Experimental::set_push_region_callback(nullptr);
+  Kokkos::Tools::Experimental::set_begin_parallel_for_callback(nullptr);
+  const bool kokkos_blas = GemmTrace::any_starts_with(GemmTrace::regions, "KokkosBlas::gemm");
+  const bool team = GemmTrace::any_starts_with(GemmTrace::kernels, "dilated::gemm::team_kernel");
+  if (kokkos_blas && !team) {
+    bool cuda = false;
+#if defined(KOKKOS_ENABLE_CUDA)
+    cuda = std::is_same_v<ExecSpace, Kokkos::Cuda>;
+#endif
+    if (cuda && !GemmTrace::any_starts_with(GemmTrace::regions, "KokkosBlas::gemm[TPL_CUBLAS,"))
+      return "KokkosBlas without cuBLAS";
+    return "KokkosBlas";
+  }
+  if (team && !kokkos_blas) return "team kernel";
+  if (!team && !kokkos_blas && GemmTrace::kernels.empty()) return "cuBLAS";
+  return "unclear";
+}
+
+}  // namespace
+
+TEMPLATE_LIST_TEST_CASE("gemm runs the implementation gemm_backend names", "[gemm]" TEST_CATEGORY,
+                        dilated::testing::StorageTypes) {
+  // Issue 18: on CUDA, float and double go through Kokkos Kernels (to cuBLAS, on the caller's
+  // stream), half and bf16 to cuBLAS directly; on the host Kokkos Kernels (the BLAS) or the team
+  // kernel. Seen from what ran, not only from the name.
+  using T = TestType;
+  CHECK(std::string(dilated::Impl::gemm_backend<ExecSpace, T>()) ==
+        expected_gemm_backend<T>(true, false));
+  // 40 x 48 x 32: dense rows, no one-column or small-product shortcut inside Kokkos Kernels.
+  const auto a = random_matrix<T>(40, 32, 90).first;
+  const auto b = random_matrix<T>(32, 48, 91).first;
+  const auto [wide, wide_h] = random_matrix<T>(40, 64, 92);
+  const Matrix<T> c("c", 40, 48);
+  // The same product on a column slice of `wide` (row stride 64, 48 columns): rows not dense.
+  const auto strided = Kokkos::subview(wide, Kokkos::ALL, std::pair<int, int>(0, 48));
+  static_assert(std::is_same_v<typename decltype(strided)::array_layout, Kokkos::LayoutRight>);
+  REQUIRE(strided.stride(0) == 64);
+  dilated::Impl::GemmOptions tf32;
+  tf32.use_tf32 = true;
+  CHECK(observed_gemm_backend([&] {
+          dilated::Impl::gemm(ExecSpace(), Op::N, Op::N, 1.0, a, b, 0.0, c);
+        }) == expected_gemm_backend<T>(true, false));
+  CHECK(observed_gemm_backend([&] {
+          dilated::Impl::gemm(ExecSpace(), Op::N, Op::N, 1.0, a, b, 0.0, c, tf32);
+        }) == expected_gemm_backend<T>(true, true));
+  CHECK(observed_gemm_backend([&] {
+          dilated::Impl::gemm(ExecSpace(), Op::N, Op::N, 1.0, a, b, 0.0, strided);
+        }) == expected_gemm_backend<T>(false, false));
+  // The strided product is right and left the other columns alone.
+  const Host2 ah = as_host(a), bh = as_host(b), zero("zero", 40, 48);
+  const auto expected = expected_product(Op::N, Op::N, 1.0, ah, bh, 0.0, zero);
+  const auto got = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), wide);
+  Host2 got_slice("got_slice", 40, 48);
+  long untouched = 0;
+  for (int i = 0; i < 40; ++i) {
+    for (int j = 0; j < 48; ++j)
+      got_slice(i, j) = dilated::Impl::to_double(got(i, j));
+    for (int j = 48; j < 64; ++j)
+      untouched += dilated::Impl::to_double(got(i, j)) == wide_h(i, j);
+  }
+  const double tol = gemm_tolerance<T>() * std::sqrt(32.0);
+  DILATED_CHECK_ALLCLOSE(got_slice, expected, tol, tol);
+  CHECK(untouched == 40 * 16);
 }
 
 namespace {

@@ -1,13 +1,18 @@
 // The one matrix product the layers use: C = alpha op(A) op(B) + beta C on row-major (LayoutRight)
 // rank-2 Views, on an execution space instance. Three implementations behind it:
-//   - cuBLAS (cublasGemmEx) on Kokkos::Cuda for every storage type: fp32 compute for float, half
-//     and bf16 (TF32 tensor cores for float when GemmOptions::use_tf32), fp64 for double; on the
-//     instance's stream;
-//   - KokkosBlas::gemm on the host backends for float and double when Kokkos Kernels is linked
-//     (DILATED_HAVE_KOKKOSKERNELS; it calls the BLAS Kokkos Kernels was built with, e.g. OpenBLAS)
-//     and the rows of A, B and C are dense (row stride == columns);
+//   - KokkosBlas::gemm for float and double when Kokkos Kernels is linked
+//     (DILATED_HAVE_KOKKOSKERNELS) and the rows of A, B and C are dense (row stride == columns):
+//     on the host it calls the BLAS Kokkos Kernels was built with (OpenBLAS), on Kokkos::Cuda its
+//     cuBLAS TPL (cublasSgemm / cublasDgemm; only when Kokkos Kernels has that TPL and its gemm
+//     takes the instance, >= 4.1), so both builds multiply through the design's numerics library;
+//   - cuBLAS (cublasGemmEx) on Kokkos::Cuda where Kokkos Kernels does not serve: half and bf16
+//     (its gemm has no cuBLAS path for them and its own kernel accumulates in the storage type,
+//     not fp32), float with GemmOptions::use_tf32 (its gemm has no TF32 setting), rows that are
+//     not dense (its one-column shortcut reads B and C as contiguous), and builds without it;
+//     fp32 compute for float, half and bf16, fp64 for double; on the instance's stream;
 //   - a Kokkos team kernel (32 x 32 tiles of C through team scratch, accumulation in float, or
 //     double for double) everywhere else. gemm_team_kernel() calls it directly (tests).
+// gemm_implementation() names the choice for dense rows without TF32 (the layers' usual call).
 // With beta == 0, C is not read (it may hold anything, NaN included).
 #ifndef DILATED_GEMM_HPP
 #define DILATED_GEMM_HPP
@@ -23,6 +28,7 @@
 #endif
 #if DILATED_HAVE_KOKKOSKERNELS
 #include <KokkosBlas3_gemm.hpp>
+#include <KokkosKernels_config.h>
 #endif
 
 #include <Kokkos_Core.hpp>
@@ -48,14 +54,53 @@ template <class ExecSpace>
 inline constexpr bool is_cuda_v = false;
 #endif
 
-// Which implementation gemm() runs for (ExecSpace, T): "cuBLAS", "KokkosBlas" or "team kernel".
+// KokkosBlas::gemm takes the caller's execution space instance from Kokkos Kernels 4.1 on
+// (KOKKOSKERNELS_VERSION exists from 3.7); 3.4.01, the host build's, takes none.
+#if DILATED_HAVE_KOKKOSKERNELS && defined(KOKKOSKERNELS_VERSION)
+#if KOKKOSKERNELS_VERSION >= 40100
+#define DILATED_KOKKOSBLAS_GEMM_ON_INSTANCE 1
+#endif
+#endif
+#if !defined(DILATED_KOKKOSBLAS_GEMM_ON_INSTANCE)
+#define DILATED_KOKKOSBLAS_GEMM_ON_INSTANCE 0
+#endif
+// On Kokkos::Cuda the product goes to Kokkos Kernels only where it reaches cuBLAS (its TPL) on the
+// caller's stream: without the TPL its own kernel would run, without the instance it would need
+// a device-wide fence on either side.
+#if defined(KOKKOS_ENABLE_CUDA) && DILATED_HAVE_KOKKOSKERNELS && \
+    defined(KOKKOSKERNELS_ENABLE_TPL_CUBLAS) && DILATED_KOKKOSBLAS_GEMM_ON_INSTANCE
+#define DILATED_KOKKOSBLAS_ON_CUDA 1
+#else
+#define DILATED_KOKKOSBLAS_ON_CUDA 0
+#endif
+
+enum class GemmImplementation { kokkos_blas, cublas, team_kernel };
+
+// Which implementation gemm() runs for (ExecSpace, T) on dense rows without TF32 (the file
+// comment says where it deviates).
+template <class ExecSpace, class T>
+constexpr GemmImplementation gemm_implementation() {
+  constexpr bool blas_type = std::is_same_v<T, float> || std::is_same_v<T, double>;
+  if constexpr (is_cuda_v<ExecSpace>) {
+    return blas_type && DILATED_KOKKOSBLAS_ON_CUDA ? GemmImplementation::kokkos_blas
+                                                   : GemmImplementation::cublas;
+  } else {
+    return blas_type && DILATED_HAVE_KOKKOSKERNELS ? GemmImplementation::kokkos_blas
+                                                   : GemmImplementation::team_kernel;
+  }
+}
+
+// Its name: "KokkosBlas", "cuBLAS" or "team kernel".
 template <class ExecSpace, class T>
 constexpr const char* gemm_backend() {
-  if constexpr (is_cuda_v<ExecSpace>) return "cuBLAS";
-#if DILATED_HAVE_KOKKOSKERNELS
-  if constexpr (std::is_same_v<T, float> || std::is_same_v<T, double>) return "KokkosBlas";
-#endif
-  return "team kernel";
+  switch (gemm_implementation<ExecSpace, T>()) {
+    case GemmImplementation::kokkos_blas:
+      return "KokkosBlas";
+    case GemmImplementation::cublas:
+      return "cuBLAS";
+    default:
+      return "team kernel";
+  }
 }
 
 template <class T>
@@ -194,8 +239,80 @@ void gemm_team_kernel(const ExecSpace& space, Op op_a, Op op_b, double alpha, co
   Kokkos::parallel_for("dilated::gemm::team_kernel", policy, kernel);
 }
 
-// C = alpha op(A) op(B) + beta C (see the file comment). Returns before the product is done
-// (CUDA: enqueued on space's stream; KokkosBlas: fenced, as it runs on the default instance).
+#if DILATED_HAVE_KOKKOSKERNELS
+// KokkosBlas::gemm on rows the caller found dense, through Views of the types Kokkos Kernels
+// instantiates (unmanaged, LayoutRight, Device<ExecSpace, memory space>) over the same data.
+template <class ExecSpace, class AV, class BV, class CV>
+void kokkos_blas_gemm(const ExecSpace& space, Op op_a, Op op_b, double alpha, const AV& a,
+                      const BV& b, double beta, const CV& c) {
+  using T = typename CV::non_const_value_type;
+  using Device = Kokkos::Device<ExecSpace, typename CV::memory_space>;
+  using Unmanaged = Kokkos::MemoryTraits<Kokkos::Unmanaged>;
+  const Kokkos::View<const T**, Kokkos::LayoutRight, Device, Unmanaged> ka(a.data(), a.extent(0),
+                                                                           a.extent(1));
+  const Kokkos::View<const T**, Kokkos::LayoutRight, Device, Unmanaged> kb(b.data(), b.extent(0),
+                                                                           b.extent(1));
+  const Kokkos::View<T**, Kokkos::LayoutRight, Device, Unmanaged> kc(c.data(), c.extent(0),
+                                                                     c.extent(1));
+  const char* const ta = op_a == Op::T ? "T" : "N";
+  const char* const tb = op_b == Op::T ? "T" : "N";
+#if DILATED_KOKKOSBLAS_GEMM_ON_INSTANCE
+  // On the caller's instance, so no fence on either side: on CUDA Kokkos Kernels hands cuBLAS
+  // space's stream (and runs its own small-product kernel on space); on the host the BLAS runs in
+  // this thread, after the instance's earlier work (Serial and OpenMP dispatch synchronously).
+#if defined(KOKKOS_ENABLE_CUDA)
+  if constexpr (is_cuda_v<ExecSpace>) {
+    const FloatingPointShield shield;  // cuBLAS's host code, as in the direct calls
+    KokkosBlas::gemm(space, ta, tb, static_cast<T>(alpha), ka, kb, static_cast<T>(beta), kc);
+    return;
+  }
+#endif
+  KokkosBlas::gemm(space, ta, tb, static_cast<T>(alpha), ka, kb, static_cast<T>(beta), kc);
+#else
+  // Kokkos Kernels < 4.1 (the host build's 3.4.01) takes no instance and runs on the default
+  // one (its own kernel where the BLAS does not serve): order it after and before the caller's
+  // work.
+  fence(space, "dilated::Impl::gemm: before KokkosBlas::gemm");
+  KokkosBlas::gemm(ta, tb, static_cast<T>(alpha), ka, kb, static_cast<T>(beta), kc);
+  Kokkos::fence();
+#endif
+}
+#endif
+
+#if defined(KOKKOS_ENABLE_CUDA)
+// cublasGemmEx on space's stream (any storage type; fp32 compute, TF32 when asked, fp64 for
+// double), row strides as leading dimensions.
+template <class AV, class BV, class CV>
+void cublas_gemm(const Kokkos::Cuda& space, Op op_a, Op op_b, double alpha, const AV& a,
+                 const BV& b, double beta, const CV& c, const GemmOptions& options) {
+  using T = typename CV::non_const_value_type;
+  const int m = c.extent(0), n = c.extent(1);
+  const int k = op_a == Op::N ? a.extent(1) : a.extent(0);
+  // Row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T: swap the operands.
+  using Compute = std::conditional_t<std::is_same_v<T, double>, double, float>;
+  const Compute alpha_c = static_cast<Compute>(alpha), beta_c = static_cast<Compute>(beta);
+  cublasComputeType_t compute = CUBLAS_COMPUTE_32F;
+  if constexpr (std::is_same_v<T, double>) compute = CUBLAS_COMPUTE_64F;
+  if constexpr (std::is_same_v<T, float>) {
+    if (options.use_tf32) compute = CUBLAS_COMPUTE_32F_FAST_TF32;
+  }
+  const long lda = a.stride(0) > 0 ? a.stride(0) : 1, ldb = b.stride(0) > 0 ? b.stride(0) : 1,
+             ldc = c.stride(0) > 0 ? c.stride(0) : 1;
+  const FloatingPointShield shield;
+  cublasHandle_t handle = cublas_handle();
+  cublas_check(cublasSetStream(handle, space.cuda_stream()), "cublasSetStream");
+  cublas_check(
+      cublasGemmEx(handle, op_b == Op::T ? CUBLAS_OP_T : CUBLAS_OP_N,
+                   op_a == Op::T ? CUBLAS_OP_T : CUBLAS_OP_N, n, m, k, &alpha_c, b.data(),
+                   cuda_data_type<T>(), static_cast<int>(ldb), a.data(), cuda_data_type<T>(),
+                   static_cast<int>(lda), &beta_c, c.data(), cuda_data_type<T>(),
+                   static_cast<int>(ldc), compute, CUBLAS_GEMM_DEFAULT),
+      "cublasGemmEx");
+}
+#endif
+
+// C = alpha op(A) op(B) + beta C (see the file comment). Returns before the product is done on
+// CUDA (enqueued on space's stream, through Kokkos Kernels or cuBLAS); on the host after it.
 template <class ExecSpace, class AV, class BV, class CV>
 void gemm(const ExecSpace& space, Op op_a, Op op_b, double alpha, const AV& a, const BV& b,
           double beta, const CV& c, const GemmOptions& options = {}) {
@@ -209,53 +326,22 @@ void gemm(const ExecSpace& space, Op op_a, Op op_b, double alpha, const AV& a, c
     return;
   }
   (void)options;
-#if defined(KOKKOS_ENABLE_CUDA)
-  if constexpr (is_cuda_v<ExecSpace>) {
-    using T = typename CV::non_const_value_type;
-    // Row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T: swap the operands.
-    using Compute = std::conditional_t<std::is_same_v<T, double>, double, float>;
-    const Compute alpha_c = static_cast<Compute>(alpha), beta_c = static_cast<Compute>(beta);
-    cublasComputeType_t compute = CUBLAS_COMPUTE_32F;
-    if constexpr (std::is_same_v<T, double>) compute = CUBLAS_COMPUTE_64F;
-    if constexpr (std::is_same_v<T, float>) {
-      if (options.use_tf32) compute = CUBLAS_COMPUTE_32F_FAST_TF32;
-    }
-    const long lda = a.stride(0) > 0 ? a.stride(0) : 1, ldb = b.stride(0) > 0 ? b.stride(0) : 1,
-               ldc = c.stride(0) > 0 ? c.stride(0) : 1;
-    const FloatingPointShield shield;
-    cublasHandle_t handle = cublas_handle();
-    cublas_check(cublasSetStream(handle, space.cuda_stream()), "cublasSetStream");
-    cublas_check(
-        cublasGemmEx(handle, op_b == Op::T ? CUBLAS_OP_T : CUBLAS_OP_N,
-                     op_a == Op::T ? CUBLAS_OP_T : CUBLAS_OP_N, n, m, k, &alpha_c, b.data(),
-                     cuda_data_type<T>(), static_cast<int>(ldb), a.data(), cuda_data_type<T>(),
-                     static_cast<int>(lda), &beta_c, c.data(), cuda_data_type<T>(),
-                     static_cast<int>(ldc), compute, CUBLAS_GEMM_DEFAULT),
-        "cublasGemmEx");
-    return;
-  }
-#endif
-#if DILATED_HAVE_KOKKOSKERNELS
   using T = typename CV::non_const_value_type;
-  const auto dense = [](const auto& x) { return x.extent(0) <= 1 || x.stride(0) == x.extent(1); };
-  if constexpr (!is_cuda_v<ExecSpace> && (std::is_same_v<T, float> || std::is_same_v<T, double>)) {
-    if (!(dense(a) && dense(b) && dense(c))) {
-      gemm_team_kernel(space, op_a, op_b, alpha, a, b, beta, c);
+#if DILATED_HAVE_KOKKOSKERNELS
+  if constexpr (gemm_implementation<ExecSpace, T>() == GemmImplementation::kokkos_blas) {
+    const auto dense = [](const auto& x) { return x.extent(0) <= 1 || x.stride(0) == x.extent(1); };
+    bool take = dense(a) && dense(b) && dense(c);
+    if constexpr (is_cuda_v<ExecSpace> && std::is_same_v<T, float>)
+      take = take && !options.use_tf32;
+    if (take) {
+      kokkos_blas_gemm(space, op_a, op_b, alpha, a, b, beta, c);
       return;
     }
-    using Device = Kokkos::Device<ExecSpace, typename CV::memory_space>;
-    using Unmanaged = Kokkos::MemoryTraits<Kokkos::Unmanaged>;
-    const Kokkos::View<const T**, Kokkos::LayoutRight, Device, Unmanaged> ka(a.data(), a.extent(0),
-                                                                             a.extent(1));
-    const Kokkos::View<const T**, Kokkos::LayoutRight, Device, Unmanaged> kb(b.data(), b.extent(0),
-                                                                             b.extent(1));
-    const Kokkos::View<T**, Kokkos::LayoutRight, Device, Unmanaged> kc(c.data(), c.extent(0),
-                                                                       c.extent(1));
-    // KokkosBlas::gemm (3.4) takes no instance: order it after and before the caller's work.
-    fence(space, "dilated::Impl::gemm: before KokkosBlas::gemm");
-    KokkosBlas::gemm(op_a == Op::T ? "T" : "N", op_b == Op::T ? "T" : "N", static_cast<T>(alpha),
-                     ka, kb, static_cast<T>(beta), kc);
-    Kokkos::fence();
+  }
+#endif
+#if defined(KOKKOS_ENABLE_CUDA)
+  if constexpr (is_cuda_v<ExecSpace>) {
+    cublas_gemm(space, op_a, op_b, alpha, a, b, beta, c, options);
     return;
   }
 #endif
